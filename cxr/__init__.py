@@ -1,0 +1,1 @@
+"""cxr: chest X-ray classifiers on imbalanced archives."""

@@ -1,0 +1,349 @@
+"""Readers for the NIH label files: the label table (both editions), the box list and the split lists.
+
+The label table comes in two editions:
+
+- ``Data_Entry_2017.csv`` (original): every line, the header included, ends in a comma, so a CSV parser
+  sees an empty 12th column.
+- ``Data_Entry_2017_v2020.csv``: the same 11 columns without the trailing comma.
+
+In both, the bracketed headers ``OriginalImage[Width,Height]`` and ``OriginalImagePixelSpacing[x,y]`` are
+not quoted, so the comma inside them splits each into two columns. Columns are found by these split
+names, so their order does not matter.
+
+A file that cannot be read as a whole (empty, not UTF-8 in its header, a required column missing) raises
+:class:`NihFormatError`. A row that does not parse becomes a quarantine record with a reason and a detail:
+rows in = rows accepted + rows quarantined, always. Labels are split on ``|`` and matched exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from cxr.findings import BOX_LABEL_ALIASES, FINDING_COLUMNS, FINDINGS, NO_FINDING
+from cxr.quarantine import QuarantineRecord, Reason
+
+# Logical column -> header fields (after the CSV parser split the bracketed names).
+_LABEL_COLUMNS: dict[str, tuple[str, ...]] = {
+    "image_id": ("Image Index",),
+    "finding_labels": ("Finding Labels",),
+    "follow_up": ("Follow-up #",),
+    "patient_id": ("Patient ID",),
+    "age": ("Patient Age",),
+    "sex": ("Patient Gender",),
+    "view": ("View Position",),
+    "orig_size": ("OriginalImage[Width", "Height]"),
+    "pixel_spacing": ("OriginalImagePixelSpacing[x", "y]"),
+}
+
+LABEL_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("patient_id", pa.int64(), nullable=False),
+        pa.field("follow_up", pa.int32(), nullable=False),
+        pa.field("age", pa.int16(), nullable=False),
+        pa.field("sex", pa.string(), nullable=False),
+        pa.field("view", pa.string(), nullable=False),
+        pa.field("finding_labels", pa.list_(pa.string()), nullable=False),
+        *[pa.field(c, pa.bool_(), nullable=False) for c in FINDING_COLUMNS],
+        pa.field("orig_width", pa.int32(), nullable=False),
+        pa.field("orig_height", pa.int32(), nullable=False),
+        pa.field("pixel_spacing_x", pa.float64(), nullable=False),
+        pa.field("pixel_spacing_y", pa.float64(), nullable=False),
+    ]
+)
+"""The label-table part of the metadata contract (DESIGN.md); ingest adds split, hashes and shard columns.
+
+``finding_labels`` lists the findings in the NIH order; it is empty for "No Finding"."""
+
+BOX_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("finding", pa.string(), nullable=False),
+        pa.field("x", pa.float64(), nullable=False),
+        pa.field("y", pa.float64(), nullable=False),
+        pa.field("w", pa.float64(), nullable=False),
+        pa.field("h", pa.float64(), nullable=False),
+    ]
+)
+"""Bounding boxes in the 1024 px coordinates of the released PNGs."""
+
+MAX_AGE = 120  # years; the original 2017 table has a few impossible ages (e.g. 414), quarantined as bad_row
+_IMAGE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\.png")
+_FINDING_INDEX = {f: i for i, f in enumerate(FINDINGS)}
+
+
+class NihFormatError(ValueError):
+    """A label file that cannot be read as a whole: empty, wrongly encoded, or missing a column."""
+
+
+@dataclass
+class LabelTable:
+    """The accepted rows (``LABEL_SCHEMA``), the quarantined ones, and what was read."""
+
+    rows: pa.Table
+    quarantine: list[QuarantineRecord]
+    edition: str  # "2017" (trailing commas) or "v2020"
+    n_input_rows: int
+
+
+@dataclass
+class BoxList:
+    rows: pa.Table  # BOX_SCHEMA
+    quarantine: list[QuarantineRecord]
+    n_input_rows: int
+
+
+@dataclass
+class SplitList:
+    image_ids: list[str]
+    quarantine: list[QuarantineRecord] = field(default_factory=list)
+    n_input_rows: int = 0
+
+
+class _RowError(Exception):
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _decode_lines(data: bytes, source_uri: str) -> Iterator[tuple[int, str | None, bytes]]:
+    """Yield (line number, text or None if not UTF-8, raw bytes) for each non-empty line."""
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise NihFormatError(f"{source_uri}: UTF-16 encoded; convert it to UTF-8")
+    if data[:3] == b"\xef\xbb\xbf":
+        data = data[3:]
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        raw = raw.rstrip(b"\r")
+        if not raw:
+            continue
+        try:
+            yield number, raw.decode("utf-8"), raw
+        except UnicodeDecodeError:
+            yield number, None, raw
+
+
+def _split_csv(line: str) -> list[str]:
+    return next(csv.reader([line]))
+
+
+def _is_safe_name(name: str) -> bool:
+    return not ("/" in name or "\\" in name or ".." in name or name.startswith(".") or "\x00" in name)
+
+
+def _check_image_id(value: str) -> str:
+    if not _is_safe_name(value):
+        raise _RowError(Reason.UNSAFE_PATH, f"image name {value!r} would leave the image folder")
+    if not _IMAGE_ID.fullmatch(value):
+        raise _RowError(Reason.BAD_ROW, f"Image Index {value!r} is not a .png file name")
+    return value
+
+
+def _int(column: str, value: str, lo: int, hi: int) -> int:
+    text = value.strip()
+    if column == "Patient Age" and text[-1:] in ("Y", "y"):  # some copies write 058Y
+        text = text[:-1]
+    try:
+        number = int(text)
+    except ValueError:
+        raise _RowError(Reason.BAD_ROW, f"{column} {value!r} is not an integer") from None
+    if not lo <= number <= hi:
+        raise _RowError(Reason.BAD_ROW, f"{column} {number} is outside [{lo}, {hi}]")
+    return number
+
+
+def _float(column: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise _RowError(Reason.BAD_ROW, f"{column} {value!r} is not a number") from None
+    if not math.isfinite(number) or number <= 0:
+        raise _RowError(Reason.BAD_ROW, f"{column} {value!r} must be a positive number")
+    return number
+
+
+def parse_finding_labels(value: str) -> list[str]:
+    """Split ``Finding Labels`` on ``|``; exact names only. Returns the findings in NIH order ([] = No Finding)."""
+    if value == "":
+        raise _RowError(Reason.BAD_ROW, "Finding Labels is empty")
+    labels = value.split("|")
+    unknown = [label for label in labels if label not in _FINDING_INDEX and label != NO_FINDING]
+    if unknown:
+        raise _RowError(Reason.UNKNOWN_LABEL, "unknown label(s): " + ", ".join(repr(u) for u in unknown))
+    if len(set(labels)) != len(labels):
+        raise _RowError(Reason.BAD_ROW, f"repeated label in {value!r}")
+    if NO_FINDING in labels:
+        if len(labels) > 1:
+            raise _RowError(Reason.BAD_ROW, f"{NO_FINDING!r} together with findings in {value!r}")
+        return []
+    return sorted(labels, key=_FINDING_INDEX.__getitem__)
+
+
+def _locate(header: list[str], wanted: dict[str, tuple[str, ...]], source_uri: str) -> dict[str, list[int]]:
+    stripped = [h.strip() for h in header]
+    positions: dict[str, list[int]] = {}
+    missing = []
+    for key, names in wanted.items():
+        idx = [stripped.index(n) for n in names if n in stripped]
+        if len(idx) != len(names):
+            missing.append(",".join(names))
+        positions[key] = idx
+    if missing:
+        raise NihFormatError(
+            f"{source_uri}: missing column(s) {', '.join(repr(m) for m in missing)}; header is {','.join(header)!r}"
+        )
+    return positions
+
+
+def _header(lines: Iterator[tuple[int, str | None, bytes]], source_uri: str) -> list[str]:
+    try:
+        _, text, raw = next(lines)
+    except StopIteration:
+        raise NihFormatError(f"{source_uri}: the file is empty") from None
+    if text is None:
+        raise NihFormatError(f"{source_uri}: the header is not UTF-8 text: {raw[:60]!r}")
+    return _split_csv(text)
+
+
+def _field_count_ok(fields: list[str], n_header: int, trailing_comma: bool) -> bool:
+    if len(fields) == n_header:
+        return not trailing_comma or fields[-1].strip() == ""
+    # The 2017 edition ends every line in a comma; a copy that lost it on some rows is still readable.
+    return trailing_comma and len(fields) == n_header - 1
+
+
+def read_label_table(data: bytes, source_uri: str) -> LabelTable:
+    """Parse a label table of either edition (plain or gzip) into normalized rows and quarantine records."""
+    lines = _decode_lines(data, source_uri)
+    header = _header(lines, source_uri)
+    trailing_comma = header[-1].strip() == ""
+    pos = _locate(header, _LABEL_COLUMNS, source_uri)
+    n_header = len(header)
+
+    cols: dict[str, list] = {f.name: [] for f in LABEL_SCHEMA}
+    quarantine: list[QuarantineRecord] = []
+    seen: dict[str, int] = {}
+    n_rows = 0
+    for number, text, raw in lines:
+        n_rows += 1
+        where = f"{source_uri}#line={number}"
+        image_id: str | None = None
+        try:
+            if text is None:
+                raise _RowError(Reason.BAD_ROW, f"not UTF-8 text: {raw[:60]!r}")
+            fields = _split_csv(text)
+            image_id = fields[pos["image_id"][0]].strip() if len(fields) > pos["image_id"][0] else None
+            if not _field_count_ok(fields, n_header, trailing_comma):
+                raise _RowError(Reason.BAD_ROW, f"expected {n_header} fields, got {len(fields)}")
+            image_id = _check_image_id(fields[pos["image_id"][0]])
+            findings = parse_finding_labels(fields[pos["finding_labels"][0]])
+            row = {
+                "image_id": image_id,
+                "patient_id": _int("Patient ID", fields[pos["patient_id"][0]], 0, 2**62),
+                "follow_up": _int("Follow-up #", fields[pos["follow_up"][0]], 0, 2**31 - 1),
+                "age": _int("Patient Age", fields[pos["age"][0]], 0, MAX_AGE),
+                "sex": fields[pos["sex"][0]],
+                "view": fields[pos["view"][0]],
+                "orig_width": _int("OriginalImage Width", fields[pos["orig_size"][0]], 1, 2**31 - 1),
+                "orig_height": _int("OriginalImage Height", fields[pos["orig_size"][1]], 1, 2**31 - 1),
+                "pixel_spacing_x": _float("OriginalImagePixelSpacing x", fields[pos["pixel_spacing"][0]]),
+                "pixel_spacing_y": _float("OriginalImagePixelSpacing y", fields[pos["pixel_spacing"][1]]),
+            }
+            if row["sex"] not in ("M", "F"):
+                raise _RowError(Reason.BAD_ROW, f"Patient Gender {row['sex']!r} is not M or F")
+            if row["view"] not in ("PA", "AP"):
+                raise _RowError(Reason.BAD_ROW, f"View Position {row['view']!r} is not PA or AP")
+            if image_id in seen:
+                raise _RowError(Reason.DUPLICATE_IMAGE_ID, f"{image_id} already on line {seen[image_id]}")
+        except _RowError as err:
+            quarantine.append(QuarantineRecord(where, image_id or None, err.reason, err.detail))
+            continue
+        seen[image_id] = number
+        for key, value in row.items():
+            cols[key].append(value)
+        cols["finding_labels"].append(findings)
+        present = set(findings)
+        for finding, column in zip(FINDINGS, FINDING_COLUMNS, strict=True):
+            cols[column].append(finding in present)
+
+    table = pa.Table.from_pydict(cols, schema=LABEL_SCHEMA)
+    return LabelTable(table, quarantine, "2017" if trailing_comma else "v2020", n_rows)
+
+
+def read_box_list(data: bytes, source_uri: str) -> BoxList:
+    """Parse ``BBox_List_2017.csv``: image, label ("Infiltrate" read as Infiltration), x, y, w, h."""
+    lines = _decode_lines(data, source_uri)
+    header = _header(lines, source_uri)
+    stripped = [h.strip() for h in header]
+    if stripped[:3] != ["Image Index", "Finding Label", "Bbox [x"]:
+        raise NihFormatError(
+            f"{source_uri}: expected a header starting 'Image Index,Finding Label,Bbox [x,y,w,h]', got {','.join(header)!r}"
+        )
+    cols: dict[str, list] = {f.name: [] for f in BOX_SCHEMA}
+    quarantine: list[QuarantineRecord] = []
+    n_rows = 0
+    for number, text, raw in lines:
+        n_rows += 1
+        where = f"{source_uri}#line={number}"
+        image_id = None
+        try:
+            if text is None:
+                raise _RowError(Reason.BAD_ROW, f"not UTF-8 text: {raw[:60]!r}")
+            fields = _split_csv(text)
+            while fields and fields[-1].strip() == "" and len(fields) > 6:
+                fields.pop()  # the header's trailing commas appear on some copies' rows too
+            if len(fields) != 6:
+                raise _RowError(Reason.BAD_ROW, f"expected 6 fields, got {len(fields)}")
+            image_id = _check_image_id(fields[0])
+            label = BOX_LABEL_ALIASES.get(fields[1], fields[1])
+            if label not in _FINDING_INDEX:
+                raise _RowError(Reason.UNKNOWN_LABEL, f"unknown label {fields[1]!r}")
+            x, y = (_coordinate(n, v) for n, v in zip(("x", "y"), fields[2:4], strict=True))
+            w, h = (_float(n, v) for n, v in zip(("w", "h"), fields[4:6], strict=True))
+        except _RowError as err:
+            quarantine.append(QuarantineRecord(where, image_id, err.reason, err.detail))
+            continue
+        for key, value in zip(("image_id", "finding", "x", "y", "w", "h"), (image_id, label, x, y, w, h), strict=True):
+            cols[key].append(value)
+    return BoxList(pa.Table.from_pydict(cols, schema=BOX_SCHEMA), quarantine, n_rows)
+
+
+def _coordinate(column: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise _RowError(Reason.BAD_ROW, f"{column} {value!r} is not a number") from None
+    if not math.isfinite(number) or number < 0:
+        raise _RowError(Reason.BAD_ROW, f"{column} {value!r} must be a number >= 0")
+    return number
+
+
+def read_split_list(data: bytes, source_uri: str) -> SplitList:
+    """Parse ``train_val_list.txt`` or ``test_list.txt``: one image name per line."""
+    result = SplitList([])
+    seen: set[str] = set()
+    for number, text, raw in _decode_lines(data, source_uri):
+        result.n_input_rows += 1
+        where = f"{source_uri}#line={number}"
+        name = text.strip() if text is not None else None
+        try:
+            if name is None:
+                raise _RowError(Reason.BAD_ROW, f"not UTF-8 text: {raw[:60]!r}")
+            _check_image_id(name)
+            if name in seen:
+                raise _RowError(Reason.DUPLICATE_IMAGE_ID, f"{name} listed twice")
+        except _RowError as err:
+            result.quarantine.append(QuarantineRecord(where, name, err.reason, err.detail))
+            continue
+        seen.add(name)
+        result.image_ids.append(name)
+    return result

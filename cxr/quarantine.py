@@ -1,0 +1,63 @@
+"""Quarantine records: every rejected input is kept with a reason, never silently dropped."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import pyarrow as pa
+
+
+class Reason(StrEnum):
+    """Why an input was rejected (the contract in DESIGN.md)."""
+
+    MISSING_IMAGE = "missing_image"  # a label row whose image file does not exist
+    UNLABELED_IMAGE = "unlabeled_image"  # an image file without a label row
+    UNREADABLE_IMAGE = "unreadable_image"  # not a decodable PNG (empty, truncated, other format)
+    BAD_DIMENSIONS = "bad_dimensions"  # decodes, but too small or not 2-D
+    DUPLICATE_IMAGE_ID = "duplicate_image_id"  # the same image id seen twice
+    UNKNOWN_LABEL = "unknown_label"  # a label that is not exactly one of the 14 findings or "No Finding"
+    BAD_ROW = "bad_row"  # a row that does not parse: field count, type, range, encoding
+    UNSAFE_PATH = "unsafe_path"  # a name that would leave the source root
+    TOO_LARGE = "too_large"  # a decompression bomb or an oversized file
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineRecord:
+    """One rejected input. ``source_uri`` names the file, and for a row the line (``...csv#line=12``)."""
+
+    source_uri: str
+    image_id: str | None
+    reason: Reason
+    detail: str
+
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("image_id", pa.string(), nullable=True),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("detail", pa.string(), nullable=False),
+    ]
+)
+
+
+def quarantine_table(records: list[QuarantineRecord]) -> pa.Table:
+    """The records as a table with :data:`QUARANTINE_SCHEMA`."""
+    return pa.Table.from_pydict(
+        {
+            "source_uri": [r.source_uri for r in records],
+            "image_id": [r.image_id for r in records],
+            "reason": [str(r.reason) for r in records],
+            "detail": [r.detail for r in records],
+        },
+        schema=QUARANTINE_SCHEMA,
+    )
+
+
+def count_by_reason(records: list[QuarantineRecord]) -> dict[str, int]:
+    """How many records there are per reason, in the order of :class:`Reason`, zeros left out."""
+    counts = {str(reason): 0 for reason in Reason}
+    for record in records:
+        counts[str(record.reason)] += 1
+    return {reason: n for reason, n in counts.items() if n}

@@ -1,0 +1,140 @@
+"""A source archive in the NIH layout, on a local path or ``s3://``: find its files and read its tables.
+
+Layout (DESIGN.md): ``Data_Entry_2017_v2020.csv`` or ``Data_Entry_2017.csv`` (either may be gzipped),
+optional ``BBox_List_2017.csv``, optional ``train_val_list.txt`` / ``test_list.txt``, and PNGs under
+``images/`` or ``images_001/images/`` ... ``images_012/images/``.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+from cxr import storage
+from cxr.findings import FINDING_COLUMNS, FINDINGS
+from cxr.labels import BoxList, LabelTable, NihFormatError, SplitList, read_box_list, read_label_table, read_split_list
+from cxr.quarantine import QuarantineRecord, Reason
+
+LABEL_TABLE_NAMES = (
+    "Data_Entry_2017_v2020.csv",
+    "Data_Entry_2017_v2020.csv.gz",
+    "Data_Entry_2017.csv",
+    "Data_Entry_2017.csv.gz",
+)
+BOX_LIST_NAMES = ("BBox_List_2017.csv", "BBox_List_2017.csv.gz")
+_NUMBERED_FOLDER = re.compile(r"images_\d{3}")
+
+
+@dataclass
+class SourceLayout:
+    """Where the parts of a source archive are."""
+
+    root: str
+    label_table: str
+    box_list: str | None
+    train_val_list: str | None
+    test_list: str | None
+    image_files: dict[str, str]  # image id (file name) -> URL, first occurrence
+    quarantine: list[QuarantineRecord] = field(default_factory=list)  # image files seen twice
+
+    @property
+    def n_image_files(self) -> int:
+        return len(self.image_files) + len(self.quarantine)
+
+
+def _first_existing(root: str, names: tuple[str, ...], present: set[str]) -> str | None:
+    for name in names:
+        if name in present:
+            return storage.join(root, name)
+    return None
+
+
+def image_folders(root: str) -> list[str]:
+    """The image folders of an archive: ``images/`` and ``images_NNN/images/``, in that order."""
+    folders = []
+    for d in storage.list_dirs(root):
+        base = posixpath.basename(d.rstrip("/"))
+        if base == "images":
+            folders.insert(0, d)
+        elif _NUMBERED_FOLDER.fullmatch(base):
+            folders.append(storage.join(d, "images"))
+    return folders
+
+
+def discover(root: str) -> SourceLayout:
+    """Find the label table, box list, split lists and image files of an archive at ``root``."""
+    root = root.rstrip("/") if storage.is_remote(root) else root
+    present = {posixpath.basename(p) for p in storage.list_files(root)}
+    label_table = _first_existing(root, LABEL_TABLE_NAMES, present)
+    if label_table is None:
+        if not storage.exists(root):
+            raise FileNotFoundError(f"source {root!r} does not exist")
+        raise NihFormatError(f"{root}: no label table; expected one of {', '.join(LABEL_TABLE_NAMES)}")
+    images: dict[str, str] = {}
+    duplicates: list[QuarantineRecord] = []
+    for folder in image_folders(root):
+        for url in storage.list_files(folder):
+            name = posixpath.basename(url)
+            if name in images:
+                duplicates.append(
+                    QuarantineRecord(url, name, Reason.DUPLICATE_IMAGE_ID, f"the same file name is also at {images[name]}")
+                )
+            else:
+                images[name] = url
+    return SourceLayout(
+        root=root,
+        label_table=label_table,
+        box_list=_first_existing(root, BOX_LIST_NAMES, present),
+        train_val_list=_first_existing(root, ("train_val_list.txt",), present),
+        test_list=_first_existing(root, ("test_list.txt",), present),
+        image_files=images,
+        quarantine=duplicates,
+    )
+
+
+@dataclass
+class NihSource:
+    """An archive's layout and its parsed tables."""
+
+    layout: SourceLayout
+    labels: LabelTable
+    boxes: BoxList | None
+    train_val: SplitList | None
+    test: SplitList | None
+
+
+def read_source(root: str) -> NihSource:
+    """Discover an archive and parse its label table, box list and split lists."""
+    layout = discover(root)
+    labels = read_label_table(storage.read_bytes(layout.label_table), layout.label_table)
+    boxes = read_box_list(storage.read_bytes(layout.box_list), layout.box_list) if layout.box_list else None
+    train_val = read_split_list(storage.read_bytes(layout.train_val_list), layout.train_val_list) if layout.train_val_list else None
+    test = read_split_list(storage.read_bytes(layout.test_list), layout.test_list) if layout.test_list else None
+    return NihSource(layout, labels, boxes, train_val, test)
+
+
+def summarize(source: NihSource) -> dict:
+    """Counts a person checks first: rows, patients, findings, files, and what did not match."""
+    rows = source.labels.rows
+    ids = set(rows["image_id"].to_pylist())
+    files = set(source.layout.image_files)
+    counts = {f: int(sum(rows[c].to_pylist())) for f, c in zip(FINDINGS, FINDING_COLUMNS, strict=True)}
+    return {
+        "root": source.layout.root,
+        "label_table": source.layout.label_table,
+        "edition": source.labels.edition,
+        "rows_in": source.labels.n_input_rows,
+        "rows_accepted": rows.num_rows,
+        "rows_quarantined": dict(Counter(str(q.reason) for q in source.labels.quarantine)),
+        "patients": len(set(rows["patient_id"].to_pylist())),
+        "no_finding": int(sum(1 for labels in rows["finding_labels"].to_pylist() if not labels)),
+        "positives": counts,
+        "image_files": source.layout.n_image_files,
+        "rows_without_file": len(ids - files),
+        "files_without_row": len(files - ids),
+        "boxes": source.boxes.rows.num_rows if source.boxes else 0,
+        "train_val_listed": len(source.train_val.image_ids) if source.train_val else None,
+        "test_listed": len(source.test.image_ids) if source.test else None,
+    }

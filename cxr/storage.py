@@ -1,0 +1,300 @@
+"""The one storage boundary: local paths and ``s3://`` URLs through fsspec/s3fs.
+
+Every remote call goes through :func:`_call`, which retries transient failures with backoff and
+translates remote errors into Python exceptions (``FileNotFoundError``, ``PermissionError``,
+:class:`StorageUnavailableError`), the original kept as ``__cause__``. Writes are atomic: a local file
+is written beside its target and renamed over it; an object is put whole, so a reader sees the old
+object or the new one, never a part.
+
+Credentials come from the environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+``AWS_ENDPOINT_URL``, ...) as boto reads them; nothing here logs or stores them.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import posixpath
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import IO, Any, TypeVar
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Delays between attempts; the number of attempts is one more than its length.
+_DEFAULT_BACKOFF_S = (0.5, 1.0, 2.0, 4.0)
+
+
+class StorageError(OSError):
+    """A storage operation failed in a way the caller should not retry."""
+
+
+class StorageUnavailableError(StorageError):
+    """The store could not be reached, or kept failing, after all retries."""
+
+
+class UnsafePathError(ValueError):
+    """A relative path (from a data file) would leave the root it must stay under."""
+
+
+def backoff_schedule() -> tuple[float, ...]:
+    """Delays between retries; ``CXR_STORAGE_RETRIES`` (attempts after the first) shortens or extends it."""
+    raw = os.environ.get("CXR_STORAGE_RETRIES")
+    if raw is None:
+        return _DEFAULT_BACKOFF_S
+    try:
+        retries = int(raw)
+    except ValueError:
+        raise ValueError(f"CXR_STORAGE_RETRIES must be an integer, got {raw!r}") from None
+    if retries < 0:
+        raise ValueError(f"CXR_STORAGE_RETRIES must be >= 0, got {retries}")
+    return tuple(min(0.5 * 2**i, 8.0) for i in range(retries))
+
+
+def is_remote(url: str) -> bool:
+    """True for URLs with a scheme other than ``file://`` (``s3://`` and friends)."""
+    return "://" in url and not url.startswith("file://")
+
+
+def _s3_options() -> dict[str, Any]:
+    # One retry layer (ours): s3fs and botocore are told not to retry on their own.
+    return {
+        "config_kwargs": {
+            "retries": {"max_attempts": 1, "mode": "standard"},
+            "connect_timeout": 5,
+            "read_timeout": 60,
+        },
+    }
+
+
+def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem for ``url`` and the path within it."""
+    if url.startswith("s3://"):
+        fs, path = fsspec.core.url_to_fs(url, **_s3_options())
+        fs.retries = 1  # s3fs's own retry loop; a class attribute, not a constructor argument
+        return fs, path
+    if is_remote(url):
+        return fsspec.core.url_to_fs(url)
+    local = url[len("file://") :] if url.startswith("file://") else url
+    return LocalFileSystem(), os.path.abspath(os.path.expanduser(local))
+
+
+def _unstrip(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    if isinstance(fs, LocalFileSystem):
+        return path
+    protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
+    return f"{protocol}://{path}"
+
+
+def join(url: str, *parts: str) -> str:
+    """Join path parts onto a local path or a URL with ``/``."""
+    if is_remote(url):
+        return posixpath.join(url.rstrip("/"), *parts)
+    return os.path.join(url, *parts)
+
+
+def safe_join(root: str, relative: str) -> str:
+    """Join a relative path taken from a data file onto ``root``, refusing anything that leaves it.
+
+    Refused: absolute paths, ``..`` components, backslashes, NUL bytes, empty names, drive letters.
+    """
+    if not relative or "\x00" in relative or "\\" in relative:
+        raise UnsafePathError(f"unsafe path {relative!r}: empty, NUL byte or backslash")
+    if relative.startswith("/") or (len(relative) > 1 and relative[1] == ":"):
+        raise UnsafePathError(f"unsafe path {relative!r}: absolute")
+    parts = relative.split("/")
+    if any(p in ("..", ".", "") for p in parts):
+        raise UnsafePathError(f"unsafe path {relative!r}: '..', '.' or empty component")
+    return join(root, *parts)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Connection trouble, timeouts, throttling and 5xx answers: worth another try."""
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    name = type(exc).__name__
+    if name in {
+        "EndpointConnectionError",
+        "ConnectionClosedError",
+        "ReadTimeoutError",
+        "ConnectTimeoutError",
+        "ServerDisconnectedError",
+        "ClientConnectorError",
+        "ClientOSError",
+        "FSTimeoutError",
+        "IncompleteRead",
+        "ResponseParserError",
+        "ClientPayloadError",
+    }:
+        return True
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        code = response.get("Error", {}).get("Code", "")
+        if status >= 500 or code in {"SlowDown", "Throttling", "RequestTimeout", "InternalError"}:
+            return True
+    cause = exc.__cause__ or exc.__context__
+    return cause is not None and cause is not exc and _is_transient(cause)
+
+
+def _call(op: str, url: str, fn: Callable[[], T]) -> T:
+    """Run one storage operation with retries on transient errors and translated exceptions."""
+    delays = backoff_schedule()
+    for attempt in range(len(delays) + 1):
+        try:
+            return fn()
+        except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - classified below, re-raised translated
+            if not _is_transient(exc):
+                if isinstance(exc, OSError):
+                    raise
+                raise StorageError(f"{op} {url} failed: {type(exc).__name__}: {exc}") from exc
+            if attempt == len(delays):
+                raise StorageUnavailableError(
+                    f"{op} {url} failed after {attempt + 1} attempts: {type(exc).__name__}: {exc}"
+                ) from exc
+            log.warning("%s %s: %s; retrying in %.1f s", op, url, type(exc).__name__, delays[attempt])
+            time.sleep(delays[attempt])
+    raise AssertionError("unreachable")
+
+
+def read_bytes(url: str) -> bytes:
+    """The whole content of a file or object."""
+    fs, path = filesystem(url)
+    return _call("read", url, lambda: fs.cat_file(path))
+
+
+def write_bytes(url: str, data: bytes, durable: bool = False) -> None:
+    """Write ``data`` atomically: readers see the old content or the new, never a part.
+
+    ``durable`` also flushes a local file to disk before the rename (for markers such as LATEST).
+    """
+    fs, path = filesystem(url)
+    if isinstance(fs, LocalFileSystem):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return
+    _call("write", url, lambda: fs.pipe_file(path, data))
+
+
+def write_text(url: str, text: str) -> None:
+    """Write UTF-8 text atomically."""
+    write_bytes(url, text.encode("utf-8"))
+
+
+def read_text(url: str) -> str:
+    """Read a UTF-8 text file."""
+    return read_bytes(url).decode("utf-8")
+
+
+def upload_file(local_path: str, url: str) -> None:
+    """Copy a local file to ``url`` atomically (an object is completed whole; a local copy is renamed)."""
+    fs, path = filesystem(url)
+    if isinstance(fs, LocalFileSystem):
+        with open(local_path, "rb") as f:
+            write_bytes(url, f.read())
+        return
+    _call("upload", url, lambda: fs.put_file(local_path, path))
+
+
+def exists(url: str) -> bool:
+    """Whether a file, object or folder exists at ``url``."""
+    fs, path = filesystem(url)
+    return _call("exists", url, lambda: fs.exists(path))
+
+
+def size(url: str) -> int:
+    """Size in bytes of a file or object."""
+    fs, path = filesystem(url)
+    return int(_call("size", url, lambda: fs.size(path)))
+
+
+def list_files(url: str, recursive: bool = False) -> list[str]:
+    """Files directly under ``url`` (or all below it), sorted, as full URLs or paths. Missing folder: []."""
+    fs, path = filesystem(url)
+
+    def run() -> list[str]:
+        if not fs.exists(path):
+            return []
+        if recursive:
+            found = fs.find(path, withdirs=False)
+        else:
+            found = [e["name"] for e in fs.ls(path, detail=True) if e.get("type") == "file"]
+        return sorted(found)
+
+    return [_unstrip(fs, p) for p in _call("list", url, run)]
+
+
+def list_dirs(url: str) -> list[str]:
+    """Folders directly under ``url``, sorted. Missing folder: []."""
+    fs, path = filesystem(url)
+
+    def run() -> list[str]:
+        if not fs.exists(path):
+            return []
+        return sorted(e["name"].rstrip("/") for e in fs.ls(path, detail=True) if e.get("type") == "directory")
+
+    return [_unstrip(fs, p) for p in _call("list", url, run)]
+
+
+def makedirs(url: str) -> None:
+    """Create a folder and its parents (object stores have no folders: nothing to do there)."""
+    fs, path = filesystem(url)
+    if isinstance(fs, LocalFileSystem):
+        os.makedirs(path, exist_ok=True)
+
+
+def remove(url: str, recursive: bool = False) -> None:
+    """Delete a file, or a folder with ``recursive``; a missing target is not an error."""
+    fs, path = filesystem(url)
+
+    def run() -> None:
+        if fs.exists(path):
+            fs.rm(path, recursive=recursive)
+
+    _call("remove", url, run)
+
+
+@contextmanager
+def open_read(url: str) -> Iterator[IO[bytes]]:
+    """A seekable binary reader (for large files read in parts)."""
+    fs, path = filesystem(url)
+    f = _call("open", url, lambda: fs.open(path, "rb"))
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+def write_parquet(table: pa.Table, url: str, **kwargs: Any) -> None:
+    """Write a Parquet file atomically (zstd compression unless told otherwise)."""
+    buf = io.BytesIO()
+    kwargs.setdefault("compression", "zstd")
+    pq.write_table(table, buf, **kwargs)
+    write_bytes(url, buf.getvalue())
+
+
+def read_parquet(url: str, columns: list[str] | None = None) -> pa.Table:
+    """Read a whole Parquet file."""
+    data = read_bytes(url)
+    return pq.read_table(io.BytesIO(data), columns=columns)
