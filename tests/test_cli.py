@@ -1,0 +1,56 @@
+"""The ``cxr`` command line as a user runs it: real processes, exit codes, JSON output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CXR = [sys.executable, "-m", "cxr.cli"]
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CXR, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_synth_then_inspect_reports_the_archive(tmp_path):
+    made = run("synth", "--out", str(tmp_path / "nih"), "--n-images", "50", "--size", "32", "--workers", "1", "--json")
+    assert made.returncode == 0, made.stderr
+    result = json.loads(made.stdout)
+    assert result["n_images"] == 50 and result["out"] == str(tmp_path / "nih")
+    inspected = run("inspect", str(tmp_path / "nih"), "--json")
+    assert inspected.returncode == 0, inspected.stderr
+    summary = json.loads(inspected.stdout)
+    assert summary["rows_accepted"] == summary["image_files"] == 50
+    assert summary["positives"] == result["positives"]
+
+
+def test_inspect_prints_a_table_for_people(tmp_path):
+    assert run("synth", "--out", str(tmp_path), "--n-images", "20", "--size", "32").returncode == 0
+    text = run("inspect", str(tmp_path)).stdout
+    assert "Infiltration" in text and "No Finding" in text and "rows: 20 read, 20 accepted" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["inspect", "/nonexistent/archive"], "does not exist"),
+        (["synth", "--out", "x", "--n-images", "0"], "n_images must be >= 1"),
+        (["synth", "--out", "x", "--edition", "2019"], "edition must be"),
+    ],
+)
+def test_bad_input_gives_one_clear_line_and_exit_code_2(args, message):
+    result = run(*args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_demo_makes_an_archive_and_reads_it_back(tmp_path):
+    result = run("demo", "--workdir", str(tmp_path / "demo"), "--n-images", "60", "--size", "32")
+    assert result.returncode == 0, result.stderr
+    assert "rows: 60 read, 60 accepted, quarantined: none" in result.stdout
+    again = run("demo", "--workdir", str(tmp_path / "demo"), "--n-images", "60", "--size", "32")
+    assert again.returncode == 0 and "reusing the synthetic archive" in again.stderr
