@@ -133,6 +133,62 @@ def _print_summary(summary: dict) -> None:
 
 
 @app.command()
+def ingest(
+    source: Annotated[str, typer.Option("--source", help="The NIH-layout archive: folder or s3:// prefix.")],
+    out_root: Annotated[str, typer.Option("--out", help="Dataset root (folder or s3:// prefix); versions go below it.")],
+    size: Annotated[list[int], typer.Option("--size", help="Shard side in px; repeat for several.")] = [256],  # noqa: B006
+    dask_address: Annotated[str | None, typer.Option(help="A running Dask scheduler (tcp://host:8786); default: a LocalCluster.")] = None,
+    workers: Annotated[int | None, typer.Option(help="LocalCluster worker processes (default: all cores).")] = None,
+    test_share: Annotated[float, typer.Option(help="Share of patients for test when no official list names them.")] = 0.2,
+    val_share: Annotated[float, typer.Option(help="Share of patients for validation.")] = 0.1,
+    part_images: Annotated[int | None, typer.Option(help="Images per part (default: as many as fit 64 MB of pixels, at most 512).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Ingest an archive into a versioned dataset: validated Parquet metadata, quarantine, boxes, uint8 shards.
+
+    Prints the new version's digest; OUT/LATEST names it. Rerunning on an unchanged source adds nothing;
+    a killed run, rerun, resumes from the parts it finished.
+    """
+    from cxr.cluster import dask_client
+    from cxr.ingest import IngestOptions, plan_ingest, publish, run_parts
+
+    options = _run(IngestOptions, sizes=tuple(size), test_share=test_share, val_share=val_share, part_images=part_images)
+    plan = _run(plan_ingest, source, out_root, options)
+    if plan.existing:
+        console.print(f"unchanged source: version {plan.existing} already holds it; nothing to do")
+    else:
+        total = sum(len(p.images) for p in plan.parts)
+        console.print(f"{plan.counts['label_rows']} label rows, {plan.counts['image_files']} image files; decoding {total} images in {len(plan.parts)} parts")
+        with dask_client(dask_address, workers, announce=lambda line: console.print(line, highlight=False)) as client:
+            with _progress() as progress:
+                task = progress.add_task("decoding", total=total)
+                _run(run_parts, plan, client, lambda n: progress.advance(task, n))
+    result = _run(publish, plan)
+    info = result.version.info
+    if as_json:
+        out.print_json(json.dumps({"digest": result.version.digest, "path": result.version.path, "created": result.created,
+                                   "splits": info["splits"], "accounting": result.accounting}))  # fmt: skip
+        return
+    _print_accounting(result.accounting, info["splits"])
+    out.print(result.version.digest)
+
+
+def _print_accounting(accounting: dict, splits: dict) -> None:
+    table = Table(title="ingest", title_justify="left")
+    table.add_column("")
+    table.add_column("count", justify="right")
+    table.add_row("inputs (label rows + files no row names)", str(accounting["inputs"]))
+    table.add_row("accepted", str(accounting["accepted"]))
+    table.add_row("quarantined", str(accounting["quarantined"]))
+    for reason, n in accounting["quarantined_by_reason"].items():
+        table.add_row(f"  {reason}", str(n), style="yellow")
+    boxes = accounting["boxes"]
+    table.add_row("boxes kept / quarantined", f"{boxes['accepted']} / {boxes['quarantined']}")
+    table.add_row("splits", "  ".join(f"{k} {v}" for k, v in splits.items()))
+    console.print(table)
+
+
+@app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo keeps its data.")] = Path(".cxr/demo"),
     n_images: Annotated[int, typer.Option("--n-images", help="Synthetic images to make.")] = 1500,

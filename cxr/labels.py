@@ -91,6 +91,11 @@ class LabelTable:
     quarantine: list[QuarantineRecord]
     edition: str  # "2017" (trailing commas) or "v2020"
     n_input_rows: int
+    line_numbers: list[int] = field(default_factory=list)  # of the accepted rows, in order
+
+    def row_uri(self, source_uri: str, index: int) -> str:
+        """Where accepted row ``index`` came from: ``<table>#line=N``."""
+        return f"{source_uri}#line={self.line_numbers[index]}"
 
 
 @dataclass
@@ -223,8 +228,8 @@ def _field_count_ok(fields: list[str], n_header: int, trailing_comma: bool) -> b
 
 def read_label_table(data: bytes, source_uri: str) -> LabelTable:
     """Parse a label table of either edition (plain or gzip) into normalized rows and quarantine records."""
-    lines = _decode_lines(data, source_uri)
-    header = _header(lines, source_uri)
+    decoded = _decode_lines(data, source_uri)
+    header = _header(decoded, source_uri)
     trailing_comma = header[-1].strip() == ""
     pos = _locate(header, _LABEL_COLUMNS, source_uri)
     n_header = len(header)
@@ -232,8 +237,9 @@ def read_label_table(data: bytes, source_uri: str) -> LabelTable:
     cols: dict[str, list] = {f.name: [] for f in LABEL_SCHEMA}
     quarantine: list[QuarantineRecord] = []
     seen: dict[str, int] = {}
+    lines: list[int] = []
     n_rows = 0
-    for number, text, raw in lines:
+    for number, text, raw in decoded:
         n_rows += 1
         where = f"{source_uri}#line={number}"
         image_id: str | None = None
@@ -268,6 +274,7 @@ def read_label_table(data: bytes, source_uri: str) -> LabelTable:
             quarantine.append(QuarantineRecord(where, image_id or None, err.reason, err.detail))
             continue
         seen[image_id] = number
+        lines.append(number)
         for key, value in row.items():
             cols[key].append(value)
         cols["finding_labels"].append(findings)
@@ -276,7 +283,7 @@ def read_label_table(data: bytes, source_uri: str) -> LabelTable:
             cols[column].append(finding in present)
 
     table = pa.Table.from_pydict(cols, schema=LABEL_SCHEMA)
-    return LabelTable(table, quarantine, "2017" if trailing_comma else "v2020", n_rows)
+    return LabelTable(table, quarantine, "2017" if trailing_comma else "v2020", n_rows, lines)
 
 
 def read_box_list(data: bytes, source_uri: str) -> BoxList:

@@ -89,6 +89,7 @@ def _s3_filesystem() -> fsspec.AbstractFileSystem:
 
         fs = s3fs.S3FileSystem(
             skip_instance_cache=True,
+            use_listings_cache=False,  # other processes (Dask workers) write here too: never trust a cached listing
             endpoint_url=endpoint or None,
             # One retry layer (ours, in _call): botocore is told not to retry on its own.
             config_kwargs={
@@ -260,13 +261,28 @@ def list_files(url: str, recursive: bool = False) -> list[str]:
     def run() -> list[str]:
         if not fs.exists(path):
             return []
-        if recursive:
-            found = fs.find(path, withdirs=False)
-        else:
-            found = [e["name"] for e in fs.ls(path, detail=True) if e.get("type") == "file"]
-        return sorted(found)
+        # Object stores may list folder markers as entries: keep files only.
+        entries = fs.find(path, withdirs=False, detail=True).values() if recursive else fs.ls(path, detail=True)
+        return sorted(e["name"] for e in entries if e.get("type") == "file")
 
     return [_unstrip(fs, p) for p in _call("list", url, run)]
+
+
+def list_files_detail(url: str, recursive: bool = False) -> list[dict[str, Any]]:
+    """Like :func:`list_files`, with ``size`` and ``version`` (local mtime in ns, or the object's ETag)."""
+    fs, path = filesystem(url)
+
+    def run() -> list[dict[str, Any]]:
+        if not fs.exists(path):
+            return []
+        entries = fs.find(path, withdirs=False, detail=True).values() if recursive else fs.ls(path, detail=True)
+        return [e for e in entries if e.get("type") == "file"]
+
+    out = []
+    for e in _call("list", url, run):
+        version = e.get("ETag") or e.get("etag") or e.get("mtime") or e.get("LastModified") or ""
+        out.append({"url": _unstrip(fs, e["name"]), "size": int(e.get("size") or 0), "version": str(version)})
+    return sorted(out, key=lambda e: e["url"])
 
 
 def list_dirs(url: str) -> list[str]:
@@ -319,6 +335,16 @@ def write_parquet(table: pa.Table, url: str, **kwargs: Any) -> None:
 
 
 def read_parquet(url: str, columns: list[str] | None = None) -> pa.Table:
-    """Read a whole Parquet file."""
+    """Read a whole Parquet file.
+
+    Remote files are fetched whole and decoded with ``use_threads=False``: pyarrow 25 can abort the
+    interpreter at exit ("terminate called without an active exception") after a threaded read from
+    an in-memory buffer (apache/arrow#34314). Local files are read by path, which is safe and threaded.
+    """
+    fs, path = filesystem(url)
+    if isinstance(fs, LocalFileSystem):
+        if not os.path.exists(path):
+            raise FileNotFoundError(path)
+        return pq.read_table(path, columns=columns)
     data = read_bytes(url)
-    return pq.read_table(io.BytesIO(data), columns=columns)
+    return pq.read_table(pa.BufferReader(data), columns=columns, use_threads=False)

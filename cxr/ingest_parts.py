@@ -1,0 +1,109 @@
+"""The worker side of ingest: one part (a few hundred images) read, decoded once, resized, written as shards.
+
+A part's results land in ``<out>/.work/parts/<key>/``: one ``<size>.npy`` (uint8 [n, size, size]) per
+size, then ``records.parquet`` (one row per image: accepted with its shard index, or the reason it was
+rejected). ``records.parquet`` is written last, so a part counts as done only when it is complete; the
+key hashes the part's inputs, so a rerun after a crash reuses every finished part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from cxr import storage
+from cxr.decode import DecodeLimits, ImageRejected, decode, resize_square
+from cxr.quarantine import Reason
+
+RECORD_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("reason", pa.string()),  # null: accepted
+        pa.field("detail", pa.string()),
+        pa.field("sha256", pa.string()),
+        pa.field("png_width", pa.int32()),
+        pa.field("png_height", pa.int32()),
+        pa.field("shard_index", pa.int32()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class PartImage:
+    image_id: str
+    url: str
+    size: int  # bytes, from the listing
+    version: str  # mtime or ETag, from the listing
+
+
+@dataclass(frozen=True)
+class PartSpec:
+    """What one part is: its images, the shard sizes, the limits, and where it writes."""
+
+    key: str
+    work_dir: str
+    images: tuple[PartImage, ...]
+    sizes: tuple[int, ...]
+    limits: DecodeLimits
+
+    @property
+    def records_url(self) -> str:
+        return storage.join(self.work_dir, "records.parquet")
+
+    def shard_url(self, size: int) -> str:
+        return storage.join(self.work_dir, f"{size}.npy")
+
+
+def part_key(images: tuple[PartImage, ...], sizes: tuple[int, ...], limits: DecodeLimits, pipeline_version: int) -> str:
+    """A hash of everything that decides a part's output."""
+    h = hashlib.sha256(repr((pipeline_version, sorted(sizes), limits)).encode())
+    for image in images:
+        h.update(f"\n{image.image_id}\t{image.url}\t{image.size}\t{image.version}".encode())
+    return h.hexdigest()[:24]
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def process_part(spec: PartSpec) -> dict[str, int | str]:
+    """Decode a part's images once and write its shards and records; a finished part is skipped."""
+    if storage.exists(spec.records_url):
+        done = storage.read_parquet(spec.records_url, columns=["reason"])
+        return {"key": spec.key, "images": done.num_rows, "accepted": done["reason"].null_count, "skipped": 1}
+    n = len(spec.images)
+    shards = {size: np.empty((n, size, size), dtype=np.uint8) for size in spec.sizes}
+    cols: dict[str, list] = {name: [] for name in RECORD_SCHEMA.names}
+    accepted = 0
+    for image in spec.images:
+        row = {"image_id": image.image_id, "reason": None, "detail": None, "sha256": None,
+               "png_width": None, "png_height": None, "shard_index": None}  # fmt: skip
+        try:
+            if image.size > spec.limits.max_bytes:
+                raise ImageRejected(Reason.TOO_LARGE, f"{image.size} bytes > {spec.limits.max_bytes}")
+            try:
+                data = storage.read_bytes(image.url)
+            except FileNotFoundError:
+                raise ImageRejected(Reason.MISSING_IMAGE, "the file disappeared after it was listed") from None
+            row["sha256"] = hashlib.sha256(data).hexdigest()
+            gray = decode(data, spec.limits)
+            row["png_height"], row["png_width"] = gray.shape
+            for size, shard in shards.items():
+                shard[accepted] = resize_square(gray, size)
+            row["shard_index"] = accepted
+            accepted += 1
+        except ImageRejected as rejected:
+            row["reason"], row["detail"] = str(rejected.reason), rejected.detail
+        for name, value in row.items():
+            cols[name].append(value)
+    if accepted:
+        for size, shard in shards.items():
+            storage.write_bytes(spec.shard_url(size), _npy_bytes(shard[:accepted]))
+    storage.write_parquet(pa.Table.from_pydict(cols, schema=RECORD_SCHEMA), spec.records_url)
+    return {"key": spec.key, "images": n, "accepted": accepted, "skipped": 0}

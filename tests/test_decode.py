@@ -1,0 +1,112 @@
+"""Decoding and the 8-bit gray rule: every mode an archive may hold, every way a file can be broken."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxr.decode import DecodeLimits, ImageRejected, decode, resize_square
+from cxr.quarantine import Reason
+from tests.conftest import NIH
+
+
+def png(array: np.ndarray, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def bomb_header(width: int, height: int) -> bytes:
+    """A valid PNG signature and IHDR claiming a huge image, with almost no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 10)) + chunk(b"IEND", b"")
+
+
+def test_8_bit_gray_is_taken_as_is():
+    pixels = np.random.default_rng(0).integers(0, 256, (80, 96), dtype=np.uint8)
+    assert np.array_equal(decode(png(pixels)), pixels)
+
+
+def test_16_bit_gray_is_scaled_by_its_effective_bit_depth():
+    twelve_bit = np.array([[0, 4095], [2048, 1]], dtype=np.uint16).repeat(40, 0).repeat(40, 1)
+    out = decode(png(twelve_bit))
+    assert out.dtype == np.uint8 and out[0, 0] == 0 and out[0, -1] == 255 and out[-1, 0] == 128
+    full = np.array([[0, 65535]], dtype=np.uint16).repeat(80, 0).repeat(40, 1)
+    assert decode(png(full))[0, -1] == 255
+    dark = np.full((80, 80), 100, dtype=np.uint16)  # fits in 8 bits: kept as is
+    assert decode(png(dark))[0, 0] == 100
+
+
+def test_rgb_and_rgba_become_luma_and_the_real_nih_rgba_files_keep_their_gray_values():
+    rgb = np.zeros((70, 70, 3), dtype=np.uint8)
+    rgb[..., 0] = 200
+    assert decode(png(rgb))[0, 0] == round(0.299 * 200)
+    real = (NIH / "images" / "00000100_000.png").read_bytes()
+    rgba = np.asarray(Image.open(io.BytesIO(real)))
+    assert rgba.shape[2] == 4 and (rgba[..., 3] == 255).all()
+    assert np.array_equal(decode(real), rgba[..., 0])
+
+
+def test_palette_images_are_converted_through_their_palette():
+    pal = Image.fromarray(np.tile(np.arange(0, 256, 4, dtype=np.uint8), (70, 2))[:, :70]).convert("P")
+    buf = io.BytesIO()
+    pal.save(buf, format="PNG")
+    assert decode(buf.getvalue()).shape == (70, 70)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason", "detail"),
+    [
+        (b"", Reason.UNREADABLE_IMAGE, "empty file"),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF" + b"\x00" * 100, Reason.UNREADABLE_IMAGE, "JPEG"),
+        (b"this is not an image\n", Reason.UNREADABLE_IMAGE, "text"),
+        (png(np.zeros((100, 100), np.uint8))[:60], Reason.UNREADABLE_IMAGE, ""),
+        (png(np.zeros((20, 300), np.uint8)), Reason.BAD_DIMENSIONS, "20 px"),
+        (bomb_header(100_000, 100_000), Reason.TOO_LARGE, ""),
+    ],
+    ids=["empty", "jpeg", "text", "truncated", "tiny", "bomb"],
+)
+def test_broken_files_are_rejected_with_a_reason(data, reason, detail):
+    with pytest.raises(ImageRejected) as err:
+        decode(data)
+    assert err.value.reason == reason and detail in err.value.detail
+
+
+def test_truncated_pixel_data_is_unreadable():
+    noisy = np.random.default_rng(1).integers(0, 256, (200, 200), dtype=np.uint8)
+    data = png(noisy)
+    with pytest.raises(ImageRejected) as err:
+        decode(data[: len(data) * 2 // 3])
+    assert err.value.reason == Reason.UNREADABLE_IMAGE
+
+
+def test_corrupt_chunk_crc_is_unreadable():
+    data = bytearray(png(np.zeros((100, 100), np.uint8)))
+    data[20] ^= 0xFF  # inside IHDR: its CRC no longer matches
+    with pytest.raises(ImageRejected) as err:
+        decode(bytes(data))
+    assert err.value.reason == Reason.UNREADABLE_IMAGE
+
+
+def test_limits_are_settings():
+    data = png(np.zeros((100, 100), np.uint8))
+    with pytest.raises(ImageRejected, match="too_large"):
+        decode(data, DecodeLimits(max_bytes=10))
+    with pytest.raises(ImageRejected, match="too_large"):
+        decode(data, DecodeLimits(max_pixels=99 * 100))
+    assert decode(data, DecodeLimits(min_side=100)).shape == (100, 100)
+
+
+def test_resize_gives_the_side_asked_for_and_keeps_a_flat_image_flat():
+    flat = np.full((1024, 1000), 77, np.uint8)
+    out = resize_square(flat, 224)
+    assert out.shape == (224, 224) and out.dtype == np.uint8 and (out == 77).all()
