@@ -141,7 +141,7 @@ def ingest(
     workers: Annotated[int | None, typer.Option(help="LocalCluster worker processes (default: all cores).")] = None,
     test_share: Annotated[float, typer.Option(help="Share of patients for test when no official list names them.")] = 0.2,
     val_share: Annotated[float, typer.Option(help="Share of patients for validation.")] = 0.1,
-    part_images: Annotated[int | None, typer.Option(help="Images per part (default: as many as fit 64 MB of pixels, at most 512).")] = None,
+    part_images: Annotated[int | None, typer.Option(help="Images per part (default: as many as fit 64 MB of pixels, at most 64).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Ingest an archive into a versioned dataset: validated Parquet metadata, quarantine, boxes, uint8 shards.

@@ -10,8 +10,9 @@ Conversion to 8-bit gray (the rule every image goes through, documented in the R
   smallest ``b >= 8`` with ``max <= 2**b - 1``: ``round(v * 255 / (2**b - 1))``. A 12-bit image stored in
   16 bits keeps its full contrast instead of coming out nearly black.
 
-Resizing to a square side: Pillow's bilinear filter with ``reducing_gap=2.0`` (an integer box reduction
-first), aspect ratio not kept (NIH's PNGs are square; boxes are scaled per axis).
+Resizing to a square side (:func:`resize_square`): a box average by an integer factor when the side
+divides the image's (1024 -> 256), else Pillow's bilinear filter after an integer box reduction
+(``reducing_gap=2.0``); aspect ratio not kept (NIH's PNGs are square; boxes are scaled per axis).
 """
 
 from __future__ import annotations
@@ -59,25 +60,32 @@ def _what_is_it(data: bytes) -> str:
     return f"unknown data starting {data[:8]!r}"
 
 
-def to_gray8(image: Image.Image) -> np.ndarray:
-    """Pixels of a loaded image as 8-bit gray, by the rule in the module docstring."""
+def to_gray8(image: Image.Image) -> Image.Image:
+    """A loaded image as an 8-bit gray (mode ``L``) image, by the rule in the module docstring."""
     mode = image.mode
     if mode == "L":
-        return np.asarray(image)
-    if mode in ("1", "P", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "PA", "La"):
-        return np.asarray(image.convert("RGB").convert("L") if mode in ("P", "PA") else image.convert("L"))
+        return image
+    if mode in ("P", "PA"):
+        return image.convert("RGB").convert("L")
+    if mode in ("1", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La"):
+        return image.convert("L")
     if mode.startswith("I;16") or mode == "I":
         values = np.asarray(image).astype(np.int64)
         if values.min() < 0:
             raise ImageRejected(Reason.UNREADABLE_IMAGE, f"negative pixel values in mode {mode}")
         bits = max(8, int(values.max()).bit_length())
         scaled = (values * 255 * 2 + (2**bits - 1)) // (2 * (2**bits - 1))  # round half up, integers only
-        return scaled.astype(np.uint8)
+        return Image.fromarray(scaled.astype(np.uint8), mode="L")
     raise ImageRejected(Reason.UNREADABLE_IMAGE, f"unsupported pixel mode {mode}")
 
 
 def decode(data: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
     """Validate and decode PNG bytes into a 2-D uint8 gray array, or raise :class:`ImageRejected`."""
+    return np.asarray(decode_image(data, limits))
+
+
+def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Image:
+    """Like :func:`decode`, as a Pillow image in mode ``L`` (saves copies when it is resized next)."""
     if len(data) == 0:
         raise ImageRejected(Reason.UNREADABLE_IMAGE, "empty file")
     if len(data) > limits.max_bytes:
@@ -107,9 +115,17 @@ def decode(data: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
     return to_gray8(image)
 
 
-def resize_square(gray: np.ndarray, side: int) -> np.ndarray:
-    """Resize a 2-D uint8 array to ``side`` x ``side`` (bilinear, integer box reduction first)."""
-    if gray.shape == (side, side):
-        return gray
-    image = Image.fromarray(gray, mode="L")
+def resize_square(gray: np.ndarray | Image.Image, side: int) -> np.ndarray:
+    """Resize a 2-D uint8 array to ``side`` x ``side``.
+
+    A square image whose side is a multiple of ``side`` (1024 -> 256) is box-averaged by that factor;
+    anything else goes through Pillow's bilinear filter after an integer box reduction
+    (``reducing_gap=2.0``). Both average over the source pixels, so neither aliases.
+    """
+    image = gray if isinstance(gray, Image.Image) else Image.fromarray(gray, mode="L")
+    width, height = image.size
+    if (width, height) == (side, side):
+        return np.asarray(image)
+    if height == width and width % side == 0:
+        return np.asarray(image.reduce(width // side))
     return np.asarray(image.resize((side, side), Image.Resampling.BILINEAR, reducing_gap=2.0))

@@ -48,7 +48,7 @@ class IngestOptions:
     limits: DecodeLimits = DecodeLimits()
     test_share: float = 0.2  # patients to test when no official list names them
     val_share: float = 0.1  # patients to validation, out of train/val
-    part_images: int | None = None  # images per part; None: as many as fit PART_BYTES (at most 512)
+    part_images: int | None = None  # images per part; None: as many as fit PART_BYTES, at most 64
 
     def __post_init__(self) -> None:
         if not self.sizes or any(not 16 <= s <= 2048 for s in self.sizes) or len(set(self.sizes)) != len(self.sizes):
@@ -60,7 +60,7 @@ class IngestOptions:
     def images_per_part(self) -> int:
         if self.part_images:
             return self.part_images
-        return max(8, min(512, PART_BYTES // sum(s * s for s in self.sizes)))
+        return max(8, min(64, PART_BYTES // sum(s * s for s in self.sizes)))
 
 
 @dataclass

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from cxr import storage
-from cxr.decode import DecodeLimits, ImageRejected, decode, resize_square
+from cxr.decode import DecodeLimits, ImageRejected, decode_image, resize_square
 from cxr.quarantine import Reason
 
 RECORD_SCHEMA = pa.schema(
@@ -92,8 +92,8 @@ def process_part(spec: PartSpec) -> dict[str, int | str]:
             except FileNotFoundError:
                 raise ImageRejected(Reason.MISSING_IMAGE, "the file disappeared after it was listed") from None
             row["sha256"] = hashlib.sha256(data).hexdigest()
-            gray = decode(data, spec.limits)
-            row["png_height"], row["png_width"] = gray.shape
+            gray = decode_image(data, spec.limits)
+            row["png_width"], row["png_height"] = gray.size
             for size, shard in shards.items():
                 shard[accepted] = resize_square(gray, size)
             row["shard_index"] = accepted
@@ -107,3 +107,14 @@ def process_part(spec: PartSpec) -> dict[str, int | str]:
             storage.write_bytes(spec.shard_url(size), _npy_bytes(shard[:accepted]))
     storage.write_parquet(pa.Table.from_pydict(cols, schema=RECORD_SCHEMA), spec.records_url)
     return {"key": spec.key, "images": n, "accepted": accepted, "skipped": 0}
+
+
+def warm_up() -> None:
+    """Import and exercise the decoding path once (plugins, allocators), e.g. on fresh Dask workers."""
+    buf = io.BytesIO()
+    from PIL import Image
+
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(buf, format="PNG")
+    resize_square(decode_image(buf.getvalue()), 32)
+    _npy_bytes(np.zeros((1, 2, 2), np.uint8))
+    import pyarrow.parquet  # noqa: F401

@@ -1,0 +1,28 @@
+"""The ingest flow: an NIH archive becomes a dataset version.
+
+    prefect deployment / python -c "from flows.ingest import ingest; ingest(source=..., out=...)"
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from tasks.ingest import decode_parts_task, ingest_summary_artifact, plan_ingest_task, publish_task
+
+
+@flow(name="ingest", log_prints=True)
+def ingest(
+    source: str,
+    out: str,
+    sizes: list[int] = [256],  # noqa: B006 - Prefect parameters are JSON; the list is never mutated
+    dask_address: str | None = None,
+    workers: int | None = None,
+    test_share: float = 0.2,
+    val_share: float = 0.1,
+) -> str:
+    """Ingest ``source`` (folder or s3://) into a new version under ``out``; returns its digest."""
+    plan = plan_ingest_task(source, out, sizes, test_share, val_share)
+    decode_parts_task(plan, dask_address, workers)
+    result = publish_task(plan)
+    ingest_summary_artifact(result)
+    return result["digest"]
