@@ -21,8 +21,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 def _fail(message: str) -> None:
@@ -193,29 +193,65 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo keeps its data.")] = Path(".cxr/demo"),
     n_images: Annotated[int, typer.Option("--n-images", help="Synthetic images to make.")] = 1500,
     size: Annotated[int, typer.Option(help="Synthetic image side in px.")] = 256,
+    shard_size: Annotated[int, typer.Option(help="Shard side in px for training.")] = 128,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    workers: Annotated[int | None, typer.Option(help="Dask LocalCluster workers (default: all cores).")] = None,
 ) -> None:
-    """The main job on embedded defaults: make a synthetic NIH archive (if none yet) and run the chain on it.
+    """The main job on embedded defaults: a synthetic NIH archive (made once), then the chain on it.
 
-    The chain grows with the project; today it makes the archive and reads it back with the NIH readers.
+    The chain grows with the project; today: synth -> ingest (Dask) -> the dataset version's summary.
     """
-    from cxr.source import read_source, summarize
+    from cxr.cluster import dask_client
+    from cxr.ingest import IngestOptions, plan_ingest, publish, run_parts
     from cxr.synth import SynthConfig, synthesize
 
-    source = workdir / "source"
+    source, datasets = workdir / "source", workdir / "datasets"
     if not (source / "Data_Entry_2017_v2020.csv").exists():
-        console.print(f"[bold]1/2[/] making a synthetic NIH archive of {n_images} images in {source}")
+        console.print(f"[bold]1/3 synth[/]: a synthetic NIH archive of {n_images} images in {source}")
         config = SynthConfig(out=str(source), n_images=n_images, size=size, seed=seed, workers=os.cpu_count() or 1)
         with _progress() as progress:
             task = progress.add_task("rendering", total=n_images)
             _run(synthesize, config, progress=lambda n: progress.advance(task, n))
     else:
-        console.print(f"[bold]1/2[/] reusing the synthetic archive in {source}")
-    console.print("[bold]2/2[/] reading it back with the NIH readers")
-    summary = summarize(_run(read_source, str(source)))
-    _print_summary(summary)
-    if summary["rows_accepted"] != summary["rows_in"] or summary["rows_without_file"] or summary["files_without_row"]:
-        _fail("the synthetic archive did not read back cleanly")
+        console.print(f"[bold]1/3 synth[/]: reusing the synthetic archive in {source}")
+    console.print(f"[bold]2/3 ingest[/]: {source} -> {datasets} (shards at {shard_size} px)")
+    plan = _run(plan_ingest, str(source), str(datasets), IngestOptions(sizes=(shard_size,)))
+    if plan.existing:
+        console.print(f"unchanged source: version {plan.existing} already holds it")
+    else:
+        with dask_client(None, workers, announce=lambda line: console.print(line, highlight=False)) as client:
+            with _progress() as progress:
+                task = progress.add_task("decoding", total=sum(len(p.images) for p in plan.parts))
+                _run(run_parts, plan, client, lambda n: progress.advance(task, n))
+    result = _run(publish, plan)
+    _print_accounting(result.accounting, result.version.info["splits"])
+    console.print(f"[bold]3/3 dataset[/]: version {result.version.digest} at {result.version.path}")
+    out.print(_version_table(result.version))
+    if result.accounting["quarantined"]:
+        _fail("the synthetic archive should ingest without quarantine")
+
+
+def _version_table(version) -> Table:  # noqa: ANN001
+    """Positives per finding and split, from the version's metadata."""
+    import pyarrow.compute as pc
+
+    from cxr.findings import FINDING_COLUMNS, FINDINGS
+
+    metadata = version.metadata(columns=["split", *FINDING_COLUMNS])
+    splits = ("train", "val", "test")
+    masks = {s: pc.equal(metadata["split"], s) for s in splits}
+    counts = {s: pc.sum(masks[s]).as_py() or 0 for s in splits}
+    table = Table(title=f"dataset {version.digest}: positives per split", title_justify="left")
+    table.add_column("finding")
+    for s in splits:
+        table.add_column(f"{s} ({counts[s]})", justify="right")
+    for finding, column in zip(FINDINGS, FINDING_COLUMNS, strict=True):
+        cells = []
+        for s in splits:
+            n = pc.sum(pc.and_(masks[s], metadata[column])).as_py() or 0
+            cells.append(f"{n} ({100 * n / max(counts[s], 1):.1f} %)")
+        table.add_row(finding, *cells)
+    return table
 
 
 def main() -> None:

@@ -48,9 +48,27 @@ def test_bad_input_gives_one_clear_line_and_exit_code_2(args, message):
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
-def test_demo_makes_an_archive_and_reads_it_back(tmp_path):
-    result = run("demo", "--workdir", str(tmp_path / "demo"), "--n-images", "60", "--size", "32")
+def test_demo_makes_an_archive_and_ingests_it_once(tmp_path):
+    result = run("demo", "--workdir", str(tmp_path / "demo"), "--n-images", "60", "--size", "64", "--shard-size", "32",
+                 "--workers", "1")  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "rows: 60 read, 60 accepted, quarantined: none" in result.stdout
-    again = run("demo", "--workdir", str(tmp_path / "demo"), "--n-images", "60", "--size", "32")
-    assert again.returncode == 0 and "reusing the synthetic archive" in again.stderr
+    digest = (tmp_path / "demo" / "datasets" / "LATEST").read_text().strip()
+    assert f"version {digest}" in result.stderr and "Dask LocalCluster: 1 worker processes, dashboard http://127.0.0.1:" in result.stderr
+    assert "positives per split" in result.stdout and "Pneumonia" in result.stdout
+    again = run("demo", "--workdir", str(tmp_path / "demo"), "--n-images", "60", "--size", "64", "--shard-size", "32")
+    assert again.returncode == 0
+    assert "reusing the synthetic archive" in again.stderr and f"version {digest} already holds it" in again.stderr
+
+
+def test_ingest_prints_the_digest_and_the_accounting(tmp_path):
+    assert run("synth", "--out", str(tmp_path / "src"), "--n-images", "30", "--size", "64").returncode == 0
+    (tmp_path / "src" / "images_001" / "images" / "00000001_000.png").write_bytes(b"")
+    result = run("ingest", "--source", str(tmp_path / "src"), "--out", str(tmp_path / "ds"), "--size", "32", "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (tmp_path / "ds" / "LATEST").read_text().strip()
+    assert "unreadable_image" in result.stderr and "accepted" in result.stderr and "29" in result.stderr
+
+
+def test_ingest_of_a_folder_without_an_archive_fails_clearly(tmp_path):
+    result = run("ingest", "--source", str(tmp_path), "--out", str(tmp_path / "ds"))
+    assert result.returncode == 2 and "no label table" in result.stderr and "Traceback" not in result.stderr
