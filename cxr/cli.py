@@ -189,6 +189,89 @@ def _print_accounting(accounting: dict, splits: dict) -> None:
 
 
 @app.command()
+def stats(
+    dataset: Annotated[str, typer.Option("--dataset", help="A dataset root (its LATEST) or a version folder.")],
+    dask_address: Annotated[str | None, typer.Option(help="A running Dask scheduler; default: Dask's threads here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print stats.json to stdout.")] = False,
+) -> None:
+    """Label statistics per split with Dask: frequencies, class weights, co-occurrence, views, sexes.
+
+    Writes stats.json and charts/prevalence.png (and _log) into the version folder.
+    """
+    from cxr.dataset import open_version
+    from cxr.stats import dataset_stats, to_json, write_stats
+
+    version = _run(open_version, dataset)
+    if dask_address:
+        from cxr.cluster import dask_client
+
+        with dask_client(dask_address, announce=lambda line: console.print(line, highlight=False)) as client:
+            result = _run(dataset_stats, version, client)
+    else:
+        result = _run(dataset_stats, version)
+    written = _run(write_stats, version, result)
+    if as_json:
+        out.print(to_json(result), end="", highlight=False)
+        return
+    for name, split in result["splits"].items():
+        out.print(_stats_table(name, split))
+    console.print("wrote " + ", ".join(written), highlight=False)
+
+
+def _stats_table(name: str, split: dict) -> Table:
+    table = Table(title=f"{name}: {split['n']} images, {split['no_finding']} without a finding", title_justify="left")
+    for column in ("finding", "n_pos", "n_neg", "freq_pos", "w_pos", "w_neg"):
+        table.add_column(column, justify="left" if column == "finding" else "right")
+    for finding, s in split["findings"].items():
+        table.add_row(finding, str(s["n_pos"]), str(s["n_neg"]), f"{s['freq_pos']:.4f}", f"{s['w_pos']:.4f}", f"{s['w_neg']:.4f}")
+    return table
+
+
+@app.command()
+def manifest(
+    dataset: Annotated[str, typer.Option("--dataset", help="A dataset root (its LATEST) or a version folder.")],
+    strategy: Annotated[str, typer.Option(help="none | weighted | resample.")],
+    out_dir: Annotated[str, typer.Option("--out", help="Folder or s3:// prefix for manifest.parquet and manifest.json.")],
+    target: Annotated[str | None, typer.Option(help="resample: balance this finding 1:1 (e.g. Pneumonia).")] = None,
+    mode: Annotated[str, typer.Option(help="resample with a target: over (repeat the minority) or under (drop majority rows).")] = "over",
+    floor: Annotated[float, typer.Option(help="resample without a target: least share of positive draws per finding.")] = 0.05,
+    seed: Annotated[int, typer.Option(help="Random seed; the same inputs and seed give the same bytes.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print manifest.json to stdout.")] = False,
+) -> None:
+    """Write the exact list a training run reads: train rows balanced by the strategy, val and test untouched."""
+    from cxr.dataset import open_version
+    from cxr.findings import parse_finding
+    from cxr.manifest import ManifestConfig, build_manifest, write_manifest
+
+    version = _run(open_version, dataset)
+    config = _run(ManifestConfig, strategy=strategy, target=_run(parse_finding, target) if target else None,
+                  mode=mode, floor=floor, seed=seed)  # fmt: skip
+    built = _run(build_manifest, version, config)
+    _run(write_manifest, built, out_dir)
+    info = built.info
+    if as_json:
+        out.print_json(json.dumps(info))
+        return
+    table = Table(title=f"manifest {info['digest']} ({info['strategy']}) of dataset {version.digest}", title_justify="left")
+    for column in ("finding", "train share before", "after", "distinct positive images"):
+        table.add_column(column, justify="left" if column == "finding" else "right")
+    for finding in info["findings"]:
+        table.add_row(finding, f"{100 * info['train_prevalence']['before'][finding]:.2f} %",
+                      f"{100 * info['train_prevalence']['after'][finding]:.2f} %",
+                      str(info["reuse"]["distinct_positive_images"][finding]))  # fmt: skip
+    out.print(table)
+    reuse = info["reuse"]
+    out.print(
+        "rows/draws: " + "  ".join(f"{k} {v['rows']}/{v['draws']}" for k, v in info["splits"].items())
+        + f"\nmost reused training image: {reuse['most_repeated_image']} x{reuse['max_repeat']}; "
+        f"{reuse['rows_repeated']} rows repeated, {reuse['rows_dropped']} dropped",
+        highlight=False,
+    )
+    console.print(f"wrote {out_dir}: manifest.parquet, manifest.json, charts/balance.png", highlight=False)
+    out.print(info["digest"])
+
+
+@app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo keeps its data.")] = Path(".cxr/demo"),
     n_images: Annotated[int, typer.Option("--n-images", help="Synthetic images to make.")] = 1500,

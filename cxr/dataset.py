@@ -17,7 +17,6 @@ the pixel pipeline version. It does not cover ``created`` or where the source wa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import posixpath
 from dataclasses import dataclass
@@ -27,10 +26,10 @@ import numpy as np
 import pyarrow as pa
 
 from cxr import storage
+from cxr.digest import canonical_digest
 from cxr.labels import BOX_SCHEMA, LABEL_SCHEMA
 
 SCHEMA_VERSION = 1
-DIGEST_CHARS = 16
 
 _LABEL_FIELDS = list(LABEL_SCHEMA)
 METADATA_SCHEMA = pa.schema(
@@ -59,34 +58,23 @@ def _relative(uri: str, root: str) -> str:
     return uri[len(prefix) :] if uri.startswith(prefix) else uri
 
 
-def _canonical_rows(table: pa.Table, sort_keys: list[str], source_root: str) -> list[dict[str, Any]]:
-    rows = table.sort_by([(k, "ascending") for k in sort_keys]).to_pylist()
-    for row in rows:
-        if "source_uri" in row:
-            row["source_uri"] = _relative(row["source_uri"], source_root)
-    return rows
-
-
 def content_digest(
     metadata: pa.Table, boxes: pa.Table, quarantine: pa.Table, sizes: list[int], pipeline_version: int, source_root: str
 ) -> str:
-    """sha256 over the canonical content of a version, first :data:`DIGEST_CHARS` hex characters."""
-    h = hashlib.sha256()
+    """The digest of a version: its tables, shard sizes and pixel pipeline, source URIs made relative."""
 
-    def feed(obj: Any) -> None:
-        h.update(json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode())
-        h.update(b"\n")
+    def relative(row: dict[str, Any]) -> dict[str, Any]:
+        if "source_uri" in row:
+            row["source_uri"] = _relative(row["source_uri"], source_root)
+        return row
 
-    feed({"schema_version": SCHEMA_VERSION, "sizes": sorted(sizes), "pixel_pipeline_version": pipeline_version})
-    for name, table, keys in (
+    header = {"schema_version": SCHEMA_VERSION, "sizes": sorted(sizes), "pixel_pipeline_version": pipeline_version}
+    tables = [
         ("metadata", metadata, ["image_id"]),
         ("boxes", boxes, ["image_id", "finding", "x", "y", "w", "h"]),
         ("quarantine", quarantine, ["source_uri", "reason", "detail"]),
-    ):
-        feed({"table": name, "columns": table.schema.names, "rows": table.num_rows})
-        for row in _canonical_rows(table, keys, source_root):
-            feed(row)
-    return h.hexdigest()[:DIGEST_CHARS]
+    ]
+    return canonical_digest(header, tables, relative)
 
 
 @dataclass(frozen=True)

@@ -72,3 +72,25 @@ def test_ingest_prints_the_digest_and_the_accounting(tmp_path):
 def test_ingest_of_a_folder_without_an_archive_fails_clearly(tmp_path):
     result = run("ingest", "--source", str(tmp_path), "--out", str(tmp_path / "ds"))
     assert result.returncode == 2 and "no label table" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_stats_and_manifest_from_the_command_line(tmp_path):
+    assert run("synth", "--out", str(tmp_path / "src"), "--n-images", "120", "--size", "64").returncode == 0
+    assert run("ingest", "--source", str(tmp_path / "src"), "--out", str(tmp_path / "ds"), "--size", "32", "--workers", "1").returncode == 0
+    stats = run("stats", "--dataset", str(tmp_path / "ds"), "--json")
+    assert stats.returncode == 0, stats.stderr
+    parsed = json.loads(stats.stdout)
+    assert sum(s["n"] for s in parsed["splits"].values()) == 120
+    digest = (tmp_path / "ds" / "LATEST").read_text().strip()
+    assert json.loads((tmp_path / "ds" / digest / "stats.json").read_text()) == parsed
+    table = run("stats", "--dataset", str(tmp_path / "ds" / digest))
+    assert "freq_pos" in table.stdout and "Infiltration" in table.stdout
+    made = run("manifest", "--dataset", str(tmp_path / "ds"), "--strategy", "resample", "--target", "effusion",
+               "--mode", "under", "--out", str(tmp_path / "m"))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    info = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert made.stdout.strip().splitlines()[-1] == info["digest"] and info["target"] == "Effusion"
+    bad = run("manifest", "--dataset", str(tmp_path / "ds"), "--strategy", "weighted", "--target", "Effusion", "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "only applies to strategy 'resample'" in bad.stderr
+    missing = run("stats", "--dataset", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and "neither a dataset version" in missing.stderr

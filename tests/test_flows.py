@@ -45,3 +45,26 @@ def test_ingest_flow_makes_the_same_version_as_the_library_and_publishes_a_summa
     assert (tmp_path / "flow" / "LATEST").read_text().strip() == digest
     [artifact] = _artifacts("ingest-summary")
     assert artifact.type == "table" and digest in str(artifact.data) and "accepted" in str(artifact.data)
+
+
+def test_stats_and_manifest_tasks_write_their_files_and_publish_tables(prefect_api, tiny_source, tmp_path):
+    from prefect import flow
+
+    from tasks.stats import manifest_task, stats_task
+
+    ingest_library(str(tiny_source), str(tmp_path / "ds"), IngestOptions(sizes=(32,)))
+
+    @flow
+    def stats_then_manifest() -> tuple[dict, dict]:
+        stats = stats_task(str(tmp_path / "ds"))
+        info = manifest_task(str(tmp_path / "ds"), str(tmp_path / "m"), "resample", target="Effusion")
+        return stats, info
+
+    stats, info = stats_then_manifest()
+    digest = (tmp_path / "ds" / "LATEST").read_text().strip()
+    assert (tmp_path / "ds" / digest / "stats.json").exists() and (tmp_path / "ds" / digest / "charts" / "prevalence.png").exists()
+    assert (tmp_path / "m" / "manifest.json").exists() and info["train_prevalence"]["after"]["Effusion"] == 0.5
+    assert stats["splits"]["train"]["n"] == info["splits"]["train"]["rows"]
+    [label_stats] = _artifacts("label-stats")
+    [manifest] = _artifacts("manifest")
+    assert "Hernia" in str(label_stats.data) and info["digest"] in manifest.description

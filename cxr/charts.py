@@ -1,0 +1,70 @@
+"""Charts as PNG bytes (matplotlib, Agg): prevalence per finding, and a manifest's before/after balance."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+
+from cxr.findings import FINDINGS
+
+
+def _figure(rows: int, cols: int, width: float, height: float):  # noqa: ANN202 - matplotlib types
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    return fig, axes
+
+
+def _png(fig) -> bytes:  # noqa: ANN001
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})  # no version stamp: same chart, same bytes
+    return buf.getvalue()
+
+
+def prevalence_chart(stats: dict[str, Any], log: bool = False) -> bytes:
+    """Positives vs. negatives per finding, one panel per split (``log``: logarithmic counts)."""
+    splits = list(stats["splits"])
+    fig, axes = _figure(1, len(splits), 5.0 * len(splits), 5.5)
+    y = np.arange(len(FINDINGS))
+    for ax, name in zip(axes[0], splits, strict=True):
+        part = stats["splits"][name]["findings"]
+        pos = [part[f]["n_pos"] for f in FINDINGS]
+        neg = [part[f]["n_neg"] for f in FINDINGS]
+        ax.barh(y - 0.2, neg, height=0.4, color="#9aa5b1", label="negative")
+        ax.barh(y + 0.2, pos, height=0.4, color="#d1495b", label="positive")
+        ax.set_yticks(y, FINDINGS if ax is axes[0][0] else [""] * len(FINDINGS))
+        ax.invert_yaxis()
+        if log:
+            ax.set_xscale("log")
+        ax.set_title(f"{name} (n = {stats['splits'][name]['n']})")
+        ax.set_xlabel("images" + (" (log scale)" if log else ""))
+    axes[0][0].legend(loc="lower right")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def balance_chart(info: dict[str, Any]) -> bytes:
+    """A manifest's share of positive draws per finding in train, before and after balancing."""
+    before = info["train_prevalence"]["before"]
+    after = info["train_prevalence"]["after"]
+    fig, axes = _figure(1, 1, 7.0, 5.5)
+    ax = axes[0][0]
+    y = np.arange(len(FINDINGS))
+    ax.barh(y - 0.2, [100 * before[f] for f in FINDINGS], height=0.4, color="#9aa5b1", label="before")
+    ax.barh(y + 0.2, [100 * after[f] for f in FINDINGS], height=0.4, color="#00798c", label="after")
+    ax.set_yticks(y, FINDINGS)
+    ax.invert_yaxis()
+    ax.set_xlabel("share of training draws that are positive (%)")
+    what = info["strategy"] + (f", target {info['target']} ({info['mode']})" if info.get("target") else "")
+    if info.get("floor"):
+        what += f", floor {100 * info['floor']:.0f} %"
+    ax.set_title(f"manifest {info['digest']}: {what}\nmost reused training image: x{info['reuse']['max_repeat']}")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return _png(fig)

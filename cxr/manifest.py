@@ -1,0 +1,205 @@
+"""Manifests: the exact list of rows a training run reads, balanced by one of three strategies.
+
+- ``none``: every training row once, plain loss.
+- ``weighted``: every training row once; the training split's per-finding weights
+  (``w_pos = freq_neg``, ``w_neg = freq_pos``) go into ``manifest.json`` for the weighted loss.
+- ``resample``: training rows repeated (``repeat > 1``) or dropped until balanced, plain loss.
+  With ``target``: that finding's positives and negatives end exactly 1:1, by repeating the minority
+  (``mode="over"``) or dropping part of the majority (``mode="under"``). Without: class-aware
+  oversampling until every finding's share of positive draws reaches ``floor``. The cost the source
+  warns about (the same few positive images, seen again and again) is reported: the largest repeat
+  count, which image it is, and how many distinct images carry each finding's positives.
+
+Validation and test rows are never resampled or weighted. Repeats are counts, never copies of images.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cxr import storage
+from cxr.dataset import DatasetVersion
+from cxr.digest import canonical_digest
+from cxr.findings import FINDING_COLUMNS, FINDINGS, column_name
+from cxr.stats import finding_stats
+
+STRATEGIES = ("none", "weighted", "resample")
+MANIFEST_SCHEMA_VERSION = 1
+_COLUMNS = ["image_id", "patient_id", "split", *FINDING_COLUMNS, "shard", "shard_index"]
+_SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
+
+
+@dataclass(frozen=True)
+class ManifestConfig:
+    """How to build a manifest."""
+
+    strategy: str = "none"
+    target: str | None = None  # resample: the finding to balance 1:1; None: the multi-label floor
+    mode: str = "over"  # resample with a target: "over" repeats the minority, "under" drops majority rows
+    floor: float = 0.05  # resample without a target: the least share of positive draws per finding
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.target is not None:
+            if self.strategy != "resample":
+                raise ValueError(f"target {self.target!r} only applies to strategy 'resample'")
+            column_name(self.target)  # raises for an unknown finding
+        if self.mode not in ("over", "under"):
+            raise ValueError(f"mode must be 'over' or 'under', got {self.mode!r}")
+        if not 0 < self.floor <= 0.5:
+            raise ValueError(f"floor must be in (0, 0.5], got {self.floor}")
+
+
+@dataclass
+class Manifest:
+    table: pa.Table
+    info: dict[str, Any]
+
+    @property
+    def digest(self) -> str:
+        return str(self.info["digest"])
+
+
+def _labels(table: pa.Table) -> np.ndarray:
+    return np.column_stack([table[c].to_numpy(zero_copy_only=False) for c in FINDING_COLUMNS]).astype(np.int64)
+
+
+def _balance_binary(y: np.ndarray, mode: str, rng: np.random.Generator) -> np.ndarray:
+    """Repeat counts that make positives and negatives of one finding exactly equal."""
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    repeat = np.ones(len(y), dtype=np.int64)
+    minority, majority = (pos, neg) if len(pos) <= len(neg) else (neg, pos)
+    if mode == "over":
+        base, extra = divmod(len(majority), len(minority))
+        repeat[minority] = base
+        repeat[rng.choice(minority, size=extra, replace=False)] += 1
+    else:
+        repeat[majority] = 0
+        repeat[rng.choice(majority, size=len(minority), replace=False)] = 1
+    return repeat
+
+
+def _oversample_to_floor(labels: np.ndarray, floor: float, rng: np.random.Generator, max_rounds: int = 1000) -> np.ndarray:
+    """Add repeats to the positives of the most under-represented finding until every share >= floor."""
+    repeat = np.ones(len(labels), dtype=np.int64)
+    order = rng.permutation(len(labels))  # seeded tie-break among equally repeated rows
+    for _ in range(max_rounds):
+        draws = int(repeat.sum())
+        positive_draws = repeat @ labels
+        share = positive_draws / draws
+        f = int(np.argmin(share))
+        if share[f] >= floor:
+            return repeat
+        need = int(np.ceil((floor * draws - positive_draws[f]) / (1.0 - floor)))
+        rows = order[labels[order, f] == 1]
+        # spread the extra draws over the finding's positives, least repeated first
+        rows = rows[np.argsort(repeat[rows], kind="stable")]
+        base, extra = divmod(need, len(rows))
+        repeat[rows] += base
+        repeat[rows[:extra]] += 1
+    raise ValueError(
+        f"oversampling did not reach a floor of {floor} within {max_rounds} rounds: raising one finding's share "
+        "dilutes the others too much on this data; choose a lower floor"
+    )
+
+
+def _prevalence(labels: np.ndarray, repeat: np.ndarray) -> dict[str, float]:
+    draws = repeat.sum()
+    share = (repeat @ labels) / draws if draws else np.zeros(len(FINDINGS))
+    return {f: float(v) for f, v in zip(FINDINGS, share, strict=True)}
+
+
+def build_manifest(version: DatasetVersion, config: ManifestConfig) -> Manifest:
+    """The manifest of a dataset version under ``config`` (deterministic for a given seed)."""
+    metadata = version.metadata(columns=_COLUMNS)
+    split_rank = pc.index_in(metadata["split"], pa.array(list(_SPLIT_ORDER)))
+    metadata = metadata.append_column("_rank", split_rank).sort_by([("_rank", "ascending"), ("image_id", "ascending")])
+    metadata = metadata.drop_columns(["_rank"])
+    is_train = pc.equal(metadata["split"], "train").to_numpy(zero_copy_only=False)
+    train_idx = np.flatnonzero(is_train)
+    if len(train_idx) == 0:
+        raise ValueError(f"dataset {version.digest} has no training rows")
+    labels = _labels(metadata)
+    train_labels = labels[train_idx]
+    rng = np.random.default_rng(config.seed)
+
+    repeat = np.ones(metadata.num_rows, dtype=np.int64)
+    if config.strategy == "resample":
+        if config.target:
+            y = train_labels[:, FINDINGS.index(config.target)]
+            if y.sum() == 0 or y.sum() == len(y):
+                raise ValueError(f"cannot balance {config.target}: the training split has {int(y.sum())} positives of {len(y)}")
+            repeat[train_idx] = _balance_binary(y, config.mode, rng)
+        else:
+            missing = [f for f, n in zip(FINDINGS, train_labels.sum(axis=0), strict=True) if n == 0]
+            if missing:
+                raise ValueError(f"cannot oversample findings without a training positive: {', '.join(missing)}")
+            repeat[train_idx] = _oversample_to_floor(train_labels, config.floor, rng)
+
+    weights = None
+    before = finding_stats(len(train_idx), train_labels.sum(axis=0).tolist())
+    if config.strategy == "weighted":
+        weights = {f: {"w_pos": s["w_pos"], "w_neg": s["w_neg"]} for f, s in before.items()}
+
+    keep = repeat > 0
+    table = metadata.filter(pa.array(keep)).append_column("repeat", pa.array(repeat[keep], pa.int32()))
+    table = table.select(["image_id", "patient_id", "split", "repeat", *FINDING_COLUMNS, "shard", "shard_index"])
+
+    train_repeat = repeat[train_idx]
+    reused = int(np.argmax(train_repeat))
+    settings = {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "strategy": config.strategy,
+        "target": config.target,
+        "mode": config.mode if config.strategy == "resample" and config.target else None,
+        "floor": config.floor if config.strategy == "resample" and not config.target else None,
+        "seed": config.seed,
+        "dataset_digest": version.digest,
+        "class_weights": weights,
+    }
+    digest = canonical_digest(settings, [("manifest", table, ["split", "image_id"])])
+    splits = {}
+    for name in _SPLIT_ORDER:
+        mask = pc.equal(table["split"], name)
+        splits[name] = {"rows": int(pc.sum(mask).as_py() or 0), "draws": int(pc.sum(pc.if_else(mask, table["repeat"], 0)).as_py() or 0)}
+    info = {
+        "digest": digest,
+        **settings,
+        "dataset": {"digest": version.digest, "root": version.root, "shard_sizes": version.sizes},
+        "findings": list(FINDINGS),
+        "splits": splits,
+        "train_prevalence": {"before": _prevalence(train_labels, np.ones(len(train_idx), np.int64)),
+                             "after": _prevalence(train_labels, train_repeat)},  # fmt: skip
+        "reuse": {
+            "max_repeat": int(train_repeat.max()),
+            "most_repeated_image": metadata["image_id"][int(train_idx[reused])].as_py(),
+            "rows_repeated": int((train_repeat > 1).sum()),
+            "rows_dropped": int((train_repeat == 0).sum()),
+            "distinct_positive_images": {f: int(((train_labels[:, i] == 1) & (train_repeat > 0)).sum()) for i, f in enumerate(FINDINGS)},
+        },
+        "config": asdict(config),
+    }
+    return Manifest(table, info)
+
+
+def write_manifest(manifest: Manifest, out: str) -> None:
+    """``charts/balance.png``, ``manifest.parquet``, then ``manifest.json`` (written last: it marks completion)."""
+    from cxr.charts import balance_chart
+
+    storage.write_bytes(storage.join(out, "charts", "balance.png"), balance_chart(manifest.info))
+    storage.write_parquet(manifest.table, storage.join(out, "manifest.parquet"))
+    storage.write_text(storage.join(out, "manifest.json"), json.dumps(manifest.info, indent=2, sort_keys=True) + "\n")
+
+
+def read_manifest(url: str) -> Manifest:
+    """A manifest folder written by :func:`write_manifest`."""
+    info = json.loads(storage.read_text(storage.join(url, "manifest.json")))
+    return Manifest(storage.read_parquet(storage.join(url, "manifest.parquet")), info)
