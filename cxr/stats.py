@@ -29,20 +29,20 @@ _F = len(FINDINGS)
 def _partial(df: pd.DataFrame) -> pd.DataFrame:
     """Counts of one partition in long form: (split, kind, key, count)."""
     rows: list[tuple[str, str, str, int]] = []
-    split = df["split"].astype(str).to_numpy()
+    split_codes, split_names = pd.factorize(df["split"])
+    view_codes, view_names = pd.factorize(df["view"])
+    sex_codes, sex_names = pd.factorize(df["sex"])
     labels = df[list(FINDING_COLUMNS)].to_numpy(dtype=np.float64)
-    view = df["view"].astype(str).to_numpy()
-    sex = df["sex"].astype(str).to_numpy()
-    for name in np.unique(split):
-        mask = split == name
+    for k, name in enumerate(split_names):
+        mask = split_codes == k
         x = labels[mask]
         rows.append((name, "n", "", int(mask.sum())))
         rows.append((name, "no_finding", "", int((x.sum(axis=1) == 0).sum())))
         co = (x.T @ x).astype(np.int64)  # diagonal: positives per finding
         rows.extend((name, "co", f"{i},{j}", int(co[i, j])) for i in range(_F) for j in range(_F))
-        for kind, values in (("view", view[mask]), ("sex", sex[mask])):
-            keys, counts = np.unique(values, return_counts=True)
-            rows.extend((name, kind, str(k), int(c)) for k, c in zip(keys, counts, strict=True))
+        for kind, codes, names in (("view", view_codes, view_names), ("sex", sex_codes, sex_names)):
+            counts = np.bincount(codes[mask], minlength=len(names))
+            rows.extend((name, kind, str(key), int(c)) for key, c in zip(names, counts, strict=True) if c)
     return pd.DataFrame(rows, columns=["split", "kind", "key", "count"]).astype({"count": "int64"})
 
 
@@ -54,7 +54,8 @@ def count_table(paths: str | Sequence[str], client: Any | None = None, storage_o
     """Sum the per-partition counts of one or more Parquet files with Dask (on ``client`` if given)."""
     import dask.dataframe as dd
 
-    frame = dd.read_parquet(paths, storage_options=storage_options)
+    # one partition per row group: a single metadata file still spreads over the workers
+    frame = dd.read_parquet(paths, storage_options=storage_options, split_row_groups=True)
     missing = [c for c in STATS_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"{paths}: the metadata lacks column(s) {', '.join(missing)}")
