@@ -112,9 +112,9 @@ def main() -> None:
             write_metadata(path, rows)
             reference = compute_stats(str(path), client)
             assert sum(s["n"] for s in reference["splits"].values()) == rows
-            t_pandas = best(lambda: pandas_one_thread(path), args.repeats)
-            t_arrow = best(lambda: pyarrow_one_thread(path), args.repeats)
-            t_dask = best(lambda: compute_stats(str(path), client), args.repeats)
+            t_pandas = best(lambda p=path: pandas_one_thread(p), args.repeats)
+            t_arrow = best(lambda p=path: pyarrow_one_thread(p), args.repeats)
+            t_dask = best(lambda p=path: compute_stats(str(p), client), args.repeats)
             cells = [f"{t:6.2f} s {rows / t / 1e6:6.2f} M rows/s" for t in (t_pandas, t_arrow, t_dask)]
             print(f"{rows:>11,} {cells[0]:>22} {cells[1]:>22} {cells[2]:>22} {t_pandas / t_dask:>14.2f}x {t_arrow / t_dask:>15.2f}x")
             path.unlink()

@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import io
-import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +14,6 @@ from PIL import Image
 from cxr import storage
 from cxr.dataset import METADATA_SCHEMA, open_version
 from cxr.ingest import IngestOptions, ingest, plan_ingest
-from cxr.quarantine import Reason
 from cxr.splits import SplitConflictError
 from cxr.synth import SynthConfig, synthesize
 from tests.conftest import NIH
