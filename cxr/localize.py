@@ -1,0 +1,81 @@
+"""Where a finding is: class activation maps (CAM), boxes from them, and T(IoBB) accuracy.
+
+CAM (Zhou et al., CVPR 2016): for finding ``c`` the map is ``sum_k w[c, k] * F_k(x, y)`` over the last
+feature maps ``F`` and the classifier weights ``w`` (the models here end in global average pooling
+and one linear layer, so the map is exact, no gradients needed). It is upsampled to the input size
+and scaled to [0, 1].
+
+Localization accuracy as Wang et al. (ChestX-ray8, CVPR 2017) define it: the heatmap is thresholded,
+the largest connected region's bounding box is the prediction, scaled to the 1024 px frame of the
+NIH boxes, and it counts as correct when IoBB = area(prediction and truth) / area(prediction)
+exceeds T, for T in 0.1, 0.25, 0.5.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch.nn import functional as F
+
+from cxr.models import Classifier
+
+IOBB_THRESHOLDS = (0.1, 0.25, 0.5)
+HEATMAP_THRESHOLD = 0.7  # of the map's range; Wang et al. threshold their maps at a fixed 180 of 255
+
+
+@torch.no_grad()
+def class_activation_maps(model: Classifier, images: torch.Tensor, classes: Sequence[int] | None = None) -> torch.Tensor:
+    """[N, C, H, W] maps in [0, 1] for ``classes`` (default all), at the input's resolution."""
+    model.eval()
+    features = model.features(images).float()  # [N, K, h, w]
+    weights = model.classifier.weight.float()  # [C, K]
+    if classes is not None:
+        weights = weights[list(classes)]
+    maps = torch.einsum("ck,nkhw->nchw", weights, features)
+    maps = F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    low = maps.amin(dim=(2, 3), keepdim=True)
+    high = maps.amax(dim=(2, 3), keepdim=True)
+    return (maps - low) / (high - low).clamp_min(1e-12)
+
+
+def heatmap_box(heatmap: np.ndarray, threshold: float = HEATMAP_THRESHOLD) -> tuple[float, float, float, float, float]:
+    """(x, y, w, h) of the largest region above ``threshold``, in heatmap pixels, and the share of the
+    image that the thresholded map covers."""
+    mask = heatmap >= threshold
+    share = float(mask.mean())
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return 0.0, 0.0, float(heatmap.shape[1]), float(heatmap.shape[0]), share
+    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1))
+    rows, cols = np.nonzero(labels == int(np.argmax(sizes)) + 1)
+    x0, x1, y0, y1 = cols.min(), cols.max() + 1, rows.min(), rows.max() + 1
+    return float(x0), float(y0), float(x1 - x0), float(y1 - y0), share
+
+
+def iobb(predicted: Sequence[float], truth: Sequence[float]) -> float:
+    """Intersection over the *predicted* box's area (Wang et al.), boxes as (x, y, w, h)."""
+    px, py, pw, ph = predicted
+    tx, ty, tw, th = truth
+    ix = max(0.0, min(px + pw, tx + tw) - max(px, tx))
+    iy = max(0.0, min(py + ph, ty + th) - max(py, ty))
+    area = pw * ph
+    return (ix * iy) / area if area > 0 else 0.0
+
+
+def localization_accuracy(
+    predicted: dict[str, list[tuple[float, float, float, float]]],
+    truth: dict[str, list[tuple[float, float, float, float]]],
+    thresholds: Sequence[float] = IOBB_THRESHOLDS,
+) -> dict[str, dict[str, float | int]]:
+    """Per finding: the share of its true boxes whose predicted box reaches IoBB > T, for each T.
+
+    ``predicted[f][i]`` is the box predicted for the image of ``truth[f][i]``.
+    """
+    out: dict[str, dict[str, float | int]] = {}
+    for finding, boxes in truth.items():
+        scores = [iobb(p, t) for p, t in zip(predicted[finding], boxes, strict=True)]
+        out[finding] = {"n": len(boxes), **{f"T{t}": float(np.mean([s > t for s in scores])) if scores else 0.0 for t in thresholds}}
+    return out

@@ -1,0 +1,106 @@
+"""Per-finding metrics with scikit-learn: AUROC (with a bootstrap interval), AUPRC, thresholds chosen on
+validation (Youden's J, or a fixed specificity), and sensitivity and specificity at a threshold.
+
+A finding whose labels hold a single class in the evaluated split has no AUROC: it is reported as
+``None`` and left out of the mean, never counted as 0.5.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+from cxr.findings import FINDINGS
+
+
+def _defined(y: np.ndarray) -> bool:
+    return 0 < y.sum() < len(y)
+
+
+def auroc(y: np.ndarray, p: np.ndarray) -> float | None:
+    return float(roc_auc_score(y, p)) if _defined(y) else None
+
+
+def per_finding_auroc(labels: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
+    return {f: auroc(labels[:, i], probs[:, i]) for i, f in enumerate(FINDINGS)}
+
+
+def mean_defined(values: Sequence[float | None]) -> float | None:
+    defined = [v for v in values if v is not None]
+    return float(np.mean(defined)) if defined else None
+
+
+def bootstrap_auroc(y: np.ndarray, p: np.ndarray, n_boot: int, rng: np.random.Generator, level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile interval of AUROC over ``n_boot`` resamples (resamples with one class are skipped)."""
+    if not _defined(y):
+        return None
+    values = []
+    n = len(y)
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        if _defined(y[idx]):
+            values.append(roc_auc_score(y[idx], p[idx]))
+    if not values:
+        return None
+    lo, hi = np.percentile(values, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def youden_threshold(y: np.ndarray, p: np.ndarray) -> float:
+    """The threshold maximizing sensitivity + specificity - 1 (0.5 when the split has one class)."""
+    if not _defined(y):
+        return 0.5
+    fpr, tpr, thresholds = roc_curve(y, p)
+    best = int(np.argmax(tpr - fpr))
+    return float(min(thresholds[best], 1.0))
+
+
+def specificity_threshold(y: np.ndarray, p: np.ndarray, specificity: float) -> float:
+    """The lowest threshold whose specificity on (y, p) is at least ``specificity``."""
+    negatives = np.sort(p[y == 0])
+    if len(negatives) == 0:
+        return 0.5
+    k = int(np.ceil(specificity * len(negatives)))  # negatives that must fall at or below
+    if k <= 0:
+        return float(negatives[0])
+    if k >= len(negatives):
+        return float(np.nextafter(negatives[-1], np.inf))
+    return float(np.nextafter(negatives[k - 1], np.inf))
+
+
+def sens_spec(y: np.ndarray, p: np.ndarray, threshold: float) -> tuple[float | None, float | None]:
+    pred = p >= threshold
+    pos, neg = y == 1, y == 0
+    sens = float(pred[pos].mean()) if pos.any() else None
+    spec = float((~pred[neg]).mean()) if neg.any() else None
+    return sens, spec
+
+
+def evaluate_predictions(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    thresholds: Sequence[float],
+    n_boot: int = 200,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """AUROC with its interval, AUPRC, prevalence, sensitivity and specificity per finding, and the mean AUROC."""
+    rng = np.random.default_rng(seed)
+    findings: dict[str, Any] = {}
+    for i, f in enumerate(FINDINGS):
+        y, p = labels[:, i], probs[:, i]
+        sens, spec = sens_spec(y, p, thresholds[i])
+        interval = bootstrap_auroc(y, p, n_boot, rng) if n_boot else None
+        findings[f] = {
+            "n_pos": int(y.sum()),
+            "n": int(len(y)),
+            "auroc": auroc(y, p),
+            "auroc_ci95": list(interval) if interval else None,
+            "auprc": float(average_precision_score(y, p)) if y.sum() > 0 else None,
+            "threshold": float(thresholds[i]),
+            "sensitivity": sens,
+            "specificity": spec,
+        }
+    return {"findings": findings, "mean_auroc": mean_defined([v["auroc"] for v in findings.values()])}
