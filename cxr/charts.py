@@ -68,3 +68,43 @@ def balance_chart(info: dict[str, Any]) -> bytes:
     ax.legend(loc="lower right")
     fig.tight_layout()
     return _png(fig)
+
+
+def roc_pr_chart(labels: np.ndarray, probs: np.ndarray, title: str) -> bytes:
+    """ROC (left) and precision-recall (right) curves of every finding with a defined AUROC."""
+    from sklearn.metrics import auc, precision_recall_curve, roc_curve
+
+    fig, axes = _figure(1, 2, 13.0, 6.0)
+    roc_ax, pr_ax = axes[0]
+    for i, finding in enumerate(FINDINGS):
+        y, p = labels[:, i], probs[:, i]
+        if not 0 < y.sum() < len(y):
+            continue
+        fpr, tpr, _ = roc_curve(y, p)
+        precision, recall, _ = precision_recall_curve(y, p)
+        roc_ax.plot(fpr, tpr, lw=1.2, label=f"{finding} {auc(fpr, tpr):.2f}")
+        pr_ax.plot(recall, precision, lw=1.2, label=f"{finding} ({int(y.sum())} pos.)")
+    roc_ax.plot([0, 1], [0, 1], color="#888", lw=0.8, ls="--")
+    roc_ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"ROC: {title}")
+    pr_ax.set(xlabel="recall (sensitivity)", ylabel="precision", title=f"precision-recall: {title}", ylim=(0, 1.02))
+    roc_ax.legend(fontsize=7, loc="lower right")
+    pr_ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, boxes: list[tuple[str, tuple[float, float, float, float], str]], title: str) -> bytes:
+    """A gray image with a heatmap over it and labelled boxes ((name, (x, y, w, h) in image px, colour))."""
+    from matplotlib.patches import Rectangle
+
+    fig, axes = _figure(1, 1, 5.0, 5.3)
+    ax = axes[0][0]
+    ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+    ax.imshow(heatmap, cmap="jet", alpha=0.35, vmin=0, vmax=1)
+    for name, (x, y, w, h), colour in boxes:
+        ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor=colour, lw=1.5))
+        ax.text(x, max(y - 2, 0), name, color=colour, fontsize=7, va="bottom")
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _png(fig)

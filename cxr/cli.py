@@ -271,6 +271,115 @@ def manifest(
     out.print(info["digest"])
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(
+    ctx: typer.Context,
+    manifest_url: Annotated[str, typer.Option("--manifest", help="Manifest folder (manifest.parquet + manifest.json).")],
+    output_dir: Annotated[str, typer.Option(help="Where checkpoint.pt, model.pt and metrics.jsonl go.")] = "runs/train",
+    model: Annotated[str, typer.Option(help="densenet121 | resnet50 | efficientnet_b0 | small.")] = "densenet121",
+    epochs: Annotated[int, typer.Option(help="Epochs.")] = 10,
+    image_size: Annotated[int | None, typer.Option(help="Model input side in px (default: the shard size).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per process and step.")] = 32,
+    nproc: Annotated[int, typer.Option(help="Processes on this machine; >1 launches torchrun (DDP).")] = 1,
+    weights: Annotated[str | None, typer.Option(help="torchvision weights file for the backbone.")] = None,
+    init_from: Annotated[str | None, typer.Option(help="A model.pt of an earlier run to start from.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from OUTPUT_DIR/checkpoint.pt.")] = False,
+) -> None:
+    """Train a classifier on a manifest; any other flag of `python -m cxr.train` passes through (see --help there).
+
+    With --nproc N > 1 this runs `torchrun --standalone --nproc-per-node N -m cxr.train ...`; for several
+    machines run torchrun yourself (README).
+    """
+    import subprocess
+
+    args = ["--manifest", manifest_url, "--output-dir", output_dir, "--model", model, "--epochs", str(epochs),
+            "--batch-size", str(batch_size)]  # fmt: skip
+    for flag, value in (("--image-size", image_size), ("--weights", weights), ("--init-from", init_from)):
+        if value is not None:
+            args += [flag, str(value)]
+    if resume:
+        args.append("--resume")
+    args += list(ctx.args)
+    if nproc < 1:
+        _fail(f"--nproc must be >= 1, got {nproc}")
+    if nproc == 1:
+        from cxr.train import TrainConfig, get_args_parser
+        from cxr.train import main as train_main
+
+        config = _run(lambda: TrainConfig.from_dict(vars(get_args_parser().parse_args(args))))
+        result = _run(train_main, config)
+        console.print(f"val mean AUROC {result['val_mean_auroc']}; model: {result['model_url']}", highlight=False)
+        return
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "cxr.train", *args]
+    console.print("running: " + " ".join(command[1:]), highlight=False)
+    code = subprocess.call(command)
+    if code:
+        _fail(f"torchrun exited with {code}")
+
+
+@app.command()
+def evaluate(
+    model_uri: Annotated[str, typer.Option("--model", help="A model.pt (local or s3://).")],
+    dataset: Annotated[str, typer.Option("--dataset", help="A dataset root (its LATEST) or a version folder.")],
+    split: Annotated[str, typer.Option(help="The split to evaluate.")] = "test",
+    threshold_rule: Annotated[str, typer.Option(help="youden | specificity (thresholds chosen on val).")] = "youden",
+    specificity: Annotated[float, typer.Option(help="Target specificity for --threshold-rule specificity.")] = 0.9,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the AUROC interval.")] = 200,
+    out_dir: Annotated[str | None, typer.Option("--out", help="Write evaluation.json, curves.png, heatmaps/ here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Per-finding AUROC (95 % bootstrap interval), AUPRC, sensitivity and specificity, and CAM localization."""
+    from cxr.evaluate import evaluate_model
+
+    result = _run(evaluate_model, model_uri, dataset, split, threshold_rule, specificity, bootstrap, 0, out_dir)
+    if as_json:
+        out.print_json(json.dumps(result))
+        return
+    table = Table(title=f"{split} (n = {result['n']}): mean AUROC {result['mean_auroc']:.3f}", title_justify="left")
+    for column in ("finding", "pos", "AUROC", "95 % CI", "AUPRC", "sens", "spec", "T(IoBB)>0.1 CAM / random"):
+        table.add_column(column, justify="left" if column == "finding" else "right")
+
+    def fmt(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    for finding, m in result["findings"].items():
+        loc, rnd = result["localization"].get(finding), result["localization_random"].get(finding)
+        ci = "-" if not m["auroc_ci95"] else f"{m['auroc_ci95'][0]:.2f}-{m['auroc_ci95'][1]:.2f}"
+        where = "-" if not loc else f"{loc['T0.1']:.2f} / {rnd['T0.1']:.2f} (n={loc['n']})"
+        table.add_row(finding, str(m["n_pos"]), fmt(m["auroc"]), ci, fmt(m["auprc"]), fmt(m["sensitivity"]), fmt(m["specificity"]), where)
+    out.print(table)
+
+
+@app.command()
+def predict(
+    images: Annotated[list[str], typer.Argument(help="PNG files (local or s3://).")],
+    model_uri: Annotated[str, typer.Option("--model", help="A model.pt (local or s3://).")],
+    heatmaps: Annotated[str | None, typer.Option(help="Write heatmap overlays (PNG) to this folder.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """The 14 probabilities per image; for findings above threshold, a box (1024 px frame) and the extent."""
+    from cxr.decode import ImageRejected
+    from cxr.predict import predict_images
+
+    try:
+        results = _run(predict_images, images, model_uri, heatmaps)
+    except ImageRejected as err:
+        _fail(f"{err.reason}: {err.detail}")
+    if as_json:
+        out.print_json(json.dumps(results))
+        return
+    for r in results:
+        table = Table(title=r["image"], title_justify="left")
+        for column in ("finding", "probability", "above threshold", "box (x, y, w, h; 1024 px)", "extent"):
+            table.add_column(column, justify="left" if column == "finding" else "right")
+        above = {f["finding"]: f for f in r["findings"]}
+        for finding, p in r["probabilities"].items():
+            hit = above.get(finding)
+            table.add_row(finding, f"{p:.3f}", "yes" if hit else "", ", ".join(f"{v:.0f}" for v in hit["box_1024"]) if hit else "",
+                          f"{100 * hit['extent']:.1f} %" if hit else "")  # fmt: skip
+        out.print(table)
+
+
 @app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo keeps its data.")] = Path(".cxr/demo"),

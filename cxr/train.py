@@ -276,6 +276,18 @@ def init_head_bias(model: Classifier, labels: np.ndarray, weights: dict[str, dic
         model.classifier.bias.copy_(torch.from_numpy(np.log(p / (1 - p))).float())
 
 
+def rank_fingerprints(model: nn.Module, info: DistInfo) -> list[str]:
+    """Each rank's weights reduced to two float64 numbers (a sum and a fixed random projection), as text.
+
+    Bitwise-equal weights give equal fingerprints; any difference shows with near certainty.
+    """
+    flat = torch.cat([t.detach().reshape(-1).double().cpu() for t in model.state_dict().values() if t.is_floating_point()])
+    projection = torch.rand(flat.numel(), generator=torch.Generator().manual_seed(12345), dtype=torch.float64)
+    local = torch.stack([flat.sum(), flat @ projection]).to(info.device)
+    gathered = all_gather_rows(local.unsqueeze(0), info).cpu().tolist()
+    return [f"{a!r}/{b!r}" for a, b in gathered]
+
+
 def _unwrap(model: nn.Module) -> Classifier:
     inner = model.module if isinstance(model, DistributedDataParallel) else model
     return getattr(inner, "_orig_mod", inner)
@@ -391,6 +403,9 @@ def _train(config: TrainConfig, info: DistInfo, logger: TrainLogger | None) -> d
         if stop:
             break
 
+    fingerprints = rank_fingerprints(_unwrap(model), info)
+    if info.is_main and len(set(fingerprints)) > 1:
+        print(f"warning: the ranks' weights differ: {fingerprints}", file=sys.stderr, flush=True)
     final = evaluate(model, data, info, config)
     thresholds = [0.5] * len(FINDINGS)
     if final["probs"] is not None:
@@ -399,13 +414,14 @@ def _train(config: TrainConfig, info: DistInfo, logger: TrainLogger | None) -> d
               "label_names": list(FINDINGS), "thresholds": thresholds, "threshold_rule": "youden on val",
               "manifest_digest": manifest.digest, "dataset_digest": manifest.info["dataset"]["digest"],
               "strategy": manifest.info["strategy"], "config": dataclasses.asdict(config),
-              "val_auroc": {f: v for f, v in final["val_auroc"].items()}, "val_mean_auroc": final["val_mean_auroc"]}  # fmt: skip
+              "val_auroc": {f: v for f, v in final["val_auroc"].items()}, "val_mean_auroc": final["val_mean_auroc"],
+              "world_size": info.world_size, "rank_fingerprints": fingerprints, "steps": global_step}  # fmt: skip
     if info.is_main:
         checkpoint.save(bundle, storage.join(config.output_dir, "model.pt"))
         logger.close()
     barrier(info)
     return {"history": history, "val_mean_auroc": final["val_mean_auroc"], "val_auroc": final["val_auroc"],
-            "steps": global_step, "model_url": storage.join(config.output_dir, "model.pt")}  # fmt: skip
+            "steps": global_step, "model_url": storage.join(config.output_dir, "model.pt"), "rank_fingerprints": fingerprints}  # fmt: skip
 
 
 class _StopTraining(Exception):

@@ -1,0 +1,121 @@
+"""Training end to end on a synthetic archive: the signal is learnable, every strategy trains, CAM localizes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cxr.evaluate import evaluate_model, load_model
+from cxr.ingest import IngestOptions, ingest
+from cxr.manifest import ManifestConfig, build_manifest, write_manifest
+from cxr.predict import predict_images
+from cxr.synth import SynthConfig, synthesize
+from cxr.train import TrainConfig, main
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("train")
+    synthesize(SynthConfig(out=str(root / "src"), n_images=1500, size=128, seed=0, workers=2))
+    version = ingest(str(root / "src"), str(root / "ds"), IngestOptions(sizes=(64,))).version
+    paths = {"root": root, "src": root / "src", "ds": root / "ds"}
+    for strategy, extra in (("none", {}), ("weighted", {}), ("resample", {"floor": 0.05})):
+        out = root / f"manifest-{strategy}"
+        write_manifest(build_manifest(version, ManifestConfig(strategy, **extra)), str(out))
+        paths[strategy] = out
+    return paths
+
+
+def train(archive: dict[str, Path], strategy: str, epochs: int, run: str | None = None, **kwargs) -> dict:
+    out = archive["root"] / f"run-{run or strategy}"
+    kwargs.setdefault("model", "small")
+    config = TrainConfig(manifest=str(archive[strategy]), output_dir=str(out), epochs=epochs, batch_size=32, seed=0, **kwargs)
+    return main(config)
+
+
+@pytest.fixture(scope="module")
+def trained(archive) -> dict:
+    return train(archive, "none", epochs=6)
+
+
+def test_the_signal_is_learnable_mean_test_auroc_at_least_0_85(archive, trained):
+    result = evaluate_model(str(archive["root"] / "run-none" / "model.pt"), str(archive["ds"]), n_boot=50)
+    assert result["n"] > 250
+    assert result["mean_auroc"] >= 0.85, json.dumps({f: v["auroc"] for f, v in result["findings"].items()})
+    for metrics in result["findings"].values():
+        if metrics["auroc"] is not None and metrics["n_pos"] >= 10:
+            lo, hi = metrics["auroc_ci95"]
+            assert lo <= metrics["auroc"] <= hi
+    history = trained["history"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    lines = (archive["root"] / "run-none" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["params"]["model"] == "small" and any("val_mean_auroc" in line for line in lines)
+
+
+def test_cam_localization_beats_random_heatmaps(archive, trained):
+    result = evaluate_model(str(archive["root"] / "run-none" / "model.pt"), str(archive["ds"]), n_boot=0,
+                            out_dir=str(archive["root"] / "eval"))  # fmt: skip
+    cam, rnd = result["localization"], result["localization_random"]
+    boxes = sum(v["n"] for v in cam.values())
+    assert boxes > 100
+    cam_hits = sum(v["T0.1"] * v["n"] for v in cam.values()) / boxes
+    random_hits = sum(v["T0.1"] * v["n"] for v in rnd.values()) / boxes
+    assert cam_hits >= random_hits + 0.25, (cam_hits, random_hits)
+    assert (archive["root"] / "eval" / "curves.png").exists() and list((archive["root"] / "eval" / "heatmaps").glob("*.png"))
+
+
+@pytest.mark.parametrize("strategy", ["weighted", "resample"])
+def test_every_strategy_trains(archive, strategy):
+    result = train(archive, strategy, epochs=3)
+    bundle = torch.load(archive["root"] / f"run-{strategy}" / "model.pt", weights_only=True)
+    assert bundle["strategy"] == strategy and result["val_mean_auroc"] > 0.7
+    assert len(bundle["thresholds"]) == 14
+
+
+def test_predict_reports_probabilities_boxes_and_overlays(archive, trained, tmp_path):
+    images = sorted((archive["src"] / "images_001" / "images").glob("*.png"))[:4]
+    results = predict_images([str(p) for p in images], str(archive["root"] / "run-none" / "model.pt"), str(tmp_path / "hm"))
+    assert [r["image"] for r in results] == [str(p) for p in images]
+    for r in results:
+        assert len(r["probabilities"]) == 14 and all(0 <= p <= 1 for p in r["probabilities"].values())
+        for f in r["findings"]:
+            x, y, w, h = f["box_1024"]
+            assert 0 <= x and 0 <= y and x + w <= 1024 and y + h <= 1024 and 0 < f["extent"] <= 1
+    assert len(list((tmp_path / "hm").glob("*.png"))) == sum(len(r["findings"]) for r in results)
+
+
+def test_transfer_learning_from_a_weights_file_and_a_frozen_backbone(archive, tmp_path):
+    from torchvision.models import resnet50
+
+    weights = tmp_path / "resnet50.pth"
+    torch.save(resnet50(num_classes=1000).state_dict(), weights)  # stands in for downloaded ImageNet weights
+    result = train(archive, "none", epochs=1, run="transfer", model="resnet50", weights=str(weights), freeze_epochs=1, max_steps=2)
+    assert result["steps"] == 2
+    model, _ = load_model(str(archive["root"] / "run-transfer" / "model.pt"))
+    loaded = torch.load(weights, weights_only=True)
+    body = dict(model.body.named_parameters())
+    assert torch.equal(body["0.weight"], loaded["conv1.weight"])  # from the file, and frozen: unchanged
+    assert torch.equal(body["7.2.conv3.weight"], loaded["layer4.2.conv3.weight"])
+    with pytest.raises(ValueError, match="does not fit"):
+        train(archive, "none", epochs=1, run="misfit", model="densenet121", weights=str(weights), max_steps=1)
+
+
+def test_init_from_an_earlier_model_starts_from_its_weights(archive, trained):
+    source, _ = load_model(str(archive["root"] / "run-none" / "model.pt"))
+    train(archive, "weighted", epochs=1, run="init", init_from=str(archive["root"] / "run-none" / "model.pt"), max_steps=1, lr=1e-12)
+    started, _ = load_model(str(archive["root"] / "run-init" / "model.pt"))
+    for name, tensor in source.state_dict().items():
+        if tensor.is_floating_point() and "running" not in name:
+            assert torch.allclose(tensor, started.state_dict()[name], atol=1e-6), name
+
+
+def test_bad_configs_are_refused():
+    with pytest.raises(ValueError, match="unknown model"):
+        TrainConfig(manifest="m", output_dir="o", model="vgg")
+    with pytest.raises(ValueError, match="unknown setting"):
+        TrainConfig.from_dict({"manifest": "m", "output_dir": "o", "learning_rate": 1})
+    with pytest.raises(ValueError, match="not both"):
+        TrainConfig(manifest="m", output_dir="o", weights="a", init_from="b")
