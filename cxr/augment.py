@@ -36,16 +36,17 @@ class AugmentConfig:
 
 
 def epoch_parameters(config: AugmentConfig, n: int, seed: int, epoch: int) -> np.ndarray:
-    """Per-position parameters for one epoch: [n, 7] = scale, aspect, cx, cy, angle, brightness, contrast, flip."""
-    rng = np.random.default_rng([seed, epoch, 0xA06])
-    scale = rng.uniform(config.crop_scale_min, 1.0, n)
-    log_ratio = rng.uniform(math.log(3 / 4), math.log(4 / 3), n)
-    u = rng.uniform(-1.0, 1.0, (n, 2))
-    angle = rng.uniform(-config.rotation_deg, config.rotation_deg, n) * math.pi / 180
-    bright = rng.uniform(1 - config.brightness, 1 + config.brightness, n)
-    contrast = rng.uniform(1 - config.contrast, 1 + config.contrast, n)
-    flip = (rng.random(n) < 0.5) if config.hflip else np.zeros(n, dtype=bool)
-    return np.column_stack([scale, log_ratio, u, angle, bright, contrast, flip]).astype(np.float32)
+    """Per-position parameters for one epoch: [n, 8] = scale, log aspect, cx, cy, angle, brightness,
+    contrast, flip. Row j depends only on (seed, epoch, j), not on n (rows are drawn in order)."""
+    u = np.random.default_rng([seed, epoch, 0xA06]).random((n, 8))
+    scale = config.crop_scale_min + (1.0 - config.crop_scale_min) * u[:, 0]
+    log_ratio = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[:, 1]
+    centre = 2.0 * u[:, 2:4] - 1.0
+    angle = (2.0 * u[:, 4] - 1.0) * config.rotation_deg * math.pi / 180
+    bright = 1.0 + (2.0 * u[:, 5] - 1.0) * config.brightness
+    contrast = 1.0 + (2.0 * u[:, 6] - 1.0) * config.contrast
+    flip = (u[:, 7] < 0.5) if config.hflip else np.zeros(n, dtype=bool)
+    return np.column_stack([scale, log_ratio, centre, angle, bright, contrast, flip]).astype(np.float32)
 
 
 def apply(images: torch.Tensor, params: torch.Tensor, out_size: int) -> torch.Tensor:

@@ -74,3 +74,11 @@ def all_gather_rows(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     gathered = [torch.zeros_like(padded) for _ in range(info.world_size)]
     dist.all_gather(gathered, padded)
     return torch.cat([g[: int(c.item())] for g, c in zip(gathered, counts, strict=True)])
+
+
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics drift apart: each rank updates
+    them from its own batches after DDP's per-forward broadcast)."""
+    if info.distributed:
+        for buffer in module.buffers():
+            dist.broadcast(buffer.data, src=0)

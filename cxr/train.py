@@ -31,7 +31,7 @@ from torch.utils.data import DistributedSampler
 
 from cxr import checkpoint, storage
 from cxr.augment import AugmentConfig, apply, epoch_parameters, resize
-from cxr.distributed import DistInfo, all_gather_rows, barrier, cleanup, init_distributed
+from cxr.distributed import DistInfo, all_gather_rows, barrier, broadcast_buffers, cleanup, init_distributed
 from cxr.findings import FINDINGS
 from cxr.loss import WeightedBCE
 from cxr.manifest import Manifest, read_manifest
@@ -46,7 +46,7 @@ class TrainConfig:
 
     manifest: str  # folder with manifest.parquet and manifest.json
     output_dir: str  # checkpoint.pt, model.pt, metrics.jsonl (local or s3://)
-    model: str = "densenet121"  # densenet121 | resnet50 | efficientnet_b0 | small (CPU demos)
+    model: str = "densenet121"  # densenet121 | resnet50 | efficientnet_b0 | small (CPU demos) | small-gn
     weights: str | None = None  # torchvision state-dict file for the backbone (transfer learning)
     init_from: str | None = None  # a model.pt from an earlier run: start from its weights
     freeze_epochs: int = 0  # epochs with the backbone frozen (only the head learns) after transfer
@@ -390,6 +390,7 @@ def _train(config: TrainConfig, info: DistInfo, logger: TrainLogger | None) -> d
         except _StopTraining:
             train_loss = float("nan")
         seconds = time.perf_counter() - started
+        broadcast_buffers(model, info)  # every rank evaluates and checkpoints the same model
         result = evaluate(model, data, info, config)
         row = {"epoch": epoch, "train_loss": train_loss, "val_mean_auroc": result["val_mean_auroc"],
                "images_per_s": seen / seconds if seconds > 0 else 0.0, "lr": scheduler.get_last_lr()[0]}  # fmt: skip
