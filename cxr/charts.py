@@ -94,17 +94,26 @@ def roc_pr_chart(labels: np.ndarray, probs: np.ndarray, title: str) -> bytes:
 
 
 def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, boxes: list[tuple[str, tuple[float, float, float, float], str]], title: str) -> bytes:
-    """A gray image with a heatmap over it and labelled boxes ((name, (x, y, w, h) in image px, colour))."""
-    from matplotlib.patches import Rectangle
+    """A gray image with a jet-coloured heatmap blended over it, labelled boxes ((name, (x, y, w, h) in
+    image px, colour)) and a title line; Pillow only (a few ms, where a matplotlib figure takes ~100)."""
+    from matplotlib import colormaps
+    from PIL import Image, ImageDraw
 
-    fig, axes = _figure(1, 1, 5.0, 5.3)
-    ax = axes[0][0]
-    ax.imshow(image, cmap="gray", vmin=0, vmax=255)
-    ax.imshow(heatmap, cmap="jet", alpha=0.35, vmin=0, vmax=1)
-    for name, (x, y, w, h), colour in boxes:
-        ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor=colour, lw=1.5))
-        ax.text(x, max(y - 2, 0), name, color=colour, fontsize=7, va="bottom")
-    ax.set_axis_off()
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return _png(fig)
+    scale = max(1, 512 // max(image.shape))  # small inputs are enlarged so labels stay legible
+    gray = np.repeat(image[..., None].astype(np.float32), 3, axis=2)
+    colour = colormaps["jet"](np.clip(heatmap, 0, 1))[..., :3] * 255.0
+    blended = (0.65 * gray + 0.35 * colour).clip(0, 255).astype(np.uint8)
+    picture = Image.fromarray(blended, mode="RGB")
+    if scale > 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
+    canvas = Image.new("RGB", (picture.width, picture.height + 16), "white")
+    canvas.paste(picture, (0, 16))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((2, 2), title, fill="black")
+    for name, (x, y, w, h), col in boxes:
+        x0, y0 = x * scale, y * scale + 16
+        draw.rectangle([x0, y0, x0 + w * scale, y0 + h * scale], outline=col, width=2)
+        draw.text((x0 + 2, max(y0 - 12, 16)), name, fill=col)
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    return buf.getvalue()

@@ -119,3 +119,20 @@ def test_bad_configs_are_refused():
         TrainConfig.from_dict({"manifest": "m", "output_dir": "o", "learning_rate": 1})
     with pytest.raises(ValueError, match="not both"):
         TrainConfig(manifest="m", output_dir="o", weights="a", init_from="b")
+
+
+@pytest.mark.s3
+def test_training_reads_shards_from_s3_through_the_cache_and_checkpoints_to_s3(s3_bucket, tmp_path, monkeypatch):
+    from cxr import storage
+    from cxr.dataset import open_version
+
+    monkeypatch.setenv("CXR_CACHE", str(tmp_path / "cache"))
+    synthesize(SynthConfig(out=str(tmp_path / "src"), n_images=80, size=64, seed=2))
+    version = ingest(str(tmp_path / "src"), f"{s3_bucket}/ds", IngestOptions(sizes=(32,))).version
+    write_manifest(build_manifest(open_version(f"{s3_bucket}/ds"), ManifestConfig("none")), f"{s3_bucket}/m")
+    result = main(TrainConfig(manifest=f"{s3_bucket}/m", output_dir=f"{s3_bucket}/run", model="small", epochs=1, batch_size=16))
+    assert result["model_url"] == f"{s3_bucket}/run/model.pt" and storage.exists(f"{s3_bucket}/run/checkpoint.pt")
+    cached = sorted((tmp_path / "cache" / "shards" / version.digest / "32").glob("*.npy"))
+    assert cached and all(p.stat().st_size > 0 for p in cached)
+    model, bundle = load_model(f"{s3_bucket}/run/model.pt")
+    assert bundle["dataset_digest"] == version.digest

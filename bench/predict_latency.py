@@ -1,0 +1,59 @@
+"""Latency of ``cxr predict`` on one 1024 px PNG on this machine, per model (issue 5: under a second on CPU).
+
+    .venv/bin/python bench/predict_latency.py [--models small densenet121] [--image-size 224]
+
+Writes a model bundle with untrained weights (latency does not depend on them; every finding is
+then forced above its threshold so that the heatmap, box and overlay work is included), and times
+the model load and, separately, the best of 5 single-image predictions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cxr import checkpoint
+from cxr.findings import FINDINGS
+from cxr.models import build_model
+from cxr.predict import predict_images
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["small", "densenet121"], help="(default: small densenet121)")
+    parser.add_argument("--image-size", type=int, default=224, help="model input side (default 224)")
+    args = parser.parse_args()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    with tempfile.TemporaryDirectory() as tmp:
+        png = Path(tmp) / "image.png"
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (1024, 1024), dtype=np.uint8)).save(buf, format="PNG")
+        png.write_bytes(buf.getvalue())
+        for name in args.models:
+            bundle = {"model": build_model(name).state_dict(), "model_name": name, "image_size": args.image_size,
+                      "label_names": list(FINDINGS), "thresholds": [0.0] * len(FINDINGS)}  # fmt: skip
+            checkpoint.save(bundle, str(Path(tmp) / f"{name}.pt"))
+            start = time.perf_counter()
+            predict_images([str(png)], str(Path(tmp) / f"{name}.pt"))
+            first = time.perf_counter() - start
+            times = []
+            for _ in range(5):
+                start = time.perf_counter()
+                result = predict_images([str(png)], str(Path(tmp) / f"{name}.pt"), str(Path(tmp) / "heatmaps"))
+                times.append(time.perf_counter() - start)
+            assert len(result[0]["findings"]) == len(FINDINGS)
+            print(f"{name:>12} at {args.image_size} px: first call {first:.2f} s; one image with 14 heatmaps, "
+                  f"boxes and overlays, model load included: {min(times):.2f} s (best of 5)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
