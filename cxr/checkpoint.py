@@ -24,8 +24,14 @@ def save(obj: dict[str, Any], url: str) -> None:
 
 
 def load(url: str) -> dict[str, Any]:
-    """Read a checkpoint or model bundle; only tensors and plain Python values are accepted."""
-    data = storage.read_bytes(url)
+    """Read a checkpoint or model bundle (a path, an s3:// URL, or an MLflow ``models:/`` or ``runs:/``
+    URI whose run logged one); only tensors and plain Python values are accepted."""
+    if url.startswith(("models:/", "runs:/")):
+        from cxr.registry import download_bundle
+
+        data = download_bundle(url)
+    else:
+        data = storage.read_bytes(url)
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 

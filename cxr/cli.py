@@ -45,6 +45,10 @@ def _run(fn, *args, **kwargs) -> Any:  # noqa: ANN001
         _fail(f"permission denied: {err}")
     except StorageError as err:
         _fail(str(err))
+    except Exception as err:
+        if type(err).__module__.startswith("mlflow"):  # e.g. an unknown model name or alias
+            _fail(f"MLflow: {err}")
+        raise
 
 
 def _progress() -> Progress:
@@ -378,6 +382,22 @@ def predict(
             table.add_row(finding, f"{p:.3f}", "yes" if hit else "", ", ".join(f"{v:.0f}" for v in hit["box_1024"]) if hit else "",
                           f"{100 * hit['extent']:.1f} %" if hit else "")  # fmt: skip
         out.print(table)
+
+
+@app.command()
+def lineage(
+    model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the chain as JSON.")] = False,
+) -> None:
+    """What made a model: model version -> run -> manifest -> dataset version -> source archive."""
+    from cxr.lineage import format_chain
+    from cxr.lineage import lineage as chain_of
+
+    chain = _run(chain_of, model_uri)
+    if as_json:
+        out.print_json(json.dumps(chain))
+        return
+    out.print(format_chain(chain), highlight=False)
 
 
 @app.command()

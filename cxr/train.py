@@ -38,6 +38,7 @@ from cxr.manifest import Manifest, read_manifest
 from cxr.metrics import mean_defined, per_finding_auroc, youden_threshold
 from cxr.models import MODEL_NAMES, Classifier, build_model, set_backbone_trainable
 from cxr.shards import Rows, ShardStore, gather, split_rows
+from cxr.tracking import TeeLogger
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,12 @@ class TrainConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms (bitwise resumes on CPU)
     max_steps: int = 0  # stop after this many steps in total (0: no limit); for smoke runs
     device: str = "auto"  # auto | cpu | cuda
+    tracking: bool = True  # MLflow (MLFLOW_TRACKING_URI, else .cxr/mlflow.db); off: metrics.jsonl only
+    experiment: str = "cxr"  # MLflow experiment
+    run_name: str | None = None
+    register: str | None = None  # register the model under this name as challenger, then gate champion
+    gate_margin: float = 0.0  # champion needs mean val AUROC >= the champion's + this
+    gate_max_drop: float = 0.02  # and no finding's val AUROC more than this below the champion's
 
     def __post_init__(self) -> None:
         if self.model not in MODEL_NAMES:
@@ -276,6 +283,88 @@ def init_head_bias(model: Classifier, labels: np.ndarray, weights: dict[str, dic
         model.classifier.bias.copy_(torch.from_numpy(np.log(p / (1 - p))).float())
 
 
+def lineage_tags(config: TrainConfig, manifest: Manifest) -> dict[str, str]:
+    """What made the model: dataset, manifest, code, the Prefect flow run, the parent model."""
+    import os
+
+    dataset = manifest.info["dataset"]
+    tags = {
+        "cxr.dataset_digest": dataset["digest"],
+        "cxr.dataset_root": dataset["root"],
+        "cxr.manifest_digest": manifest.digest,
+        "cxr.manifest_uri": config.manifest,
+        "cxr.manifest_strategy": manifest.info["strategy"],
+        "cxr.model_name": config.model,
+    }
+    flow_run = os.environ.get("CXR_FLOW_RUN_ID") or os.environ.get("PREFECT__FLOW_RUN_ID")
+    if flow_run:
+        tags["cxr.prefect_flow_run_id"] = flow_run
+    if config.init_from:
+        tags["cxr.parent_model"] = config.init_from
+    return tags
+
+
+def start_tracking(config: TrainConfig, manifest: Manifest) -> Any:
+    """An MLflow run with lineage tags, inputs (dataset, manifest, stats) and their charts."""
+    import hashlib
+
+    from cxr.tracking import MlflowLogger
+
+    tracker = MlflowLogger(config.experiment, config.run_name, lineage_tags(config, manifest))
+    dataset = manifest.info["dataset"]
+    version_path = storage.join(dataset["root"], dataset["digest"])
+    tracker.log_input(f"dataset-{dataset['digest']}", dataset["digest"], version_path, "training")
+    tracker.log_input(f"manifest-{manifest.digest}", manifest.digest, config.manifest, "training")
+    for url, artifact_path in ((storage.join(version_path, "stats.json"), "stats"),
+                               (storage.join(version_path, "charts", "prevalence.png"), "stats"),
+                               (storage.join(version_path, "charts", "prevalence_log.png"), "stats"),
+                               (storage.join(config.manifest, "charts", "balance.png"), "manifest"),
+                               (storage.join(config.manifest, "manifest.json"), "manifest")):  # fmt: skip
+        if storage.exists(url):
+            data = storage.read_bytes(url)
+            tracker.log_bytes(url.rsplit("/", 1)[-1], data, artifact_path)
+            if url.endswith("stats.json"):
+                tracker.log_input("stats", hashlib.sha256(data).hexdigest()[:16], url, "training")
+    return tracker
+
+
+def finish_tracking(tracker: Any, config: TrainConfig, manifest: Manifest, model: Classifier, bundle: dict[str, Any]) -> dict[str, Any]:
+    """Validation curves and heatmaps, the model, and (with --register) the registry and its gate."""
+    import tempfile
+
+    from cxr.evaluate import evaluate_model
+    from cxr.registry import log_model, register_and_gate
+
+    out: dict[str, Any] = {"run_id": tracker.run_id}
+    dataset = manifest.info["dataset"]
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            evaluate_model(storage.join(config.output_dir, "model.pt"), storage.join(dataset["root"], dataset["digest"]),
+                           split="val", n_boot=100, out_dir=tmp, overlays=6)  # fmt: skip
+            tracker.log_file(f"{tmp}/evaluation.json", "val")
+            tracker.log_file(f"{tmp}/curves.png", "val")
+            import glob
+
+            for path in sorted(glob.glob(f"{tmp}/heatmaps/*.png")):
+                tracker.log_file(path, "val/heatmaps")
+        except ValueError as err:  # e.g. no val split: nothing to draw
+            print(f"no validation figures: {err}", file=sys.stderr)
+    holder: dict[str, Any] = {}
+    if tracker._safe("log model", lambda: holder.update(model_uri=log_model(tracker, model, bundle))):
+        out["mlflow_model_uri"] = holder["model_uri"]
+        if config.register:
+            def register() -> None:
+                version, decision = register_and_gate(tracker.run_id, holder["model_uri"], config.register,
+                                                      config.gate_margin, config.gate_max_drop, tracker.uri)  # fmt: skip
+                holder.update(version=version, decision=decision)
+            if tracker._safe("register", register):
+                out.update(registered=config.register, version=holder["version"], promoted=holder["decision"].promoted,
+                           gate_reasons=holder["decision"].reasons)  # fmt: skip
+                print(json.dumps({"registered": config.register, "version": holder["version"],
+                                  "promoted": holder["decision"].promoted, "reasons": holder["decision"].reasons}), flush=True)  # fmt: skip
+    return out
+
+
 def rank_fingerprints(model: nn.Module, info: DistInfo) -> list[str]:
     """Each rank's weights reduced to two float64 numbers (a sum and a fixed random projection), as text.
 
@@ -305,9 +394,14 @@ def _train(config: TrainConfig, info: DistInfo, logger: TrainLogger | None) -> d
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(config.seed)
-    logger = logger or (JsonlLogger(config.output_dir) if info.is_main else NullLogger())
     manifest = read_manifest(config.manifest)
     data = load_data(manifest, config)
+    tracker = None
+    if logger is None:
+        logger = JsonlLogger(config.output_dir) if info.is_main else NullLogger()
+        if info.is_main and config.tracking:
+            tracker = start_tracking(config, manifest)
+            logger = TeeLogger(tracker, logger)
 
     model = build_model(config.model, weights=config.weights)
     if config.init_from:
@@ -417,12 +511,19 @@ def _train(config: TrainConfig, info: DistInfo, logger: TrainLogger | None) -> d
               "strategy": manifest.info["strategy"], "config": dataclasses.asdict(config),
               "val_auroc": {f: v for f, v in final["val_auroc"].items()}, "val_mean_auroc": final["val_mean_auroc"],
               "world_size": info.world_size, "rank_fingerprints": fingerprints, "steps": global_step}  # fmt: skip
+    tracked: dict[str, Any] = {}
     if info.is_main:
         checkpoint.save(bundle, storage.join(config.output_dir, "model.pt"))
+        final_metrics = {"final_val_mean_auroc": final["val_mean_auroc"]}
+        final_metrics.update({f"final_val_auroc_{f}": v for f, v in final["val_auroc"].items()})
+        logger.log_metrics({k: v for k, v in final_metrics.items() if v is not None}, global_step)
+        if tracker is not None:
+            tracked = finish_tracking(tracker, config, manifest, _unwrap(model), bundle)
         logger.close()
     barrier(info)
     return {"history": history, "val_mean_auroc": final["val_mean_auroc"], "val_auroc": final["val_auroc"],
-            "steps": global_step, "model_url": storage.join(config.output_dir, "model.pt"), "rank_fingerprints": fingerprints}  # fmt: skip
+            "steps": global_step, "model_url": storage.join(config.output_dir, "model.pt"), "rank_fingerprints": fingerprints,
+            **tracked}  # fmt: skip
 
 
 class _StopTraining(Exception):

@@ -16,6 +16,10 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="cxr-test-prefect-")
+# Training tracks to MLflow by default: the tests' runs go to a throwaway local store, never .cxr/.
+_MLFLOW_DIR = tempfile.mkdtemp(prefix="cxr-test-mlflow-")
+os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{_MLFLOW_DIR}/mlflow.db")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 FIXTURES = Path(__file__).parent / "fixtures"
