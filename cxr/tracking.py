@@ -80,7 +80,7 @@ class MlflowLogger:
             try:
                 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-                self.monitor = SystemMetricsMonitor(self.run_id, sampling_interval=10, samples_before_logging=1, tracking_uri=self.uri)
+                self.monitor = SystemMetricsMonitor(self.run_id, sampling_interval=2, samples_before_logging=1, tracking_uri=self.uri)
                 self.monitor.start()
             except Exception as err:  # noqa: BLE001 - system metrics are optional (psutil, GPU drivers)
                 print(f"MLflow system metrics off: {err}", file=sys.stderr)

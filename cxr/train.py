@@ -277,7 +277,8 @@ def init_head_bias(model: Classifier, labels: np.ndarray, weights: dict[str, dic
     if weights:
         w_pos = np.array([weights[f]["w_pos"] for f in FINDINGS])
         w_neg = np.array([weights[f]["w_neg"] for f in FINDINGS])
-        p = w_pos * p / (w_pos * p + w_neg * (1 - p))
+        weighted = w_pos * p + w_neg * (1 - p)
+        p = np.divide(w_pos * p, weighted, out=p.copy(), where=weighted > 0)  # a finding with no positive: keep 0
     p = np.clip(p, 1e-4, 1 - 1e-4)
     with torch.no_grad():
         model.classifier.bias.copy_(torch.from_numpy(np.log(p / (1 - p))).float())
