@@ -23,6 +23,8 @@ app = typer.Typer(
 )
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
+if not out.is_terminal:  # piped or captured: tables at 80 columns would wrap every row
+    out = Console(soft_wrap=True, width=140)
 
 
 def _fail(message: str) -> None:
@@ -339,19 +341,7 @@ def evaluate(
     if as_json:
         out.print_json(json.dumps(result))
         return
-    table = Table(title=f"{split} (n = {result['n']}): mean AUROC {result['mean_auroc']:.3f}", title_justify="left")
-    for column in ("finding", "pos", "AUROC", "95 % CI", "AUPRC", "sens", "spec", "T(IoBB)>0.1 CAM / random"):
-        table.add_column(column, justify="left" if column == "finding" else "right")
-
-    def fmt(v: float | None) -> str:
-        return "-" if v is None else f"{v:.3f}"
-
-    for finding, m in result["findings"].items():
-        loc, rnd = result["localization"].get(finding), result["localization_random"].get(finding)
-        ci = "-" if not m["auroc_ci95"] else f"{m['auroc_ci95'][0]:.2f}-{m['auroc_ci95'][1]:.2f}"
-        where = "-" if not loc else f"{loc['T0.1']:.2f} / {rnd['T0.1']:.2f} (n={loc['n']})"
-        table.add_row(finding, str(m["n_pos"]), fmt(m["auroc"]), ci, fmt(m["auprc"]), fmt(m["sensitivity"]), fmt(m["specificity"]), where)
-    out.print(table)
+    _print_evaluation(result)
 
 
 @app.command()
@@ -405,28 +395,37 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo keeps its data.")] = Path(".cxr/demo"),
     n_images: Annotated[int, typer.Option("--n-images", help="Synthetic images to make.")] = 1500,
     size: Annotated[int, typer.Option(help="Synthetic image side in px.")] = 256,
-    shard_size: Annotated[int, typer.Option(help="Shard side in px for training.")] = 128,
+    shard_size: Annotated[int, typer.Option(help="Shard side in px, and the model's input.")] = 64,
+    epochs: Annotated[int, typer.Option(help="Training epochs of the small CPU model.")] = 6,
+    strategy: Annotated[str, typer.Option(help="Manifest strategy: none | weighted | resample.")] = "weighted",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     workers: Annotated[int | None, typer.Option(help="Dask LocalCluster workers (default: all cores).")] = None,
 ) -> None:
-    """The main job on embedded defaults: a synthetic NIH archive (made once), then the chain on it.
+    """The main job on embedded defaults: a synthetic NIH archive (made once), then the whole chain on CPU.
 
-    The chain grows with the project; today: synth -> ingest (Dask) -> the dataset version's summary.
+    synth -> ingest (Dask) -> stats -> manifest -> train (MLflow run, registered, gated) -> evaluate on test.
     """
     from cxr.cluster import dask_client
+    from cxr.dataset import open_version
+    from cxr.evaluate import evaluate_model
     from cxr.ingest import IngestOptions, plan_ingest, publish, run_parts
+    from cxr.manifest import ManifestConfig, build_manifest, write_manifest
+    from cxr.stats import dataset_stats, write_stats
     from cxr.synth import SynthConfig, synthesize
+    from cxr.tracking import tracking_uri
+    from cxr.train import TrainConfig
+    from cxr.train import main as train_main
 
     source, datasets = workdir / "source", workdir / "datasets"
     if not (source / "Data_Entry_2017_v2020.csv").exists():
-        console.print(f"[bold]1/3 synth[/]: a synthetic NIH archive of {n_images} images in {source}")
+        console.print(f"[bold]1/6 synth[/]: a synthetic NIH archive of {n_images} images in {source}")
         config = SynthConfig(out=str(source), n_images=n_images, size=size, seed=seed, workers=os.cpu_count() or 1)
         with _progress() as progress:
             task = progress.add_task("rendering", total=n_images)
             _run(synthesize, config, progress=lambda n: progress.advance(task, n))
     else:
-        console.print(f"[bold]1/3 synth[/]: reusing the synthetic archive in {source}")
-    console.print(f"[bold]2/3 ingest[/]: {source} -> {datasets} (shards at {shard_size} px)")
+        console.print(f"[bold]1/6 synth[/]: reusing the synthetic archive in {source}")
+    console.print(f"[bold]2/6 ingest[/]: {source} -> {datasets} (shards at {shard_size} px)")
     plan = _run(plan_ingest, str(source), str(datasets), IngestOptions(sizes=(shard_size,)))
     if plan.existing:
         console.print(f"unchanged source: version {plan.existing} already holds it")
@@ -437,10 +436,49 @@ def demo(
                 _run(run_parts, plan, client, lambda n: progress.advance(task, n))
     result = _run(publish, plan)
     _print_accounting(result.accounting, result.version.info["splits"])
-    console.print(f"[bold]3/3 dataset[/]: version {result.version.digest} at {result.version.path}")
-    out.print(_version_table(result.version))
-    if result.accounting["quarantined"]:
-        _fail("the synthetic archive should ingest without quarantine")
+    version = open_version(result.version.path)
+    console.print(f"[bold]3/6 stats[/]: dataset {version.digest}")
+    _run(write_stats, version, _run(dataset_stats, version))
+    out.print(_version_table(version))
+    manifest_dir = workdir / f"manifest-{strategy}"
+    built = _run(build_manifest, version, _run(ManifestConfig, strategy=strategy, seed=seed))
+    _run(write_manifest, built, str(manifest_dir))
+    console.print(f"[bold]4/6 manifest[/]: {built.digest} ({strategy}) in {manifest_dir}")
+    console.print(f"[bold]5/6 train[/]: small CNN, {epochs} epochs at {shard_size} px on CPU; MLflow at {tracking_uri()}")
+    trained = _run(train_main, TrainConfig(manifest=str(manifest_dir), output_dir=str(workdir / "run"), model="small",
+                                           epochs=epochs, batch_size=32, seed=seed, register="cxr-demo",
+                                           experiment="cxr-demo", run_name=f"demo-{built.digest}"))  # fmt: skip
+    console.print(f"[bold]6/6 evaluate[/]: {workdir / 'run' / 'model.pt'} on the test split")
+    evaluation = _run(evaluate_model, str(workdir / "run" / "model.pt"), str(datasets), "test", "youden", 0.9, 200, seed,
+                      str(workdir / "evaluation"))  # fmt: skip
+    _print_evaluation(evaluation)
+    if "version" in trained:
+        verdict = "promoted to champion" if trained["promoted"] else "stays challenger"
+        out.print(f"model cxr-demo version {trained['version']}: {verdict} ({'; '.join(trained['gate_reasons'])})", highlight=False)
+    uri = tracking_uri()
+    ui = f"{Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+    out.print(
+        f"\nlineage: {Path(sys.executable).parent / 'cxr'} lineage models:/cxr-demo@champion\n"
+        f"MLflow UI: {ui if uri.startswith('sqlite') else uri}  (then http://127.0.0.1:5000)\n"
+        f"evaluation: {workdir / 'evaluation'} (evaluation.json, curves.png, heatmaps/)",
+        highlight=False,
+    )
+
+
+def _print_evaluation(result: dict) -> None:
+    table = Table(title=f"test split (n = {result['n']}): mean AUROC {result['mean_auroc']:.3f}", title_justify="left")
+    for column in ("finding", "pos", "AUROC", "95 % CI", "AUPRC", "sens", "spec", "CAM T(IoBB)>0.1 / random"):
+        table.add_column(column, justify="left" if column == "finding" else "right")
+
+    def fmt(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    for finding, m in result["findings"].items():
+        loc, rnd = result["localization"].get(finding), result["localization_random"].get(finding)
+        ci = "-" if not m["auroc_ci95"] else f"{m['auroc_ci95'][0]:.2f}-{m['auroc_ci95'][1]:.2f}"
+        where = "-" if not loc else f"{loc['T0.1']:.2f} / {rnd['T0.1']:.2f} (n={loc['n']})"
+        table.add_row(finding, str(m["n_pos"]), fmt(m["auroc"]), ci, fmt(m["auprc"]), fmt(m["sensitivity"]), fmt(m["specificity"]), where)
+    out.print(table)
 
 
 def _version_table(version) -> Table:  # noqa: ANN001

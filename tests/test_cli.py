@@ -48,15 +48,19 @@ def test_bad_input_gives_one_clear_line_and_exit_code_2(args, message):
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
-def test_demo_makes_an_archive_and_ingests_it_once(tmp_path):
-    result = run("demo", "--workdir", str(tmp_path / "demo"), "--n-images", "60", "--size", "64", "--shard-size", "32",
-                 "--workers", "1")  # fmt: skip
-    assert result.returncode == 0, result.stderr
+def test_demo_runs_the_chain_once_and_reuses_what_it_made(tmp_path):
+    args = ["demo", "--workdir", str(tmp_path / "demo"), "--n-images", "150", "--size", "64", "--shard-size", "32",
+            "--epochs", "1", "--workers", "1"]  # fmt: skip
+    result = run(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
     digest = (tmp_path / "demo" / "datasets" / "LATEST").read_text().strip()
-    assert f"version {digest}" in result.stderr and "Dask LocalCluster: 1 worker processes, dashboard http://127.0.0.1:" in result.stderr
-    assert "positives per split" in result.stdout and "Pneumonia" in result.stdout
-    again = run("demo", "--workdir", str(tmp_path / "demo"), "--n-images", "60", "--size", "64", "--shard-size", "32")
-    assert again.returncode == 0
+    assert "3/6 stats: dataset " + digest in result.stderr
+    assert "Dask LocalCluster: 1 worker processes, dashboard http://127.0.0.1:" in result.stderr
+    assert "positives per split" in result.stdout and "test split (n = " in result.stdout
+    assert "model cxr-demo version" in result.stdout and "lineage models:/cxr-demo@champion" in result.stdout
+    assert (tmp_path / "demo" / "run" / "model.pt").exists() and (tmp_path / "demo" / "evaluation" / "curves.png").exists()
+    again = run(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
     assert "reusing the synthetic archive" in again.stderr and f"version {digest} already holds it" in again.stderr
 
 
