@@ -5,7 +5,7 @@ Three steps, each usable on its own (the Prefect tasks wrap them one by one):
 1. :func:`plan_ingest` reads the tables, lists the images, settles every input that needs no pixels
    (rows without a file, files without a row, bad rows), assigns splits, and cuts the rest into parts.
 2. :func:`run_parts` decodes the parts on a Dask cluster (:mod:`cxr.ingest_parts`); finished parts are
-   kept, so a killed run resumes where it stopped.
+   kept, so a killed run resumes where it stopped, and a grown archive decodes only its new parts.
 3. :func:`publish` assembles metadata, quarantine and boxes, computes the digest, writes the version
    folder, and writes ``LATEST`` last.
 
@@ -48,7 +48,7 @@ class IngestOptions:
     limits: DecodeLimits = DecodeLimits()
     test_share: float = 0.2  # patients to test when no official list names them
     val_share: float = 0.1  # patients to validation, out of train/val
-    part_images: int | None = None  # images per part; None: as many as fit PART_BYTES, at most 64
+    part_images: int | None = None  # images per part on average; None: as many as fit PART_BYTES, at most 64
 
     def __post_init__(self) -> None:
         if not self.sizes or any(not 16 <= s <= 2048 for s in self.sizes) or len(set(self.sizes)) != len(self.sizes):
@@ -105,6 +105,26 @@ def _list_images(source: NihSource) -> dict[str, dict[str, Any]]:
     return details
 
 
+def chunk_images(images: list[PartImage], target: int) -> list[tuple[PartImage, ...]]:
+    """Cut the sorted images into parts of about ``target`` images, at content-defined boundaries.
+
+    A part ends after an image whose id hashes to 0 modulo ``target`` (or at 4 x ``target`` images), so
+    adding or removing images changes only the parts around them: a growing archive re-decodes its new
+    images, not everything after the first insertion.
+    """
+    chunks: list[tuple[PartImage, ...]] = []
+    current: list[PartImage] = []
+    for image in images:
+        current.append(image)
+        boundary = int.from_bytes(hashlib.sha256(image.image_id.encode()).digest()[:8], "big") % target == 0
+        if boundary or len(current) >= 4 * target:
+            chunks.append(tuple(current))
+            current = []
+    if current:
+        chunks.append(tuple(current))
+    return chunks
+
+
 def plan_ingest(source_url: str, out: str, options: IngestOptions = IngestOptions()) -> IngestPlan:
     """Read and reconcile the archive's tables and files; cut the work into parts."""
     source = read_source(source_url)
@@ -147,8 +167,7 @@ def plan_ingest(source_url: str, out: str, options: IngestOptions = IngestOption
         for i, u in zip(candidates["image_id"].to_pylist(), candidates["source_uri"].to_pylist(), strict=True)
     ]
     parts = []
-    for start in range(0, len(images), per_part):
-        chunk = tuple(images[start : start + per_part])
+    for chunk in chunk_images(images, per_part):
         key = part_key(chunk, options.sizes, options.limits, PIXEL_PIPELINE_VERSION)
         parts.append(PartSpec(key, storage.join(work, key), chunk, tuple(options.sizes), options.limits))
 
@@ -288,8 +307,11 @@ def publish(plan: IngestPlan) -> IngestResult:
         version = DatasetVersion(plan.out, digest, info)
         created = True
     storage.write_text(storage.join(plan.out, "LATEST"), digest + "\n")
-    for spec in plan.parts:
-        storage.remove(spec.work_dir, recursive=True)
+    # Keep this version's parts (the next ingest of a grown archive reuses them); drop all others.
+    keep = {spec.key for spec in plan.parts}
+    for folder in storage.list_dirs(storage.join(plan.out, ".work", "parts")):
+        if posixpath.basename(folder.rstrip("/")) not in keep:
+            storage.remove(folder, recursive=True)
     return IngestResult(version, created, accounting)
 
 

@@ -142,7 +142,31 @@ def test_a_rerun_on_an_unchanged_source_adds_nothing(synthetic, tmp_path):
     second = ingest(str(synthetic), str(out), IngestOptions(sizes=(64,)))
     assert not second.created and second.version.digest == first.version.digest
     assert sorted(str(p) for p in out.rglob("*")) == before
-    assert not (out / ".work" / "parts").exists() or not any((out / ".work" / "parts").iterdir())
+    kept = sorted(p.name for p in (out / ".work" / "parts").iterdir())
+    assert kept == sorted(spec.key for spec in plan.parts)  # the newest version's parts, for the next ingest
+
+
+def test_a_grown_archive_decodes_only_the_parts_its_new_images_fall_in(synthetic, tmp_path):
+    from cxr.ingest import publish, run_parts
+
+    src = tmp_path / "src"
+    shutil.copytree(synthetic, src)
+    out = tmp_path / "out"
+    options = IngestOptions(sizes=(64,), part_images=8)
+    first = ingest(str(src), str(out), options)
+    # a new follow-up image of an existing patient, in the middle of the sorted ids
+    image_id = "00000010_099.png"
+    shutil.copy(src / "images_001" / "images" / "00000010_000.png", src / "images_003" / "images" / image_id)
+    table = src / "Data_Entry_2017_v2020.csv"
+    row = next(r for r in table.read_text().splitlines() if r.startswith("00000010_000.png"))
+    table.write_text(table.read_text() + row.replace("00000010_000.png", image_id).replace(",0,10,", ",99,10,") + "\n")
+    plan = plan_ingest(str(src), str(out), options)
+    results = run_parts(plan)
+    decoded = sum(int(r["images"]) for r in results if not r["skipped"])
+    # the part it falls in, and the next one if that part was cut at its size cap (4 x 8)
+    assert 1 <= decoded <= 2 * 4 * 8 and decoded < first.accounting["accepted"] / 3
+    second = publish(plan)
+    assert second.version.digest != first.version.digest and second.accounting["accepted"] == first.accounting["accepted"] + 1
 
 
 def test_a_changed_source_makes_a_new_version_and_moves_latest(synthetic, tmp_path):
@@ -194,7 +218,7 @@ def test_s3_to_s3_gives_the_same_digest_as_local_to_local(synthetic, s3_bucket, 
     row = opened.metadata().to_pylist()[7]
     assert np.array_equal(opened.load_shard(64, row["shard"])[row["shard_index"]],
                           local.version.load_shard(64, row["shard"])[row["shard_index"]])  # fmt: skip
-    assert storage.list_files(f"{s3_bucket}/datasets/.work/parts", recursive=True) == []
+    assert len(storage.list_dirs(f"{s3_bucket}/datasets/.work/parts")) == len(plan_ingest(f"{s3_bucket}/src", f"{s3_bucket}/datasets", IngestOptions(sizes=(64,))).parts)
 
 
 def test_bad_options_are_refused():

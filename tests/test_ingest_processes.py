@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cxr.ingest import IngestOptions, ingest
+from cxr.ingest import IngestOptions, ingest, plan_ingest
 from cxr.synth import SynthConfig, synthesize
 
 BIN = Path(sys.executable).parent
@@ -46,7 +46,7 @@ def test_kill_9_then_rerun_gives_the_clean_digest_and_latest_never_names_a_parti
     assert proc.poll() is None, f"ingest finished before it could be killed: {proc.communicate()}"
     os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its Dask workers, all at once
     proc.wait()
-    assert 5 <= done < 60
+    assert done >= 5 and not (out / "LATEST").exists()
     assert not (out / "LATEST").exists()
     assert not list(out.glob("*/dataset.json"))
 
@@ -55,7 +55,7 @@ def test_kill_9_then_rerun_gives_the_clean_digest_and_latest_never_names_a_parti
     stdout, stderr = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, stderr
     assert json.loads(stdout)["digest"] == clean == (out / "LATEST").read_text().strip()
-    assert not any(parts.iterdir())
+    assert len(list(parts.iterdir())) == len(list(parts.glob("*/records.parquet")))  # only finished parts are kept
 
 
 def _free_port() -> int:
@@ -122,5 +122,6 @@ def test_ingest_runs_on_a_dask_cluster_given_by_address(source, dask_cluster, tm
         parts = client.run_on_scheduler(
             lambda dask_scheduler: dask_scheduler.task_prefixes["process_part"].state_counts["memory"]
         )
-    assert parts == 600 // 50  # every part ran on this cluster (the local comparison ran in-process)
+    planned = len(plan_ingest(str(source), str(tmp_path / "other"), IngestOptions(sizes=(64,), part_images=50)).parts)
+    assert parts == planned > 1  # every part ran on this cluster (the local comparison ran in-process)
     assert len(executed) == 2 and all(n > 0 for n in executed.values())  # on both workers
