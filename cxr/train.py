@@ -531,10 +531,17 @@ class _StopTraining(Exception):
     """max_steps reached inside an epoch."""
 
 
+RESULT_PREFIX = "CXR_TRAIN_RESULT "
+
+
 def cli(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     config = TrainConfig.from_dict(vars(args))
-    main(config)
+    result = main(config)
+    if "run_id" in result or int(__import__("os").environ.get("RANK", "0")) == 0:
+        # one machine-readable line for whoever launched us (the Prefect train task reads it)
+        keys = ("model_url", "run_id", "mlflow_model_uri", "val_mean_auroc", "steps", "registered", "version", "promoted")
+        print(RESULT_PREFIX + json.dumps({k: result.get(k) for k in keys}), flush=True)
     return 0
 
 

@@ -25,13 +25,15 @@ def plan_ingest_task(source: str, out: str, sizes: list[int], test_share: float,
 def decode_parts_task(plan: IngestPlan, dask_address: str | None, workers: int | None) -> dict[str, int]:
     """Decode every unfinished part on Dask; finished parts survive a failed try, so a retry resumes."""
     if plan.existing or not plan.parts:
-        return {"parts": 0, "images": 0, "skipped": len(plan.parts)}
+        images = sum(len(p.images) for p in plan.parts)
+        return {"parts": len(plan.parts), "images": images, "skipped": len(plan.parts), "skipped_images": images}
     with dask_client(dask_address, workers, announce=print) as client:
         results = run_parts(plan, client)
     return {
         "parts": len(results),
         "images": sum(int(r["images"]) for r in results),
         "skipped": sum(int(r["skipped"]) for r in results),
+        "skipped_images": sum(int(r["images"]) for r in results if r["skipped"]),
     }
 
 

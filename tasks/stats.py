@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import INPUTS, NO_CACHE
 
 from cxr.dataset import open_version
 from cxr.manifest import ManifestConfig, build_manifest, write_manifest
@@ -15,9 +15,12 @@ from cxr.stats import dataset_stats, write_stats
 RETRY = {"retries": 2, "retry_delay_seconds": [5, 30]}
 
 
-@task(name="label-stats", cache_policy=NO_CACHE, **RETRY)
+@task(name="label-stats", cache_policy=INPUTS, persist_result=True, **RETRY)
 def stats_task(dataset: str, dask_address: str | None = None) -> dict[str, Any]:
-    """Compute and write stats.json and the prevalence charts; publish the training split as a table."""
+    """Compute and write stats.json and the prevalence charts; publish the training split as a table.
+
+    Cached on its inputs: give it a version folder (immutable), not a root whose LATEST moves.
+    """
     version = open_version(dataset)
     if dask_address:
         from cxr.cluster import dask_client
@@ -36,7 +39,7 @@ def stats_task(dataset: str, dask_address: str | None = None) -> dict[str, Any]:
     return stats
 
 
-@task(name="manifest", cache_policy=NO_CACHE, **RETRY)
+@task(name="manifest", cache_policy=NO_CACHE, **RETRY)  # deterministic and fast: rebuilt, byte-identical
 def manifest_task(
     dataset: str, out: str, strategy: str, target: str | None = None, mode: str = "over", floor: float = 0.05, seed: int = 0
 ) -> dict[str, Any]:

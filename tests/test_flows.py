@@ -43,8 +43,8 @@ def test_ingest_flow_makes_the_same_version_as_the_library_and_publishes_a_summa
     expected = ingest_library(str(tiny_source), str(tmp_path / "lib"), IngestOptions(sizes=(32,))).version.digest
     assert digest == expected
     assert (tmp_path / "flow" / "LATEST").read_text().strip() == digest
-    [artifact] = _artifacts("ingest-summary")
-    assert artifact.type == "table" and digest in str(artifact.data) and "accepted" in str(artifact.data)
+    [artifact] = [a for a in _artifacts("ingest-summary") if digest in str(a.data)]  # other flows publish theirs too
+    assert artifact.type == "table" and "accepted" in str(artifact.data)
 
 
 def test_stats_and_manifest_tasks_write_their_files_and_publish_tables(prefect_api, tiny_source, tmp_path):
@@ -65,6 +65,6 @@ def test_stats_and_manifest_tasks_write_their_files_and_publish_tables(prefect_a
     assert (tmp_path / "ds" / digest / "stats.json").exists() and (tmp_path / "ds" / digest / "charts" / "prevalence.png").exists()
     assert (tmp_path / "m" / "manifest.json").exists() and info["train_prevalence"]["after"]["Effusion"] == 0.5
     assert stats["splits"]["train"]["n"] == info["splits"]["train"]["rows"]
-    [label_stats] = _artifacts("label-stats")
-    [manifest] = _artifacts("manifest")
-    assert "Hernia" in str(label_stats.data) and info["digest"] in manifest.description
+    [label_stats] = [a for a in _artifacts("label-stats") if digest in (a.description or "")]
+    [manifest] = [a for a in _artifacts("manifest") if info["digest"] in (a.description or "")]
+    assert "Hernia" in str(label_stats.data) and manifest.type == "table"
