@@ -401,66 +401,51 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     workers: Annotated[int | None, typer.Option(help="Dask LocalCluster workers (default: all cores).")] = None,
 ) -> None:
-    """The main job on embedded defaults: a synthetic NIH archive (made once), then the whole chain on CPU.
+    """The main job on embedded defaults: a synthetic NIH archive (made once), then the retrain flow on CPU.
 
-    synth -> ingest (Dask) -> stats -> manifest -> train (MLflow run, registered, gated) -> evaluate on test.
+    The Prefect flow `retrain` runs ingest (Dask) -> stats -> manifest -> train (torchrun, MLflow) ->
+    evaluate + localize -> register -> gate; a second demo reuses every finished step.
     """
-    from cxr.cluster import dask_client
-    from cxr.dataset import open_version
-    from cxr.evaluate import evaluate_model
-    from cxr.ingest import IngestOptions, plan_ingest, publish, run_parts
-    from cxr.manifest import ManifestConfig, build_manifest, write_manifest
-    from cxr.stats import dataset_stats, write_stats
     from cxr.synth import SynthConfig, synthesize
     from cxr.tracking import tracking_uri
-    from cxr.train import TrainConfig
-    from cxr.train import main as train_main
 
-    source, datasets = workdir / "source", workdir / "datasets"
+    source = workdir / "source"
     if not (source / "Data_Entry_2017_v2020.csv").exists():
-        console.print(f"[bold]1/6 synth[/]: a synthetic NIH archive of {n_images} images in {source}")
+        console.print(f"[bold]synth[/]: a synthetic NIH archive of {n_images} images in {source}")
         config = SynthConfig(out=str(source), n_images=n_images, size=size, seed=seed, workers=os.cpu_count() or 1)
         with _progress() as progress:
             task = progress.add_task("rendering", total=n_images)
             _run(synthesize, config, progress=lambda n: progress.advance(task, n))
     else:
-        console.print(f"[bold]1/6 synth[/]: reusing the synthetic archive in {source}")
-    console.print(f"[bold]2/6 ingest[/]: {source} -> {datasets} (shards at {shard_size} px)")
-    plan = _run(plan_ingest, str(source), str(datasets), IngestOptions(sizes=(shard_size,)))
-    if plan.existing:
-        console.print(f"unchanged source: version {plan.existing} already holds it")
-    else:
-        with dask_client(None, workers, announce=lambda line: console.print(line, highlight=False)) as client:
-            with _progress() as progress:
-                task = progress.add_task("decoding", total=sum(len(p.images) for p in plan.parts))
-                _run(run_parts, plan, client, lambda n: progress.advance(task, n))
-    result = _run(publish, plan)
-    _print_accounting(result.accounting, result.version.info["splits"])
-    version = open_version(result.version.path)
-    console.print(f"[bold]3/6 stats[/]: dataset {version.digest}")
-    _run(write_stats, version, _run(dataset_stats, version))
-    out.print(_version_table(version))
-    manifest_dir = workdir / f"manifest-{strategy}"
-    built = _run(build_manifest, version, _run(ManifestConfig, strategy=strategy, seed=seed))
-    _run(write_manifest, built, str(manifest_dir))
-    console.print(f"[bold]4/6 manifest[/]: {built.digest} ({strategy}) in {manifest_dir}")
-    console.print(f"[bold]5/6 train[/]: small CNN, {epochs} epochs at {shard_size} px on CPU; MLflow at {tracking_uri()}")
-    trained = _run(train_main, TrainConfig(manifest=str(manifest_dir), output_dir=str(workdir / "run"), model="small",
-                                           epochs=epochs, batch_size=32, seed=seed, register="cxr-demo",
-                                           experiment="cxr-demo", run_name=f"demo-{built.digest}"))  # fmt: skip
-    console.print(f"[bold]6/6 evaluate[/]: {workdir / 'run' / 'model.pt'} on the test split")
-    evaluation = _run(evaluate_model, str(workdir / "run" / "model.pt"), str(datasets), "test", "youden", 0.9, 200, seed,
-                      str(workdir / "evaluation"))  # fmt: skip
-    _print_evaluation(evaluation)
-    if "version" in trained:
-        verdict = "promoted to champion" if trained["promoted"] else "stays challenger"
-        out.print(f"model cxr-demo version {trained['version']}: {verdict} ({'; '.join(trained['gate_reasons'])})", highlight=False)
+        console.print(f"[bold]synth[/]: reusing the synthetic archive in {source}")
     uri = tracking_uri()
-    ui = f"{Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+    os.environ["MLFLOW_TRACKING_URI"] = uri  # the training subprocess tracks to the same store
+    console.print(f"[bold]retrain flow[/] (Prefect): {source} -> {workdir}; MLflow at {uri}")
+    from flows.retrain import retrain
+
+    summary = _run(retrain, source=str(source.resolve()), workdir=str(workdir.resolve()), sizes=[shard_size],
+                   strategy=strategy, epochs=epochs, seed=seed, registered_model="cxr-demo", experiment="cxr-demo",
+                   workers=workers)  # fmt: skip
+    evaluation = json.loads(Path(summary["model_url"]).with_name("evaluation").joinpath("evaluation.json").read_text())
+    from cxr.dataset import open_version
+
+    out.print(_version_table(open_version(str(workdir.resolve() / "datasets" / summary["dataset_digest"]))))
     out.print(
-        f"\nlineage: {Path(sys.executable).parent / 'cxr'} lineage models:/cxr-demo@champion\n"
-        f"MLflow UI: {ui if uri.startswith('sqlite') else uri}  (then http://127.0.0.1:5000)\n"
-        f"evaluation: {workdir / 'evaluation'} (evaluation.json, curves.png, heatmaps/)",
+        f"dataset {summary['dataset_digest']} ({'new' if summary['dataset_created'] else 'unchanged'}, "
+        f"{summary['images_decoded']} images decoded); manifest {summary['manifest_digest']} ({summary['strategy']}); "
+        f"MLflow run {summary['run_id']}",
+        highlight=False,
+    )
+    _print_evaluation(evaluation)
+    verdict = "promoted to champion" if summary["promoted"] else "stays challenger"
+    out.print(f"model {summary['registered_model']} version {summary['model_version']}: {verdict} ({'; '.join(summary['gate_reasons'])})", highlight=False)
+    bin_dir = Path(sys.executable).parent
+    ui = f"{bin_dir / 'mlflow'} ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000" if uri.startswith("sqlite") else uri
+    out.print(
+        f"\nlineage:    {bin_dir / 'cxr'} lineage models:/cxr-demo@champion\n"
+        f"MLflow UI:  {ui}  (then http://127.0.0.1:5000)\n"
+        f"Prefect UI: {bin_dir / 'prefect'} server start --host 127.0.0.1  (then http://127.0.0.1:4200: the retrain flow runs)\n"
+        f"evaluation: {Path(summary['model_url']).with_name('evaluation')} (evaluation.json, curves.png, heatmaps/)",
         highlight=False,
     )
 

@@ -48,20 +48,20 @@ def test_bad_input_gives_one_clear_line_and_exit_code_2(args, message):
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
-def test_demo_runs_the_chain_once_and_reuses_what_it_made(tmp_path):
+def test_demo_runs_the_retrain_flow_then_reuses_what_it_made(tmp_path):
     args = ["demo", "--workdir", str(tmp_path / "demo"), "--n-images", "150", "--size", "64", "--shard-size", "32",
             "--epochs", "1", "--workers", "1"]  # fmt: skip
     result = run(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     digest = (tmp_path / "demo" / "datasets" / "LATEST").read_text().strip()
-    assert "3/6 stats: dataset " + digest in result.stderr
-    assert "Dask LocalCluster: 1 worker processes, dashboard http://127.0.0.1:" in result.stderr
+    assert "retrain flow (Prefect)" in result.stderr
+    assert f"dataset {digest} (new, 150 images decoded)" in result.stdout
     assert "positives per split" in result.stdout and "test split (n = " in result.stdout
     assert "model cxr-demo version" in result.stdout and "lineage models:/cxr-demo@champion" in result.stdout
-    assert (tmp_path / "demo" / "run" / "model.pt").exists() and (tmp_path / "demo" / "evaluation" / "curves.png").exists()
+    assert "Prefect UI:" in result.stdout and "MLflow UI:" in result.stdout
     again = run(*args)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "reusing the synthetic archive" in again.stderr and f"version {digest} already holds it" in again.stderr
+    assert "reusing the synthetic archive" in again.stderr and f"dataset {digest} (unchanged, 0 images decoded)" in again.stdout
 
 
 def test_ingest_prints_the_digest_and_the_accounting(tmp_path):
