@@ -440,11 +440,19 @@ def demo(
     verdict = "promoted to champion" if summary["promoted"] else "stays challenger"
     out.print(f"model {summary['registered_model']} version {summary['model_version']}: {verdict} ({'; '.join(summary['gate_reasons'])})", highlight=False)
     bin_dir = Path(sys.executable).parent
-    ui = f"{bin_dir / 'mlflow'} ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000" if uri.startswith("sqlite") else uri
+    if uri.startswith("sqlite"):
+        mlflow_ui = f"{bin_dir / 'mlflow'} ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000  (then http://127.0.0.1:5000)"
+    else:
+        mlflow_ui = uri
+    prefect_api = os.environ.get("PREFECT_API_URL")
+    if prefect_api:
+        prefect_ui = prefect_api.removesuffix("/api")
+    else:
+        prefect_ui = f"{bin_dir / 'prefect'} server start --host 127.0.0.1  (then http://127.0.0.1:4200)"
     out.print(
         f"\nlineage:    {bin_dir / 'cxr'} lineage models:/cxr-demo@champion\n"
-        f"MLflow UI:  {ui}  (then http://127.0.0.1:5000)\n"
-        f"Prefect UI: {bin_dir / 'prefect'} server start --host 127.0.0.1  (then http://127.0.0.1:4200: the retrain flow runs)\n"
+        f"MLflow UI:  {mlflow_ui}\n"
+        f"Prefect UI: {prefect_ui}\n"
         f"evaluation: {Path(summary['model_url']).with_name('evaluation')} (evaluation.json, curves.png, heatmaps/)",
         highlight=False,
     )
@@ -487,6 +495,62 @@ def _version_table(version) -> Table:  # noqa: ANN001
             cells.append(f"{n} ({100 * n / max(counts[s], 1):.1f} %)")
         table.add_row(finding, *cells)
     return table
+
+
+stack_app = typer.Typer(help="The local stack on 127.0.0.1: S3 (SeaweedFS), MLflow (SQLite, artifacts on S3), Prefect.",
+                        no_args_is_help=True)  # fmt: skip
+app.add_typer(stack_app, name="stack")
+StackDir = Annotated[Path, typer.Option("--dir", help="Where the stack keeps its data, logs and state.")]
+
+
+@stack_app.command("up")
+def stack_up(root: StackDir = Path(".cxr/stack")) -> None:
+    """Start the three services (reusing running ones) and wait until each answers its health check."""
+    from cxr.stack import env_lines, up
+
+    state = _run(up, root)
+    for name, service in state["services"].items():
+        console.print(f"{name:8} {service['url']}  (pid {service['pid']})", highlight=False)
+    console.print(f"logs in {Path(state['root']) / 'logs'}; point your shell at the stack with:", highlight=False)
+    out.print("\n".join(env_lines(root)), highlight=False)
+
+
+@stack_app.command("env")
+def stack_env(root: StackDir = Path(".cxr/stack")) -> None:
+    """Shell lines for `eval "$(cxr stack env)"` (credentials are sourced from a file, never printed)."""
+    from cxr.stack import env_lines
+
+    if not (root / "stack.json").exists():
+        _fail(f"no stack running from {root}; run `cxr stack up`")
+    out.print("\n".join(env_lines(root)), highlight=False)
+
+
+@stack_app.command("status")
+def stack_status(root: StackDir = Path(".cxr/stack"), as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Whether each service's process lives and answers its health check."""
+    from cxr.stack import status
+
+    report = status(root)
+    if as_json:
+        out.print_json(json.dumps(report))
+        return
+    if not report["services"]:
+        out.print("the stack is not running")
+        raise typer.Exit(1)
+    for name, service in report["services"].items():
+        state = "up" if service["alive"] and service["healthy"] else "alive, not answering" if service["alive"] else "down"
+        out.print(f"{name:8} {state:22} {service['url']}", highlight=False)
+    if not report["running"]:
+        raise typer.Exit(1)
+
+
+@stack_app.command("down")
+def stack_down(root: StackDir = Path(".cxr/stack")) -> None:
+    """Stop every service of the stack."""
+    from cxr.stack import down
+
+    stopped = down(root)
+    console.print("stopped: " + (", ".join(stopped) or "nothing was running"), highlight=False)
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ class MlflowServer:
     host: str = "127.0.0.1"
     port: int = 0
     process: subprocess.Popen | None = None
+    log_path: Path | None = None
 
     @property
     def url(self) -> str:
@@ -49,13 +50,14 @@ class MlflowServer:
             "--artifacts-destination", self.artifacts,
             "--host", self.host, "--port", str(self.port), "--workers", "1",
         ]  # fmt: skip
-        log = open(self.data_dir / "mlflow-server.log", "ab")  # noqa: SIM115 - handed to the child
+        self.log_path = self.log_path or self.data_dir / "mlflow-server.log"
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {self.process.returncode}; see {self.data_dir / 'mlflow-server.log'}")
+                raise RuntimeError(f"mlflow server exited with {self.process.returncode}; see {self.log_path}")
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=1) as answer:  # noqa: S310 - loopback
                     if answer.status == 200:

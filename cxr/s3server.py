@@ -91,7 +91,7 @@ class S3Server:
             "-admin.ui=false",
             *[f"-{name}.port={port}" for name, port in self.ports.items()],
         ]
-        self.log_path = self.data_dir / "weed.log"
+        self.log_path = self.log_path or self.data_dir / "weed.log"
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed with it
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
