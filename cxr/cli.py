@@ -497,6 +497,32 @@ def _version_table(version) -> Table:  # noqa: ANN001
     return table
 
 
+@app.command()
+def deploy(
+    source: Annotated[str, typer.Option("--source", help="The archive the scheduled runs read.")],
+    workdir: Annotated[str, typer.Option("--workdir", help="Where datasets, manifests and runs go.")],
+    cron: Annotated[str, typer.Option(help="When to retrain (cron, UTC).")] = "0 2 * * *",
+    name: Annotated[str, typer.Option(help="Deployment name.")] = "retrain-scheduled",
+    pool: Annotated[str, typer.Option(help="Process work pool (created if missing).")] = "cxr-process",
+    model: Annotated[str, typer.Option(help="Model to train.")] = "densenet121",
+    epochs: Annotated[int, typer.Option(help="Epochs.")] = 10,
+    size: Annotated[int, typer.Option(help="Shard side and model input in px.")] = 224,
+    registered_model: Annotated[str, typer.Option(help="Registry name.")] = "cxr-classifier",
+    workers: Annotated[int | None, typer.Option(help="Dask LocalCluster workers for the data steps.")] = None,
+) -> None:
+    """Register the retrain flow as a cron deployment on the Prefect server at PREFECT_API_URL."""
+    if not os.environ.get("PREFECT_API_URL"):
+        _fail("PREFECT_API_URL is not set: start a server (`cxr stack up`, then `eval \"$(cxr stack env)\"`)")
+    from flows.deploy import deploy_retrain
+
+    parameters = {"source": source, "workdir": workdir, "model": model, "epochs": epochs, "sizes": [size],
+                  "registered_model": registered_model, "workers": workers}  # fmt: skip
+    deployment_id = _run(deploy_retrain, parameters, name, pool, cron)
+    console.print(f"deployment retrain/{name} ({deployment_id}) on pool {pool}, cron '{cron}' UTC", highlight=False)
+    console.print(f"start a worker: {Path(sys.executable).parent / 'prefect'} worker start --pool {pool}", highlight=False)
+    out.print(str(deployment_id))
+
+
 stack_app = typer.Typer(help="The local stack on 127.0.0.1: S3 (SeaweedFS), MLflow (SQLite, artifacts on S3), Prefect.",
                         no_args_is_help=True)  # fmt: skip
 app.add_typer(stack_app, name="stack")

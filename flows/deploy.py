@@ -1,0 +1,53 @@
+"""Register the retrain flow as a scheduled deployment on a running Prefect server (``cxr deploy``).
+
+The deployment runs ``flows/retrain.py:retrain`` from this project's folder on a *process* work pool
+(created if missing): start a worker where the data and the project are, ``prefect worker start --pool
+cxr-process``. The same deployment in declarative form is ``prefect.yaml`` (``prefect deploy --all``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+async def _ensure_pool(name: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    async with get_client() as client:
+        try:
+            await client.read_work_pool(name)
+        except ObjectNotFound:
+            await client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+
+
+def deploy_retrain(
+    parameters: dict[str, Any],
+    name: str = "retrain-scheduled",
+    pool: str = "cxr-process",
+    cron: str = "0 2 * * *",
+    timezone: str = "UTC",
+) -> UUID:
+    """Create or update the cron deployment of ``retrain``; returns its id."""
+    from prefect import flow
+    from prefect.client.schemas.schedules import CronSchedule
+
+    asyncio.run(_ensure_pool(pool))
+    retrain = flow.from_source(source=str(PROJECT), entrypoint="flows/retrain.py:retrain")
+    return retrain.deploy(
+        name=name,
+        work_pool_name=pool,
+        schedule=CronSchedule(cron=cron, timezone=timezone),
+        parameters=parameters,
+        build=False,
+        push=False,
+        print_next_steps=False,
+        description="Scheduled retraining on whatever the archive holds (see README).",
+        tags=["cxr"],
+    )
