@@ -81,7 +81,8 @@ class S3Server:
         if not (os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY")):
             raise RuntimeError("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY before starting the S3 server")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.ports = dict(zip(_PORT_NAMES, free_port_pairs(len(_PORT_NAMES), self.host), strict=True))
+        if not self.ports:  # a restart keeps its ports, so clients find it where it was
+            self.ports = dict(zip(_PORT_NAMES, free_port_pairs(len(_PORT_NAMES), self.host), strict=True))
         args = [
             weed_binary(),
             "mini",
