@@ -196,3 +196,19 @@ def test_training_survives_the_server_stopping_and_keeps_what_was_logged(server,
     assert len([ln for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "val_mean_auroc" in ln]) == 13
     server.start()  # same port, same database
     assert len(MlflowClient(server.url).get_metric_history(run_id, "val_mean_auroc")) >= logged >= 1
+
+
+def test_init_from_an_mlflow_model_uri_starts_from_its_weights_and_records_the_parent(server, prepared, trained, tmp_path):
+    from mlflow import MlflowClient
+
+    from cxr.evaluate import load_model
+
+    parent, _ = load_model("models:/cxr-tracked@champion")
+    result = main(TrainConfig(manifest=str(prepared["manifest"]), output_dir=str(tmp_path / "child"), model="small", epochs=1,
+                              max_steps=1, lr=1e-12, init_from="models:/cxr-tracked@champion", experiment="tracking-test"))  # fmt: skip
+    child, _ = load_model(str(tmp_path / "child" / "model.pt"))
+    for name, tensor in parent.state_dict().items():
+        if tensor.is_floating_point() and "running" not in name:
+            assert torch.allclose(tensor, child.state_dict()[name], atol=1e-6), name
+    tags = MlflowClient(server.url).get_run(result["run_id"]).data.tags
+    assert tags["cxr.parent_model"] == "models:/cxr-tracked@champion"
