@@ -117,3 +117,34 @@ def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, boxes: list[tuple[st
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def study_chart(summary: dict[str, Any], rare: tuple[str, ...]) -> tuple[bytes, bytes]:
+    """Mean AUROC per strategy, in distribution and shifted (error bars: spread over seeds); and the rare findings."""
+    strategies = list(summary)
+    x = np.arange(len(strategies))
+    fig, axes = _figure(1, 1, 7.0, 4.5)
+    ax = axes[0][0]
+    for k, (source, colour) in enumerate((("in_distribution", "#00798c"), ("shifted", "#d1495b"))):
+        means = [summary[s][source]["mean_auroc"] or 0 for s in strategies]
+        stds = [summary[s][source]["mean_auroc_std"] or 0 for s in strategies]
+        ax.bar(x + (k - 0.5) * 0.38, means, width=0.38, yerr=stds, capsize=3, color=colour, label=source.replace("_", " "))
+    ax.set_xticks(x, strategies)
+    ax.set_ylim(0.4, 1.0)
+    ax.set_ylabel("mean AUROC over findings")
+    ax.legend(loc="lower right")
+    ax.set_title("imbalance strategies: mean AUROC (bars: spread over seeds)")
+    fig.tight_layout()
+    overall = _png(fig)
+    fig, axes = _figure(1, len(rare), 5.0 * len(rare), 4.5)
+    for ax, finding in zip(axes[0], rare, strict=True):
+        for k, (source, colour) in enumerate((("in_distribution", "#00798c"), ("shifted", "#d1495b"))):
+            pairs = [summary[s][source]["findings"][finding]["auroc"] for s in strategies]
+            ax.bar(x + (k - 0.5) * 0.38, [p[0] or 0 for p in pairs], width=0.38, yerr=[p[1] or 0 for p in pairs], capsize=3,
+                   color=colour, label=source.replace("_", " "))  # fmt: skip
+        ax.set_xticks(x, strategies)
+        ax.set_ylim(0.0, 1.0)
+        ax.set_title(f"{finding}: AUROC")
+    axes[0][0].legend(loc="lower right")
+    fig.tight_layout()
+    return overall, _png(fig)

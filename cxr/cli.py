@@ -76,14 +76,21 @@ def synth(
     strength: Annotated[float, typer.Option(help="Contrast of each finding's sign (0: unlearnable).")] = 1.0,
     per_folder: Annotated[int, typer.Option(help="Images per images_NNN/images folder.")] = 10_000,
     workers: Annotated[int, typer.Option(help="Rendering processes (output does not depend on it).")] = os.cpu_count() or 1,
+    contrast: Annotated[float, typer.Option(help="Anatomy contrast factor (a shifted source: e.g. 0.7).")] = 1.0,
+    noise: Annotated[float, typer.Option(help="Noise factor (e.g. 1.8).")] = 1.0,
+    zoom: Annotated[float, typer.Option(help="Body scale factor (e.g. 0.9).")] = 1.0,
+    offset: Annotated[float, typer.Option(help="Body shift right and down, share of the side (e.g. 0.05).")] = 0.0,
+    prevalence_power: Annotated[float, typer.Option(help="Label-set frequencies to this power (< 1: rare findings commoner).")] = 1.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Make a synthetic dataset in the exact NIH layout, with real NIH prevalence and co-occurrence."""
     from cxr.synth import SynthConfig, synthesize
+    from cxr.synth_render import Acquisition
 
+    acquisition = _run(Acquisition, contrast=contrast, noise=noise, zoom=zoom, offset=offset)
     config = _run(
         SynthConfig, out=out_dir, n_images=n_images, size=size, seed=seed, edition=edition,  # type: ignore[arg-type]
-        strength=strength, per_folder=per_folder, workers=workers,
+        strength=strength, per_folder=per_folder, workers=workers, acquisition=acquisition, prevalence_power=prevalence_power,
     )
     start = time.perf_counter()
     with _progress() as progress:
@@ -91,7 +98,7 @@ def synth(
         result = _run(synthesize, config, progress=lambda n: progress.advance(task, n))
     seconds = time.perf_counter() - start
     if as_json:
-        out.print_json(json.dumps({**result.__dict__, "seconds": round(seconds, 2)}))
+        out.print_json(json.dumps({**{k: v for k, v in result.__dict__.items()}, "seconds": round(seconds, 2)}))
         return
     console.print(
         f"wrote {result.n_images} images of {result.n_patients} patients, {result.n_boxes} boxes, "
@@ -521,6 +528,38 @@ def deploy(
     console.print(f"deployment retrain/{name} ({deployment_id}) on pool {pool}, cron '{cron}' UTC", highlight=False)
     console.print(f"start a worker: {Path(sys.executable).parent / 'prefect'} worker start --pool {pool}", highlight=False)
     out.print(str(deployment_id))
+
+
+@app.command()
+def study(
+    workdir: Annotated[Path, typer.Option(help="Where the study keeps its data and report.")] = Path(".cxr/study"),
+    source: Annotated[str | None, typer.Option(help="An NIH-layout archive; default: a synthetic one made in WORKDIR.")] = None,
+    n_images: Annotated[int, typer.Option("--n-images", help="Synthetic images, without --source.")] = 3000,
+    shifted_images: Annotated[int, typer.Option(help="Images of the shifted source.")] = 1000,
+    shard_size: Annotated[int, typer.Option(help="Shard side and model input in px.")] = 64,
+    strategy: Annotated[list[str], typer.Option("--strategy", help="Repeat for several.")] = ["none", "weighted", "resample"],  # noqa: B006
+    seed: Annotated[list[int], typer.Option("--seed", help="Repeat for several (3 or more for a spread).")] = [0, 1, 2],  # noqa: B006
+    model: Annotated[str, typer.Option(help="Model for every run.")] = "small",
+    epochs: Annotated[int, typer.Option(help="Epochs of every run (the same budget for all).")] = 6,
+    workers: Annotated[int | None, typer.Option(help="Dask LocalCluster workers.")] = None,
+) -> None:
+    """The imbalance study: every strategy and seed, in distribution and on a shifted source; a report."""
+    from cxr.synth import SynthConfig, synthesize
+    from cxr.tracking import tracking_uri
+
+    if source is None:
+        source_dir = workdir / "source"
+        if not (source_dir / "Data_Entry_2017_v2020.csv").exists():
+            console.print(f"synth: a synthetic NIH archive of {n_images} images in {source_dir}")
+            _run(synthesize, SynthConfig(out=str(source_dir), n_images=n_images, size=128, seed=0, workers=os.cpu_count() or 1))
+        source = str(source_dir.resolve())
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri()
+    from flows.study import study as study_flow
+
+    result = _run(study_flow, source=source, workdir=str(workdir.resolve()), sizes=[shard_size], shifted_images=shifted_images,
+                  strategies=list(strategy), seeds=list(seed), model=model, epochs=epochs, workers=workers)  # fmt: skip
+    out.print("\n".join(f"- {line}" for line in result["verdict"]), highlight=False)
+    console.print(f"report: {workdir / 'study' / 'imbalance-study.md'}; MLflow parent run {result['parent_run_id']}", highlight=False)
 
 
 stack_app = typer.Typer(help="The local stack on 127.0.0.1: S3 (SeaweedFS), MLflow (SQLite, artifacts on S3), Prefect.",

@@ -94,7 +94,7 @@ def _oversample_to_floor(labels: np.ndarray, floor: float, rng: np.random.Genera
     for _ in range(max_rounds):
         draws = int(repeat.sum())
         positive_draws = repeat @ labels
-        share = positive_draws / draws
+        share = np.where(labels.any(axis=0), positive_draws / draws, np.inf)  # no positive: nothing to repeat
         f = int(np.argmin(share))
         if share[f] >= floor:
             return repeat
@@ -139,9 +139,9 @@ def build_manifest(version: DatasetVersion, config: ManifestConfig) -> Manifest:
                 raise ValueError(f"cannot balance {config.target}: the training split has {int(y.sum())} positives of {len(y)}")
             repeat[train_idx] = _balance_binary(y, config.mode, rng)
         else:
-            missing = [f for f, n in zip(FINDINGS, train_labels.sum(axis=0), strict=True) if n == 0]
-            if missing:
-                raise ValueError(f"cannot oversample findings without a training positive: {', '.join(missing)}")
+            unreachable = [f for f, n in zip(FINDINGS, train_labels.sum(axis=0), strict=True) if n == 0]
+            if len(unreachable) == len(FINDINGS):
+                raise ValueError("cannot oversample: the training split has no positive of any finding")
             repeat[train_idx] = _oversample_to_floor(train_labels, config.floor, rng)
 
     weights = None
@@ -187,6 +187,9 @@ def build_manifest(version: DatasetVersion, config: ManifestConfig) -> Manifest:
         },
         "config": asdict(config),
     }
+    if config.strategy == "resample" and not config.target:
+        # a finding without a training positive cannot be oversampled: said, not hidden
+        info["floor_unreachable"] = [f for f, n in zip(FINDINGS, train_labels.sum(axis=0), strict=True) if n == 0]
     return Manifest(table, info)
 
 

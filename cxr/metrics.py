@@ -104,3 +104,23 @@ def evaluate_predictions(
             "specificity": spec,
         }
     return {"findings": findings, "mean_auroc": mean_defined([v["auroc"] for v in findings.values()])}
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """Mean |predicted - observed| over equal-width probability bins, weighted by the bins' sizes."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            total += mask.sum() * abs(p[mask].mean() - y[mask].mean())
+    return float(total / len(y)) if len(y) else 0.0
+
+
+def sensitivity_at_specificity(y: np.ndarray, p: np.ndarray, specificity: float = 0.9) -> float | None:
+    """Sensitivity at the lowest threshold that keeps this set's specificity at or above the target."""
+    if not _defined(y):
+        return None
+    sens, _ = sens_spec(y, p, specificity_threshold(y, p, specificity))
+    return sens

@@ -24,7 +24,7 @@ from PIL import Image
 
 from cxr import storage
 from cxr.findings import FINDINGS, NO_FINDING
-from cxr.synth_render import render
+from cxr.synth_render import Acquisition, render
 
 Edition = Literal["2017", "v2020"]
 LABEL_HEADER = (
@@ -48,6 +48,8 @@ class SynthConfig:
     strength: float = 1.0  # contrast of each finding's sign; 0 makes the labels unlearnable
     per_folder: int = 10_000  # images per images_NNN/images folder, as in the release
     workers: int = 1  # processes rendering PNGs; the output does not depend on it
+    acquisition: Acquisition = Acquisition()  # contrast, noise, zoom, offset: a shifted source turns these
+    prevalence_power: float = 1.0  # label-set frequencies raised to this power (< 1: rare findings commoner)
 
     def __post_init__(self) -> None:
         if self.n_images < 1:
@@ -60,6 +62,8 @@ class SynthConfig:
             raise ValueError(f"strength must be >= 0, got {self.strength}")
         if self.per_folder < 1 or self.workers < 1:
             raise ValueError("per_folder and workers must be >= 1")
+        if not 0.2 <= self.prevalence_power <= 2.0:
+            raise ValueError(f"prevalence_power must be in [0.2, 2], got {self.prevalence_power}")
 
 
 @dataclass
@@ -101,7 +105,7 @@ def plan(config: SynthConfig, profile: dict[str, Any]) -> _Plan:
     rng = np.random.default_rng([config.seed, 0])
     n = config.n_images
     sets = [s for s, _ in profile["label_sets"]]
-    weights = np.array([c for _, c in profile["label_sets"]], dtype=np.float64)
+    weights = np.array([c for _, c in profile["label_sets"]], dtype=np.float64) ** config.prevalence_power
     label_sets = [sets[i] for i in rng.permutation(_systematic(weights, n, rng))]
 
     per_patient = {int(k): v for k, v in profile["images_per_patient"].items() if int(k) <= MAX_IMAGES_PER_PATIENT}
@@ -155,7 +159,7 @@ def _render_chunk(config: SynthConfig, jobs: list[tuple[int, str, str]]) -> list
     for index, image_id, labels in jobs:
         findings = [] if labels == NO_FINDING else labels.split("|")
         rng = np.random.default_rng([config.seed, 1, index])
-        pixels, boxes = render(config.size, findings, rng, config.strength)
+        pixels, boxes = render(config.size, findings, rng, config.strength, config.acquisition)
         buf = io.BytesIO()
         Image.fromarray(pixels, mode="L").save(buf, format="PNG", compress_level=6)
         storage.write_bytes(_image_path(config, index, image_id), buf.getvalue())

@@ -20,6 +20,20 @@ NOISE_SIGMA = 0.035
 SIGN_AMPLITUDE = 0.22  # at strength 1.0, about six noise sigmas
 
 
+@dataclass(frozen=True)
+class Acquisition:
+    """How the "scanner" renders: the knobs a shifted source turns (1, 1, 1, 0 is the default source)."""
+
+    contrast: float = 1.0  # scales the anatomy's contrast around mid-gray
+    noise: float = 1.0  # scales the noise sigma
+    zoom: float = 1.0  # scales the body and lungs (and where signs land)
+    offset: float = 0.0  # shifts the body right and down, as a share of the image side
+
+    def __post_init__(self) -> None:
+        if not (0.2 <= self.contrast <= 3 and 0 <= self.noise <= 5 and 0.6 <= self.zoom <= 1.4 and abs(self.offset) <= 0.15):
+            raise ValueError(f"acquisition out of range: {self}")
+
+
 @dataclass(frozen=True, slots=True)
 class Box:
     """A box in pixels of the rendered image."""
@@ -42,10 +56,10 @@ def _ellipse(xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, rx: float, ry
     return np.clip((1.0 - r) / soft, 0.0, 1.0)
 
 
-def _anatomy(size: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, tuple[float, float, float, float]]]:
+def _anatomy(size: int, rng: np.random.Generator, acq: Acquisition) -> tuple[np.ndarray, dict[str, tuple[float, float, float, float]]]:
     xx, yy = _grid(size)
-    dx, dy = rng.uniform(-0.025, 0.025, size=2)
-    scale = rng.uniform(0.94, 1.06)
+    dx, dy = rng.uniform(-0.025, 0.025, size=2) + acq.offset
+    scale = rng.uniform(0.94, 1.06) * acq.zoom
     lungs = {
         "right": (0.32 + dx, 0.45 + dy, 0.15 * scale, 0.29 * scale),  # the patient's right, image left
         "left": (0.68 + dx, 0.45 + dy, 0.15 * scale, 0.29 * scale),
@@ -58,7 +72,9 @@ def _anatomy(size: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str,
         img -= lung * (0.28 - ribs)
     img += 0.22 * _ellipse(xx, yy, 0.54 + dx, 0.62 + dy, 0.12 * scale, 0.11 * scale, 0.3)
     img *= rng.uniform(0.9, 1.1)
-    img += rng.normal(0.0, NOISE_SIGMA, size=(size, size)).astype(np.float32)
+    if acq.contrast != 1.0:
+        img = 0.5 + (img - 0.5) * acq.contrast
+    img += rng.normal(0.0, NOISE_SIGMA * acq.noise, size=(size, size)).astype(np.float32)
     return img, lungs
 
 
@@ -110,10 +126,11 @@ def _place(
     """Centre of a sign, as a share of the image side."""
     cx_r, cy_r, rx, ry = lungs["right"]
     cx_l, _, _, _ = lungs["left"]
+    centre_x, centre_y = (cx_r + cx_l) / 2, cy_r  # the body's centre line, after offset and zoom
     if finding == "Cardiomegaly":
-        return 0.54 + rng.uniform(-0.03, 0.03), 0.60 + rng.uniform(-0.03, 0.03)
+        return centre_x + 0.04 + rng.uniform(-0.03, 0.03), centre_y + 0.15 + rng.uniform(-0.03, 0.03)
     if finding == "Hernia":
-        return 0.5 + rng.uniform(-0.05, 0.05), 0.80 + rng.uniform(-0.02, 0.03)
+        return centre_x + rng.uniform(-0.05, 0.05), centre_y + 0.35 + rng.uniform(-0.02, 0.03)
     cx = cx_r if rng.random() < 0.5 else cx_l
     if finding == "Effusion":
         return cx + rng.uniform(-0.04, 0.04), cy_r + ry * 0.72 + rng.uniform(-0.03, 0.03)
@@ -125,9 +142,12 @@ def _place(
     return cx + px, cy_r + py
 
 
-def render(size: int, findings: list[str], rng: np.random.Generator, strength: float = 1.0) -> tuple[np.ndarray, list[Box]]:
+def render(
+    size: int, findings: list[str], rng: np.random.Generator, strength: float = 1.0, acquisition: Acquisition | None = None
+) -> tuple[np.ndarray, list[Box]]:
     """One synthetic radiograph (uint8, ``size`` x ``size``) with a sign for each finding, and their boxes."""
-    img, lungs = _anatomy(size, rng)
+    acq = acquisition or Acquisition()
+    img, lungs = _anatomy(size, rng, acq)
     boxes: list[Box] = []
     for finding in findings:
         bw, bh = _BOX_SIZE[finding]

@@ -302,6 +302,8 @@ def lineage_tags(config: TrainConfig, manifest: Manifest) -> dict[str, str]:
         tags["cxr.prefect_flow_run_id"] = flow_run
     if config.init_from:
         tags["cxr.parent_model"] = config.init_from
+    if os.environ.get("CXR_MLFLOW_PARENT_RUN_ID"):  # a study's child run
+        tags["mlflow.parentRunId"] = os.environ["CXR_MLFLOW_PARENT_RUN_ID"]
     return tags
 
 

@@ -150,8 +150,12 @@ def test_oversampling_reaches_the_floor_on_independent_labels_and_says_when_it_c
         _oversample_to_floor(labels, 0.5, rng, max_rounds=50)
 
 
-def test_a_finding_without_training_positives_cannot_be_oversampled(tmp_path):
-    synthesize(SynthConfig(out=str(tmp_path / "src"), n_images=40, size=64, seed=0))
+def test_a_finding_without_training_positives_is_reported_and_the_others_reach_the_floor(tmp_path):
+    synthesize(SynthConfig(out=str(tmp_path / "src"), n_images=120, size=64, seed=0))
     small = ingest(str(tmp_path / "src"), str(tmp_path / "ds"), IngestOptions(sizes=(32,))).version
-    with pytest.raises(ValueError, match="without a training positive: .*Hernia"):
-        build_manifest(small, ManifestConfig("resample"))
+    m = build_manifest(small, ManifestConfig("resample", floor=0.05))
+    unreachable = m.info["floor_unreachable"]
+    assert "Hernia" in unreachable
+    after = m.info["train_prevalence"]["after"]
+    assert all(after[f] >= 0.05 for f in FINDINGS if f not in unreachable)
+    assert all(after[f] == 0.0 for f in unreachable)

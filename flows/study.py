@@ -1,0 +1,40 @@
+"""The imbalance study as a flow: ingest the source and a shifted synthetic source, then train and
+score every strategy with every seed (``cxr study``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from cxr import storage
+from tasks.ingest import decode_parts_task, plan_ingest_task, publish_task
+from tasks.study import shifted_source_task, study_task
+
+
+@flow(name="imbalance-study", log_prints=True)
+def study(
+    source: str,
+    workdir: str,
+    sizes: list[int] = [64],  # noqa: B006 - Prefect parameters are JSON; never mutated
+    shifted_images: int = 600,
+    shifted_size: int = 128,
+    strategies: list[str] = ["none", "weighted", "resample"],  # noqa: B006
+    seeds: list[int] = [0, 1, 2],  # noqa: B006
+    model: str = "small",
+    epochs: int = 6,
+    floor: float = 0.05,
+    n_boot: int = 200,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """The report lands in ``<workdir>/study/imbalance-study.md`` and in MLflow under one parent run."""
+    plan = plan_ingest_task(source, storage.join(workdir, "datasets"), sizes, 0.2, 0.1)
+    decode_parts_task(plan, None, workers)
+    version = publish_task(plan)
+    shifted_src = shifted_source_task(storage.join(workdir, "shifted-source"), shifted_images, shifted_size, 0)
+    shifted_plan = plan_ingest_task(shifted_src, storage.join(workdir, "shifted-datasets"), sizes, 0.2, 0.1)
+    decode_parts_task(shifted_plan, None, workers)
+    shifted = publish_task(shifted_plan)
+    config = {"strategies": tuple(strategies), "seeds": tuple(seeds), "model": model, "epochs": epochs, "floor": floor,
+              "n_boot": n_boot}  # fmt: skip
+    return study_task(version["path"], shifted["path"], storage.join(workdir, "study"), config)
