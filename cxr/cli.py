@@ -27,6 +27,15 @@ if not out.is_terminal:  # piped or captured: tables at 80 columns would wrap ev
     out = Console(soft_wrap=True, width=140)
 
 
+@app.callback()
+def _offline_defaults() -> None:
+    """Quiet, offline defaults for the services cxr starts (each can still be overridden by the user)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
 def _fail(message: str) -> None:
     console.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(2)
