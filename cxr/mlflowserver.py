@@ -7,7 +7,6 @@ AWS environment variables of the process that starts the server.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +14,8 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from cxr.processes import stop_group
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -69,11 +70,8 @@ class MlflowServer:
         raise TimeoutError(f"mlflow server did not answer within {timeout_s} s")
 
     def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM the server's process group, then SIGKILL if it lingers."""
         if self.process is None or self.process.poll() is not None:
             return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        stop_group(self.process.pid, timeout_s)
+        self.process.wait()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +17,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from cxr.processes import stop_group
 
 _PORT_NAMES = ("s3", "master", "volume", "filer", "webdav", "admin")
 _GRPC_OFFSET = 10_000  # weed serves gRPC on each port + 10000
@@ -119,9 +120,5 @@ class S3Server:
         """SIGTERM the server's process group, then SIGKILL if it lingers."""
         if self.process is None or self.process.poll() is not None:
             return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        stop_group(self.process.pid, timeout_s)
+        self.process.wait()

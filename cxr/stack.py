@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr.mlflowserver import MlflowServer, free_port
+from cxr.processes import stop_group
 from cxr.s3server import S3Server
 
 BUCKET = "cxr"
@@ -123,30 +124,12 @@ def up(root: str | Path = ".cxr/stack") -> dict[str, Any]:
         services["prefect"] = _start_prefect(paths)
     except Exception:
         for service in services.values():
-            _stop(service["pid"])
+            stop_group(service["pid"])
         raise
     state = {"root": str(paths.root), "services": services, "bucket": f"s3://{BUCKET}",
              "credentials_file": str(paths.credentials) if paths.credentials.exists() else None}  # fmt: skip
     paths.state.write_text(json.dumps(state, indent=2) + "\n")
     return state
-
-
-def _stop(pid: int, timeout_s: float = 20.0) -> None:
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def down(root: str | Path = ".cxr/stack") -> list[str]:
@@ -159,7 +142,7 @@ def down(root: str | Path = ".cxr/stack") -> list[str]:
     for name in ("prefect", "mlflow", "s3"):  # clients before the storage they write to
         service = state["services"].get(name)
         if service:
-            _stop(service["pid"])
+            stop_group(service["pid"])
             stopped.append(name)
     paths.state.unlink()
     return stopped
