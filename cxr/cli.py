@@ -553,8 +553,11 @@ def study(
     workers: Annotated[int | None, typer.Option(help="Dask LocalCluster workers.")] = None,
 ) -> None:
     """The imbalance study: every strategy and seed, in distribution and on a shifted source; a report."""
+    from cxr.study import StudyConfig
     from cxr.synth import SynthConfig, synthesize
     from cxr.tracking import tracking_uri
+
+    _run(StudyConfig, strategies=tuple(strategy), seeds=tuple(seed), model=model, epochs=epochs)  # refuse bad settings first
 
     if source is None:
         source_dir = workdir / "source"

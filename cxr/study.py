@@ -50,9 +50,15 @@ class StudyConfig:
     experiment: str = "cxr-study"
 
     def __post_init__(self) -> None:
+        from cxr.models import MODEL_NAMES
+
         unknown = [s for s in self.strategies if s not in ("none", "weighted", "resample")]
-        if unknown or not self.strategies or not self.seeds:
-            raise ValueError(f"strategies must be some of none, weighted, resample (got {self.strategies}); seeds must not be empty")
+        if unknown or not self.strategies:
+            raise ValueError(f"strategies must be some of none, weighted, resample, got {list(self.strategies)}")
+        if not self.seeds or self.epochs < 1:
+            raise ValueError("give at least one seed and one epoch")
+        if self.model not in MODEL_NAMES:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}")
 
 
 def _metrics(labels: np.ndarray, probs: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
