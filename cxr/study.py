@@ -166,7 +166,13 @@ def verdict(summary: dict[str, Any]) -> list[str]:
         if ranked:
             best, value = ranked[0]
             rest = ", ".join(f"{s} {v:.3f}" for s, v in ranked[1:])
-            lines.append(f"Mean AUROC {label}: {best} is best ({value:.3f}; {rest}).")
+            note = ""
+            if len(ranked) > 1:
+                runner_up = ranked[1][0]
+                spread = max(summary[best][source]["mean_auroc_std"] or 0, summary[runner_up][source]["mean_auroc_std"] or 0)
+                if value - ranked[1][1] <= spread:
+                    note = f"; the lead over {runner_up} is within the spread over seeds ({spread:.3f}): no clear winner"
+            lines.append(f"Mean AUROC {label}: {best} is best ({value:.3f}; {rest}){note}.")
     for finding in RARE:
         for source, label in (("in_distribution", "in distribution"), ("shifted", "shifted")):
             scores = {s: v[source]["findings"][finding]["auroc"][0] for s, v in summary.items()}
