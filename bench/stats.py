@@ -17,6 +17,7 @@ Goals (issue 4): Dask at least as fast as the baseline on 2 cores; time growing 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import platform
 import tempfile
@@ -106,7 +107,7 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; Dask workers: {args.workers}")
     print(f"{'rows':>11} {'pandas 1 thread':>22} {'pyarrow 1 thread':>22} {'Dask':>22} {'Dask vs pandas':>15} {'Dask vs pyarrow':>16}")
     with tempfile.TemporaryDirectory() as tmp, dask_client(workers=args.workers) as client:
-        client.run(lambda: __import__("cxr.stats"))
+        client.run(importlib.import_module, "cxr.stats")
         for rows in args.rows:
             path = Path(tmp) / f"metadata-{rows}.parquet"
             write_metadata(path, rows)

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from scipy import ndimage
@@ -110,7 +111,7 @@ def _localize(
 ) -> tuple[dict, dict, list[tuple[str, bytes]]]:
     boxes = version.boxes()
     position = {image_id: i for i, image_id in enumerate(rows.image_ids)}
-    boxes = boxes.filter(pc.is_in(boxes["image_id"], __import__("pyarrow").array(list(position))))
+    boxes = boxes.filter(pc.is_in(boxes["image_id"], pa.array(list(position))))
     if boxes.num_rows == 0:
         return {}, {}, []
     scale = BOX_FRAME / image_size

@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +138,7 @@ class MlflowLogger:
 
         while self.backlog:
             metrics, step = self.backlog[0]
-            timestamp = int(__import__("time").time() * 1000)
+            timestamp = int(time.time() * 1000)
             items = [Metric(k, float(v), timestamp, step) for k, v in metrics.items() if v is not None and np.isfinite(v)]
             if not self._safe("log metrics", lambda items=items: self.client.log_batch(self.run_id, metrics=items)):
                 return

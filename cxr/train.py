@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -286,8 +287,6 @@ def init_head_bias(model: Classifier, labels: np.ndarray, weights: dict[str, dic
 
 def lineage_tags(config: TrainConfig, manifest: Manifest) -> dict[str, str]:
     """What made the model: dataset, manifest, code, the Prefect flow run, the parent model."""
-    import os
-
     dataset = manifest.info["dataset"]
     tags = {
         "cxr.dataset_digest": dataset["digest"],
@@ -540,7 +539,7 @@ def cli(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     config = TrainConfig.from_dict(vars(args))
     result = main(config)
-    if "run_id" in result or int(__import__("os").environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:
         # one machine-readable line for whoever launched us (the Prefect train task reads it)
         keys = ("model_url", "run_id", "mlflow_model_uri", "val_mean_auroc", "steps", "registered", "version", "promoted")
         print(RESULT_PREFIX + json.dumps({k: result.get(k) for k in keys}), flush=True)
