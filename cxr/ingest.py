@@ -289,7 +289,7 @@ def publish(plan: IngestPlan) -> IngestResult:
         for spec in plan.parts:
             if spec.key in shard_names:
                 for size in plan.options.sizes:
-                    _copy(spec.shard_url(size), storage.join(target, "shards", str(size), f"{shard_names[spec.key]}.npy"))
+                    storage.copy(spec.shard_url(size), storage.join(target, "shards", str(size), f"{shard_names[spec.key]}.npy"))
         storage.write_parquet(metadata, storage.join(target, "metadata.parquet"))
         storage.write_parquet(q_table, storage.join(target, "quarantine.parquet"))
         storage.write_parquet(boxes, storage.join(target, "boxes.parquet"))
@@ -317,15 +317,6 @@ def publish(plan: IngestPlan) -> IngestResult:
         if posixpath.basename(folder.rstrip("/")) not in keep:
             storage.remove(folder, recursive=True)
     return IngestResult(version, created, accounting)
-
-
-def _copy(src: str, dst: str) -> None:
-    fs, src_path = storage.filesystem(src)
-    if storage.is_remote(src) and storage.is_remote(dst):
-        _, dst_path = storage.filesystem(dst)
-        storage._call("copy", src, lambda: fs.copy(src_path, dst_path))  # server-side copy
-    else:
-        storage.write_bytes(dst, storage.read_bytes(src))
 
 
 def _accounting(

@@ -242,6 +242,16 @@ def upload_file(local_path: str, url: str) -> None:
     _call("upload", url, lambda: fs.put_file(local_path, path))
 
 
+def copy(src: str, dst: str) -> None:
+    """Copy a file or object; S3 to S3 is a server-side copy, anything else goes through this process."""
+    fs, src_path = filesystem(src)
+    if src.startswith("s3://") and dst.startswith("s3://"):
+        _, dst_path = filesystem(dst)
+        _call("copy", src, lambda: fs.copy(src_path, dst_path))
+    else:
+        write_bytes(dst, read_bytes(src))
+
+
 def exists(url: str) -> bool:
     """Whether a file, object or folder exists at ``url``."""
     fs, path = filesystem(url)

@@ -106,3 +106,11 @@ def test_backoff_schedule_follows_the_environment(monkeypatch):
     monkeypatch.setenv("CXR_STORAGE_RETRIES", "x")
     with pytest.raises(ValueError, match="CXR_STORAGE_RETRIES"):
         storage.backoff_schedule()
+
+
+@pytest.mark.s3
+def test_copy_within_s3_and_from_s3_to_disk(s3_bucket, tmp_path):
+    storage.write_bytes(f"{s3_bucket}/a/x.npy", b"shard bytes")
+    storage.copy(f"{s3_bucket}/a/x.npy", f"{s3_bucket}/b/x.npy")
+    storage.copy(f"{s3_bucket}/a/x.npy", str(tmp_path / "x.npy"))
+    assert storage.read_bytes(f"{s3_bucket}/b/x.npy") == (tmp_path / "x.npy").read_bytes() == b"shard bytes"
