@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Creates .venv (if missing) and installs the project with its pinned versions.
+# Creates .venv (if missing) and installs the project with its pinned versions (constraints.txt).
 # Re-running is cheap: it reinstalls only when pyproject.toml or constraints.txt changed.
+#
+# The installer is uv (measured here: 56 s for the pinned set where pip took 298 s). uv is installed
+# with pip into .cache/uv-tool (a private folder of this checkout, nothing global); if that fails,
+# the script says so and falls back to pip with the same pins.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+UV_VERSION=0.13.9
 
 py="${PYTHON:-}"
 if [ -z "$py" ]; then
@@ -21,9 +27,25 @@ fi
 
 stamp=.venv/.cxr-installed
 want=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "setup: installing dependencies (first time: a few minutes)" >&2
+[ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && exit 0
+
+uv=.cache/uv-tool/bin/uv
+if [ ! -x "$uv" ]; then
+  echo "setup: installing the uv installer into .cache/uv-tool" >&2
+  "$py" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target .cache/uv-tool "uv==$UV_VERSION" \
+    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2) || true
+fi
+
+start=$(date +%s)
+if [ -x "$uv" ]; then
+  echo "setup: installing dependencies with uv $UV_VERSION (first time: about a minute)" >&2
+  # --compile-bytecode: pip writes .pyc files while installing, uv only when asked; without them every
+  # import parses the sources again when PYTHONDONTWRITEBYTECODE is set (measured: import torch 3.0 s vs 1.6 s)
+  "$uv" pip install --quiet --compile-bytecode --python .venv/bin/python -c constraints.txt -e '.[test]'
+else
+  echo "setup: uv could not be installed; falling back to pip (first time: about 5 minutes)" >&2
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]' \
     2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
-  echo "$want" > "$stamp"
 fi
+echo "setup: dependencies installed in $(($(date +%s) - start)) s" >&2
+echo "$want" > "$stamp"
