@@ -25,9 +25,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from cxr.cluster import dask_client
-from cxr.ingest import IngestOptions, ingest
-from cxr.ingest_parts import warm_up
+from cxr.data.cluster import dask_client
+from cxr.data.ingest import ingest
+from cxr.data.parts import warm_up
+from cxr.data.plan import IngestOptions
 
 HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
@@ -45,7 +46,7 @@ def build_archive(root: Path, n: int, images: Path | None) -> str:
         for i in range(n):
             shutil.copyfile(originals[i % len(originals)], folder / f"{i + 1:08d}_000.png")
     else:
-        from cxr.synth import SynthConfig, synthesize
+        from cxr.data.synth import SynthConfig, synthesize
 
         synthesize(SynthConfig(out=str(root / "synth"), n_images=n, size=1024, workers=os.cpu_count() or 1))
         for i, p in enumerate(sorted((root / "synth").rglob("*.png"))):
@@ -78,7 +79,7 @@ def timed_ingest(source: Path, out: Path, workers: int, repeats: int) -> float:
             start = time.perf_counter()
             result = ingest(str(source), str(target), IngestOptions(sizes=(256,)), client=client)
             best = min(best, time.perf_counter() - start)
-            assert result.accounting["quarantined"] == 0, result.accounting
+            assert result.accounting.quarantined == 0, result.accounting
             shutil.rmtree(target)
     return best
 
@@ -101,8 +102,13 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"archive: {n} x 1024 px, {kind}; shards at 256 px")
     print(f"decode limit (Pillow loop, 1 process) : {limit:7.1f} img/s")
-    print(f"ingest, 1 Dask worker                 : {n / one:7.1f} img/s  = {n / one / limit:.2f} of the limit per core")
-    print(f"ingest, 2 Dask workers                : {n / two:7.1f} img/s  = {n / two / 2 / limit:.2f} of the limit per core")
+    print(
+        f"ingest, 1 Dask worker                 : {n / one:7.1f} img/s  = {n / one / limit:.2f} of the limit per core"
+    )
+    print(
+        f"ingest, 2 Dask workers                : {n / two:7.1f} img/s  "
+        f"= {n / two / 2 / limit:.2f} of the limit per core"
+    )
     print(f"1 -> 2 workers                        : {one / two:.2f}x")
 
 

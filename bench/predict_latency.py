@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cxr import checkpoint
 from cxr.findings import FINDINGS
-from cxr.models import build_model
-from cxr.predict import predict_images
+from cxr.learn.checkpoint import ModelBundle
+from cxr.learn.models import build_model
+from cxr.learn.predict import predict_images
 
 
 def main() -> None:
@@ -32,16 +32,20 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["small", "densenet121"], help="(default: small densenet121)")
     parser.add_argument("--image-size", type=int, default=224, help="model input side (default 224)")
     args = parser.parse_args()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         png = Path(tmp) / "image.png"
         buf = io.BytesIO()
         Image.fromarray(np.random.default_rng(0).integers(0, 256, (1024, 1024), dtype=np.uint8)).save(buf, format="PNG")
         png.write_bytes(buf.getvalue())
         for name in args.models:
-            bundle = {"model": build_model(name).state_dict(), "model_name": name, "image_size": args.image_size,
-                      "label_names": list(FINDINGS), "thresholds": [0.0] * len(FINDINGS)}  # fmt: skip
-            checkpoint.save(bundle, str(Path(tmp) / f"{name}.pt"))
+            bundle = ModelBundle(
+                build_model(name).state_dict(), name, args.image_size, list(FINDINGS), [0.0] * len(FINDINGS)
+            )
+            bundle.save(str(Path(tmp) / f"{name}.pt"))
             start = time.perf_counter()
             predict_images([str(png)], str(Path(tmp) / f"{name}.pt"))
             first = time.perf_counter() - start
@@ -50,9 +54,11 @@ def main() -> None:
                 start = time.perf_counter()
                 result = predict_images([str(png)], str(Path(tmp) / f"{name}.pt"), str(Path(tmp) / "heatmaps"))
                 times.append(time.perf_counter() - start)
-            assert len(result[0]["findings"]) == len(FINDINGS)
-            print(f"{name:>12} at {args.image_size} px: first call {first:.2f} s; one image with 14 heatmaps, "
-                  f"boxes and overlays, model load included: {min(times):.2f} s (best of 5)")  # fmt: skip
+            assert len(result[0].findings) == len(FINDINGS)
+            print(
+                f"{name:>12} at {args.image_size} px: first call {first:.2f} s; one image with 14 heatmaps, "
+                f"boxes and overlays, model load included: {min(times):.2f} s (best of 5)"
+            )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ co-occurrence, views, sexes):
 
 - pandas, one thread: read the columns with pyarrow (use_threads=False), the reduction over the whole frame;
 - pyarrow, one thread: read, then group_by/aggregate for the counts and numpy for the co-occurrence;
-- Dask: ``cxr.stats.compute_stats`` on a LocalCluster (started before the clock starts).
+- Dask: ``cxr.data.stats.compute_stats`` on a LocalCluster (started before the clock starts).
 
 Goals (issue 4): Dask at least as fast as the baseline on 2 cores; time growing linearly from 1M to 10M.
 """
@@ -29,11 +29,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cxr.cluster import dask_client
+from cxr.data.cluster import dask_client
+from cxr.data.stats import STATS_COLUMNS, _partial, compute_stats
+from cxr.data.synth import load_profile
 from cxr.findings import FINDING_COLUMNS
-from cxr.stats import STATS_COLUMNS, _partial, compute_stats
-from cxr.synth import load_profile
-
 
 
 def nih_prevalence() -> np.ndarray:
@@ -56,8 +55,12 @@ def write_metadata(path: Path, rows: int, seed: int = 0) -> None:
         columns = {
             "image_id": pa.array([f"{i:08d}_000.png" for i in range(start, start + n)]),
             "patient_id": pa.array(np.arange(start, start + n, dtype=np.int64) // 3),
-            "split": pa.DictionaryArray.from_arrays(rng.choice(3, n, p=[0.7, 0.1, 0.2]).astype(np.int8), ["train", "val", "test"]).cast(pa.string()),
-            "view": pa.DictionaryArray.from_arrays(rng.choice(2, n, p=[0.6, 0.4]).astype(np.int8), ["PA", "AP"]).cast(pa.string()),
+            "split": pa.DictionaryArray.from_arrays(
+                rng.choice(3, n, p=[0.7, 0.1, 0.2]).astype(np.int8), ["train", "val", "test"]
+            ).cast(pa.string()),
+            "view": pa.DictionaryArray.from_arrays(rng.choice(2, n, p=[0.6, 0.4]).astype(np.int8), ["PA", "AP"]).cast(
+                pa.string()
+            ),
             "sex": pa.DictionaryArray.from_arrays(rng.choice(2, n).astype(np.int8), ["M", "F"]).cast(pa.string()),
         }
         draws = rng.random((n, len(FINDING_COLUMNS))) < prevalence
@@ -78,7 +81,9 @@ def pandas_one_thread(path: Path) -> int:
 
 def pyarrow_one_thread(path: Path) -> int:
     table = pq.read_table(path, columns=STATS_COLUMNS, use_threads=False)
-    sums = table.group_by("split", use_threads=False).aggregate([(c, "sum") for c in FINDING_COLUMNS] + [("split", "count")])
+    sums = table.group_by("split", use_threads=False).aggregate(
+        [(c, "sum") for c in FINDING_COLUMNS] + [("split", "count")]
+    )
     for key in ("view", "sex"):
         table.group_by(["split", key], use_threads=False).aggregate([(key, "count")])
     total = 0
@@ -89,7 +94,7 @@ def pyarrow_one_thread(path: Path) -> int:
     return total + sums.num_rows
 
 
-def best(fn, repeats: int) -> float:  # noqa: ANN001
+def best(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -100,14 +105,24 @@ def best(fn, repeats: int) -> float:  # noqa: ANN001
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 3_000_000, 10_000_000], help="sizes (default 1M 3M 10M)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="LocalCluster workers (default: all cores)")
+    parser.add_argument(
+        "--rows", type=int, nargs="+", default=[1_000_000, 3_000_000, 10_000_000], help="sizes (default 1M 3M 10M)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="LocalCluster workers (default: all cores)"
+    )
     parser.add_argument("--repeats", type=int, default=2, help="runs of each measurement, best kept (default 2)")
     args = parser.parse_args()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; Dask workers: {args.workers}")
-    print(f"{'rows':>11} {'pandas 1 thread':>22} {'pyarrow 1 thread':>22} {'Dask':>22} {'Dask vs pandas':>15} {'Dask vs pyarrow':>16}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"Dask workers: {args.workers}"
+    )
+    print(
+        f"{'rows':>11} {'pandas 1 thread':>22} {'pyarrow 1 thread':>22} {'Dask':>22} "
+        f"{'Dask vs pandas':>15} {'Dask vs pyarrow':>16}"
+    )
     with tempfile.TemporaryDirectory() as tmp, dask_client(workers=args.workers) as client:
-        client.run(importlib.import_module, "cxr.stats")
+        client.run(importlib.import_module, "cxr.data.stats")
         for rows in args.rows:
             path = Path(tmp) / f"metadata-{rows}.parquet"
             write_metadata(path, rows)
@@ -117,7 +132,10 @@ def main() -> None:
             t_arrow = best(lambda p=path: pyarrow_one_thread(p), args.repeats)
             t_dask = best(lambda p=path: compute_stats(str(p), client), args.repeats)
             cells = [f"{t:6.2f} s {rows / t / 1e6:6.2f} M rows/s" for t in (t_pandas, t_arrow, t_dask)]
-            print(f"{rows:>11,} {cells[0]:>22} {cells[1]:>22} {cells[2]:>22} {t_pandas / t_dask:>14.2f}x {t_arrow / t_dask:>15.2f}x")
+            print(
+                f"{rows:>11,} {cells[0]:>22} {cells[1]:>22} {cells[2]:>22} "
+                f"{t_pandas / t_dask:>14.2f}x {t_arrow / t_dask:>15.2f}x"
+            )
             path.unlink()
 
 

@@ -13,7 +13,7 @@ import platform
 import tempfile
 import time
 
-from cxr.synth import SynthConfig, synthesize
+from cxr.data.synth import SynthConfig, synthesize
 
 
 def timed(n_images: int, size: int, workers: int) -> float:

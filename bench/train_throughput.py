@@ -22,21 +22,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxr.augment import AugmentConfig, apply, epoch_parameters
-from cxr.dataset import open_version
-from cxr.decode import decode_image, resize_square
-from cxr.distributed import init_distributed
-from cxr.ingest import IngestOptions, ingest
-from cxr.loss import WeightedBCE
-from cxr.models import build_model
-from cxr.shards import ShardStore, gather, split_rows
-from cxr.synth import SynthConfig, synthesize
-from cxr.train import to_device
+from cxr.data.decode import decode_image, resize_square
+from cxr.data.ingest import ingest
+from cxr.data.plan import IngestOptions
+from cxr.data.synth import SynthConfig, synthesize
+from cxr.data.version import open_version
+from cxr.learn.augment import AugmentConfig, apply, epoch_parameters
+from cxr.learn.distributed import init_distributed
+from cxr.learn.inference import to_device
+from cxr.learn.loss import WeightedBCE
+from cxr.learn.models import build_model
+from cxr.learn.shards import ShardStore, gather, split_rows
 
 WARMUP = 3
 
 
-def step_fn(model, optimizer, loss_fn, amp: bool, channels_last: bool):  # noqa: ANN001, ANN201
+def step_fn(model, optimizer, loss_fn, amp: bool, channels_last: bool):
     def step(images: torch.Tensor, targets: torch.Tensor) -> None:
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -50,7 +51,7 @@ def step_fn(model, optimizer, loss_fn, amp: bool, channels_last: bool):  # noqa:
     return step
 
 
-def timed(loop, steps: int, batch: int, device: torch.device) -> float:  # noqa: ANN001
+def timed(loop, steps: int, batch: int, device: torch.device) -> float:
     for i in range(WARMUP):
         loop(i)
     if device.type == "cuda":
@@ -70,9 +71,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per path (default 20)")
     parser.add_argument("--images", type=int, default=0, help="synthetic archive size (default: enough for all steps)")
-    parser.add_argument("--png-size", type=int, default=1024, help="side of the source PNGs, as in NIH's release (default 1024)")
+    parser.add_argument(
+        "--png-size", type=int, default=1024, help="side of the source PNGs, as in NIH's release (default 1024)"
+    )
     parser.add_argument("--amp", default="auto", help="bf16 on GPU: auto|bf16|off (default auto)")
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="on GPU (default on)")
+    parser.add_argument(
+        "--channels-last", action=argparse.BooleanOptionalAction, default=True, help="on GPU (default on)"
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (default off)")
     args = parser.parse_args()
     info = init_distributed("auto")
@@ -82,11 +87,13 @@ def main() -> None:
     n_images = args.images or args.batch_size * (args.steps + WARMUP) + 64
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        synthesize(SynthConfig(out=str(root / "src"), n_images=n_images, size=args.png_size, workers=os.cpu_count() or 1))
+        synthesize(
+            SynthConfig(out=str(root / "src"), n_images=n_images, size=args.png_size, workers=os.cpu_count() or 1)
+        )
         ingest(str(root / "src"), str(root / "ds"), IngestOptions(sizes=(args.image_size,)))
         version = open_version(str(root / "ds"))
         metadata = version.metadata()
-        rows = split_rows(metadata.set_column(metadata.schema.get_field_index("split"), "split", [["train"] * metadata.num_rows]), "train", False)
+        rows = split_rows(metadata, None, expand_repeats=False)
         sources = metadata["source_uri"].to_pylist()
         store = ShardStore(version.path, version.digest, args.image_size)
 
@@ -116,17 +123,26 @@ def main() -> None:
 
         def png_loader(i: int) -> None:
             take = order[(i * b) % (len(rows) - b) :][:b]
-            pixels = np.stack([resize_square(decode_image(Path(sources[j]).read_bytes()), args.image_size) for j in take])
+            pixels = np.stack(
+                [resize_square(decode_image(Path(sources[j]).read_bytes()), args.image_size) for j in take]
+            )
             images = apply(to_device(pixels, info), params[take], args.image_size)
             step(images, torch.from_numpy(rows.labels[take]).to(device, non_blocking=True))
 
         only = timed(model_only, args.steps, b, device)
         e2e = timed(end_to_end, args.steps, b, device)
         png = timed(png_loader, args.steps, b, device)
-    name = torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    name = (
+        torch.cuda.get_device_name(0)
+        if device.type == "cuda"
+        else f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    )
     print(f"machine: {platform.machine()}, {name}; torch {torch.__version__}")
-    print(f"source PNGs {args.png_size} px; model {args.model}, {args.image_size} px, batch {b}, {args.steps} timed steps, amp {'bf16' if amp else 'off'}, "
-          f"channels_last {channels_last}, compile {args.compile}")  # fmt: skip
+    print(
+        f"source PNGs {args.png_size} px; model {args.model}, {args.image_size} px, batch {b}, "
+        f"{args.steps} timed steps, amp {'bf16' if amp else 'off'}, "
+        f"channels_last {channels_last}, compile {args.compile}"
+    )
     print(f"model only (tensors on the device) : {only:8.1f} img/s")
     print(f"end to end (shards + augmentation) : {e2e:8.1f} img/s  = {e2e / only:.2f} of model only")
     print(f"PNG decoding loader                : {png:8.1f} img/s  = {png / only:.2f} of model only")

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cxr.findings import FINDINGS
 
+if TYPE_CHECKING:  # types only: the data modules import this one
+    from cxr.data.manifest import ManifestInfo
+    from cxr.data.stats import LabelStats
 
-def _figure(rows: int, cols: int, width: float, height: float):  # noqa: ANN202 - matplotlib types
+
+def _figure(rows: int, cols: int, width: float, height: float):
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -21,38 +25,38 @@ def _figure(rows: int, cols: int, width: float, height: float):  # noqa: ANN202 
     return fig, axes
 
 
-def _png(fig) -> bytes:  # noqa: ANN001
+def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})  # no version stamp: same chart, same bytes
     return buf.getvalue()
 
 
-def prevalence_chart(stats: dict[str, Any], log: bool = False) -> bytes:
+def prevalence_chart(stats: LabelStats, log: bool = False) -> bytes:
     """Positives vs. negatives per finding, one panel per split (``log``: logarithmic counts)."""
-    splits = list(stats["splits"])
+    splits = list(stats.splits)
     fig, axes = _figure(1, len(splits), 5.0 * len(splits), 5.5)
     y = np.arange(len(FINDINGS))
     for ax, name in zip(axes[0], splits, strict=True):
-        part = stats["splits"][name]["findings"]
-        pos = [part[f]["n_pos"] for f in FINDINGS]
-        neg = [part[f]["n_neg"] for f in FINDINGS]
+        part = stats.splits[name].findings
+        pos = [part[f].n_pos for f in FINDINGS]
+        neg = [part[f].n_neg for f in FINDINGS]
         ax.barh(y - 0.2, neg, height=0.4, color="#9aa5b1", label="negative")
         ax.barh(y + 0.2, pos, height=0.4, color="#d1495b", label="positive")
         ax.set_yticks(y, FINDINGS if ax is axes[0][0] else [""] * len(FINDINGS))
         ax.invert_yaxis()
         if log:
             ax.set_xscale("log")
-        ax.set_title(f"{name} (n = {stats['splits'][name]['n']})")
+        ax.set_title(f"{name} (n = {stats.splits[name].n})")
         ax.set_xlabel("images" + (" (log scale)" if log else ""))
     axes[0][0].legend(loc="lower right")
     fig.tight_layout()
     return _png(fig)
 
 
-def balance_chart(info: dict[str, Any]) -> bytes:
+def balance_chart(info: ManifestInfo) -> bytes:
     """A manifest's share of positive draws per finding in train, before and after balancing."""
-    before = info["train_prevalence"]["before"]
-    after = info["train_prevalence"]["after"]
+    before = info.train_prevalence["before"]
+    after = info.train_prevalence["after"]
     fig, axes = _figure(1, 1, 7.0, 5.5)
     ax = axes[0][0]
     y = np.arange(len(FINDINGS))
@@ -61,10 +65,10 @@ def balance_chart(info: dict[str, Any]) -> bytes:
     ax.set_yticks(y, FINDINGS)
     ax.invert_yaxis()
     ax.set_xlabel("share of training draws that are positive (%)")
-    what = info["strategy"] + (f", target {info['target']} ({info['mode']})" if info.get("target") else "")
-    if info.get("floor"):
-        what += f", floor {100 * info['floor']:.0f} %"
-    ax.set_title(f"manifest {info['digest']}: {what}\nmost reused training image: x{info['reuse']['max_repeat']}")
+    what = info.strategy + (f", target {info.target} ({info.mode})" if info.target else "")
+    if info.floor:
+        what += f", floor {100 * info.floor:.0f} %"
+    ax.set_title(f"manifest {info.digest}: {what}\nmost reused training image: x{info.reuse.max_repeat}")
     ax.legend(loc="lower right")
     fig.tight_layout()
     return _png(fig)
@@ -93,7 +97,9 @@ def roc_pr_chart(labels: np.ndarray, probs: np.ndarray, title: str) -> bytes:
     return _png(fig)
 
 
-def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, boxes: list[tuple[str, tuple[float, float, float, float], str]], title: str) -> bytes:
+def heatmap_overlay(
+    image: np.ndarray, heatmap: np.ndarray, boxes: list[tuple[str, tuple[float, float, float, float], str]], title: str
+) -> bytes:
     """A gray image with a jet-coloured heatmap blended over it, labelled boxes ((name, (x, y, w, h) in
     image px, colour)) and a title line; Pillow only (a few ms, where a matplotlib figure takes ~100)."""
     from matplotlib import colormaps
@@ -128,7 +134,9 @@ def study_chart(summary: dict[str, Any], rare: tuple[str, ...]) -> tuple[bytes, 
     for k, (source, colour) in enumerate((("in_distribution", "#00798c"), ("shifted", "#d1495b"))):
         means = [summary[s][source]["mean_auroc"] or 0 for s in strategies]
         stds = [summary[s][source]["mean_auroc_std"] or 0 for s in strategies]
-        ax.bar(x + (k - 0.5) * 0.38, means, width=0.38, yerr=stds, capsize=3, color=colour, label=source.replace("_", " "))
+        ax.bar(
+            x + (k - 0.5) * 0.38, means, width=0.38, yerr=stds, capsize=3, color=colour, label=source.replace("_", " ")
+        )
     ax.set_xticks(x, strategies)
     ax.set_ylim(0.4, 1.0)
     ax.set_ylabel("mean AUROC over findings")
@@ -140,8 +148,15 @@ def study_chart(summary: dict[str, Any], rare: tuple[str, ...]) -> tuple[bytes, 
     for ax, finding in zip(axes[0], rare, strict=True):
         for k, (source, colour) in enumerate((("in_distribution", "#00798c"), ("shifted", "#d1495b"))):
             pairs = [summary[s][source]["findings"][finding]["auroc"] for s in strategies]
-            ax.bar(x + (k - 0.5) * 0.38, [p[0] or 0 for p in pairs], width=0.38, yerr=[p[1] or 0 for p in pairs], capsize=3,
-                   color=colour, label=source.replace("_", " "))  # fmt: skip
+            ax.bar(
+                x + (k - 0.5) * 0.38,
+                [p[0] or 0 for p in pairs],
+                width=0.38,
+                yerr=[p[1] or 0 for p in pairs],
+                capsize=3,
+                color=colour,
+                label=source.replace("_", " "),
+            )
         ax.set_xticks(x, strategies)
         ax.set_ylim(0.0, 1.0)
         ax.set_title(f"{finding}: AUROC")

@@ -19,9 +19,8 @@ import os
 import posixpath
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import IO, Any, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import fsspec
 import pyarrow as pa
@@ -179,7 +178,7 @@ def _call(op: str, url: str, fn: Callable[[], T]) -> T:
             return fn()
         except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError):
             raise
-        except Exception as exc:  # noqa: BLE001 - classified below, re-raised translated
+        except Exception as exc:
             if not _is_transient(exc):
                 if isinstance(exc, OSError):
                     raise
@@ -230,16 +229,6 @@ def write_text(url: str, text: str) -> None:
 def read_text(url: str) -> str:
     """Read a UTF-8 text file."""
     return read_bytes(url).decode("utf-8")
-
-
-def upload_file(local_path: str, url: str) -> None:
-    """Copy a local file to ``url`` atomically (an object is completed whole; a local copy is renamed)."""
-    fs, path = filesystem(url)
-    if isinstance(fs, LocalFileSystem):
-        with open(local_path, "rb") as f:
-            write_bytes(url, f.read())
-        return
-    _call("upload", url, lambda: fs.put_file(local_path, path))
 
 
 def copy(src: str, dst: str) -> None:
@@ -323,17 +312,6 @@ def remove(url: str, recursive: bool = False) -> None:
             fs.rm(path, recursive=recursive)
 
     _call("remove", url, run)
-
-
-@contextmanager
-def open_read(url: str) -> Iterator[IO[bytes]]:
-    """A seekable binary reader (for large files read in parts)."""
-    fs, path = filesystem(url)
-    f = _call("open", url, lambda: fs.open(path, "rb"))
-    try:
-        yield f
-    finally:
-        f.close()
 
 
 def write_parquet(table: pa.Table, url: str, **kwargs: Any) -> None:

@@ -2,17 +2,50 @@
 
 The deployment runs ``flows/retrain.py:retrain`` from this project's folder on a *process* work pool
 (created if missing): start a worker where the data and the project are, ``prefect worker start --pool
-cxr-process``. The same deployment in declarative form is ``prefect.yaml`` (``prefect deploy --all``).
+cxr-process``. The same deployment in declarative form is ``prefect.yaml`` (``prefect deploy --all``);
+a test checks that it states the defaults below.
+
+This module imports Prefect only when it deploys, so the command line can read the defaults cheaply.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 PROJECT = Path(__file__).resolve().parents[1]
+ENTRYPOINT = "flows/retrain.py:retrain"
+
+
+@dataclass(frozen=True)
+class DeploymentDefaults:
+    """The scheduled retraining's defaults: DenseNet-121 at NIH scale, nightly. One home for them."""
+
+    name: str = "retrain-scheduled"
+    pool: str = "cxr-process"
+    cron: str = "0 2 * * *"  # nightly, 02:00 UTC
+    timezone: str = "UTC"
+    model: str = "densenet121"
+    epochs: int = 10
+    size: int = 224  # shard side and model input (px)
+    strategy: str = "weighted"
+    registered_model: str = "cxr-classifier"
+
+    def parameters(self) -> dict[str, Any]:
+        """The retrain flow's parameters these defaults set."""
+        return {
+            "model": self.model,
+            "epochs": self.epochs,
+            "sizes": [self.size],
+            "strategy": self.strategy,
+            "registered_model": self.registered_model,
+        }
+
+
+DEFAULTS = DeploymentDefaults()
 
 
 async def _ensure_pool(name: str) -> None:
@@ -28,22 +61,18 @@ async def _ensure_pool(name: str) -> None:
 
 
 def deploy_retrain(
-    parameters: dict[str, Any],
-    name: str = "retrain-scheduled",
-    pool: str = "cxr-process",
-    cron: str = "0 2 * * *",
-    timezone: str = "UTC",
+    parameters: dict[str, Any], name: str = DEFAULTS.name, pool: str = DEFAULTS.pool, cron: str = DEFAULTS.cron
 ) -> UUID:
     """Create or update the cron deployment of ``retrain``; returns its id."""
     from prefect import flow
     from prefect.client.schemas.schedules import CronSchedule
 
     asyncio.run(_ensure_pool(pool))
-    retrain = flow.from_source(source=str(PROJECT), entrypoint="flows/retrain.py:retrain")
+    retrain = flow.from_source(source=str(PROJECT), entrypoint=ENTRYPOINT)
     return retrain.deploy(
         name=name,
         work_pool_name=pool,
-        schedule=CronSchedule(cron=cron, timezone=timezone),
+        schedule=CronSchedule(cron=cron, timezone=DEFAULTS.timezone),
         parameters=parameters,
         build=False,
         push=False,

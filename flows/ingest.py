@@ -1,12 +1,14 @@
 """The ingest flow: an NIH archive becomes a dataset version.
 
-    prefect deployment / python -c "from flows.ingest import ingest; ingest(source=..., out=...)"
+python -c "from flows.ingest import ingest; ingest(source=..., out=...)"
 """
 
 from __future__ import annotations
 
 from prefect import flow
 
+from cxr.data.plan import IngestOptions
+from cxr.data.splits import TEST_SHARE, VAL_SHARE
 from tasks.ingest import decode_parts_task, ingest_summary_artifact, plan_ingest_task, publish_task
 
 
@@ -17,12 +19,12 @@ def ingest(
     sizes: list[int] = [256],  # noqa: B006 - Prefect parameters are JSON; the list is never mutated
     dask_address: str | None = None,
     workers: int | None = None,
-    test_share: float = 0.2,
-    val_share: float = 0.1,
+    test_share: float = TEST_SHARE,
+    val_share: float = VAL_SHARE,
 ) -> str:
     """Ingest ``source`` (folder or s3://) into a new version under ``out``; returns its digest."""
-    plan = plan_ingest_task(source, out, sizes, test_share, val_share)
+    plan = plan_ingest_task(source, out, IngestOptions(sizes=tuple(sizes), test_share=test_share, val_share=val_share))
     decode_parts_task(plan, dask_address, workers)
-    result = publish_task(plan)
-    ingest_summary_artifact(result)
-    return result["digest"]
+    summary = publish_task(plan)
+    ingest_summary_artifact(summary)
+    return summary.digest

@@ -3,15 +3,23 @@ evaluate + localize -> register -> gate. Every setting is a typed parameter; the
 
     python -c "from flows.retrain import retrain; retrain(source='s3://archive/nih', workdir='s3://cxr')"
     # or as a deployment: prefect.yaml (a cron schedule), `cxr deploy`
+
+Defaults fit a laptop CPU (the small model at 64 px); a deployment's defaults are in flows/deploy.py.
+A run trains into ``<workdir>/runs/<run name>``, named by the manifest digest and every setting that
+decides the model (:func:`cxr.learn.launch.run_name`), which is also the train task's cache key.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow
 
 from cxr import storage
+from cxr.data.manifest import ManifestConfig
+from cxr.data.plan import IngestOptions
+from cxr.data.splits import TEST_SHARE, VAL_SHARE
+from cxr.learn.config import TrainConfig
+from cxr.learn.launch import in_runs_folder
+from cxr.reports import RetrainSummary
 from tasks.ingest import decode_parts_task, ingest_summary_artifact, plan_ingest_task, publish_task
 from tasks.stats import manifest_task, stats_task
 from tasks.train import evaluate_task, register_task, summary_artifact, train_task
@@ -36,35 +44,33 @@ def retrain(
     experiment: str = "cxr-retrain",
     dask_address: str | None = None,
     workers: int | None = None,
-) -> dict[str, Any]:
+    test_share: float = TEST_SHARE,
+    val_share: float = VAL_SHARE,
+) -> RetrainSummary:
     """Retrain on whatever the archive holds now; a rerun with nothing new reuses every finished step."""
-    datasets = storage.join(workdir, "datasets")
-    plan = plan_ingest_task(source, datasets, sizes, 0.2, 0.1)
+    options = IngestOptions(sizes=tuple(sizes), test_share=test_share, val_share=val_share)
+    plan = plan_ingest_task(source, storage.join(workdir, "datasets"), options)
     decoded = decode_parts_task(plan, dask_address, workers)
     ingested = publish_task(plan)
     ingest_summary_artifact(ingested)
-    version = ingested["path"]
-    stats_task(version, dask_address)
-    manifest_dir = storage.join(workdir, "manifests", f"{ingested['digest']}-{strategy}-{target or 'all'}-{seed}")
-    manifest = manifest_task(version, manifest_dir, strategy, target, seed=seed)
-    run_dir = storage.join(workdir, "runs", f"{manifest['digest']}-{model}-{epochs}e-{seed}")
-    trained = train_task(manifest_dir, run_dir, model, epochs, batch_size, image_size, nproc, experiment, seed)
-    evaluation = evaluate_task(trained["model_url"], version, storage.join(run_dir, "evaluation"), trained["run_id"])
-    decision = register_task(trained["run_id"], trained["mlflow_model_uri"], registered_model, gate_margin, gate_max_drop)
-    summary = {
-        "dataset_digest": ingested["digest"],
-        "dataset_created": ingested["created"],
-        "images_decoded": decoded["images"] - decoded["skipped_images"],
-        "manifest_digest": manifest["digest"],
-        "strategy": strategy,
-        "run_id": trained["run_id"],
-        "val_mean_auroc": trained["val_mean_auroc"],
-        "test_mean_auroc": evaluation["mean_auroc"],
-        "registered_model": registered_model,
-        "model_version": decision["version"],
-        "promoted": decision["promoted"],
-        "gate_reasons": decision["reasons"],
-        "model_url": trained["model_url"],
-    }
-    summary_artifact(summary, evaluation)
+    stats_task(ingested.path, dask_address)
+    manifest_dir = storage.join(workdir, "manifests", f"{ingested.digest}-{strategy}-{target or 'all'}-{seed}")
+    manifest = manifest_task(ingested.path, manifest_dir, ManifestConfig(strategy, target, seed=seed))
+    config = TrainConfig(
+        manifest=manifest_dir,
+        model=model,
+        epochs=epochs,
+        batch_size=batch_size,
+        image_size=image_size,
+        seed=seed,
+        experiment=experiment,
+    )
+    config = in_runs_folder(config, storage.join(workdir, "runs"), manifest.digest, nproc)
+    trained = train_task(config, nproc, manifest.digest)
+    run_id = trained.tracked.run_id if trained.tracked else None
+    evaluation = evaluate_task(trained.model_url, ingested.path, storage.join(config.output_dir, "evaluation"), run_id)
+    model_uri = trained.tracked.model_uri if trained.tracked else None
+    registration = register_task(run_id, model_uri, registered_model, gate_margin, gate_max_drop)
+    summary = RetrainSummary(ingested, decoded, manifest, trained, evaluation, registration)
+    summary_artifact(summary)
     return summary

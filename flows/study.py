@@ -3,11 +3,11 @@ score every strategy with every seed (``cxr study``)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow
 
 from cxr import storage
+from cxr.data.plan import IngestOptions
+from cxr.study import StudyConfig, StudyReport
 from tasks.ingest import decode_parts_task, plan_ingest_task, publish_task
 from tasks.study import shifted_source_task, study_task
 
@@ -26,15 +26,15 @@ def study(
     floor: float = 0.05,
     n_boot: int = 200,
     workers: int | None = None,
-) -> dict[str, Any]:
+) -> StudyReport:
     """The report lands in ``<workdir>/study/imbalance-study.md`` and in MLflow under one parent run."""
-    plan = plan_ingest_task(source, storage.join(workdir, "datasets"), sizes, 0.2, 0.1)
+    options = IngestOptions(sizes=tuple(sizes))
+    plan = plan_ingest_task(source, storage.join(workdir, "datasets"), options)
     decode_parts_task(plan, None, workers)
     version = publish_task(plan)
     shifted_src = shifted_source_task(storage.join(workdir, "shifted-source"), shifted_images, shifted_size, 0)
-    shifted_plan = plan_ingest_task(shifted_src, storage.join(workdir, "shifted-datasets"), sizes, 0.2, 0.1)
+    shifted_plan = plan_ingest_task(shifted_src, storage.join(workdir, "shifted-datasets"), options)
     decode_parts_task(shifted_plan, None, workers)
     shifted = publish_task(shifted_plan)
-    config = {"strategies": tuple(strategies), "seeds": tuple(seeds), "model": model, "epochs": epochs, "floor": floor,
-              "n_boot": n_boot}  # fmt: skip
-    return study_task(version["path"], shifted["path"], storage.join(workdir, "study"), config)
+    config = StudyConfig(tuple(strategies), tuple(seeds), model=model, epochs=epochs, floor=floor, n_boot=n_boot)
+    return study_task(version.path, shifted.path, storage.join(workdir, "study"), config)

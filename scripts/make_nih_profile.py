@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
+from cxr.data.labels import read_label_table
 from cxr.findings import NO_FINDING
-from cxr.labels import read_label_table
 
 
 def main(path: str) -> None:

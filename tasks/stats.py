@@ -1,56 +1,49 @@
-"""Prefect tasks around :mod:`cxr.stats` and :mod:`cxr.manifest`: retries and artifacts, nothing else."""
+"""Prefect tasks around :mod:`cxr.data.stats` and :mod:`cxr.data.manifest`: retries and artifacts, nothing else."""
 
 from __future__ import annotations
-
-from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE
 
-from cxr.dataset import open_version
-from cxr.manifest import ManifestConfig, build_manifest, write_manifest
-from cxr.stats import dataset_stats, write_stats
+from cxr.data.cluster import dask_client
+from cxr.data.manifest import ManifestConfig, ManifestInfo, build_manifest, write_manifest
+from cxr.data.stats import LabelStats, dataset_stats, write_stats
+from cxr.data.version import open_version
+from cxr.reports import manifest_table, stats_tables
+from tasks.policy import RETRIES, RETRY_DELAY_SECONDS
 
-RETRY = {"retries": 2, "retry_delay_seconds": [5, 30]}
 
-
-@task(name="label-stats", cache_policy=INPUTS, persist_result=True, **RETRY)
-def stats_task(dataset: str, dask_address: str | None = None) -> dict[str, Any]:
-    """Compute and write stats.json and the prevalence charts; publish the training split as a table.
+@task(
+    name="label-stats",
+    cache_policy=INPUTS,
+    persist_result=True,
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAY_SECONDS,
+)
+def stats_task(dataset: str, dask_address: str | None = None) -> LabelStats:
+    """Compute and write stats.json and the prevalence charts; publish them as a table.
 
     Cached on its inputs: give it a version folder (immutable), not a root whose LATEST moves.
     """
     version = open_version(dataset)
     if dask_address:
-        from cxr.cluster import dask_client
-
         with dask_client(dask_address) as client:
             stats = dataset_stats(version, client)
     else:
         stats = dataset_stats(version)
     write_stats(version, stats)
-    rows = [
-        {"split": name, "finding": finding, **values}
-        for name, split in stats["splits"].items()
-        for finding, values in split["findings"].items()
-    ]
-    create_table_artifact(rows, key="label-stats", description=f"Label statistics of dataset {version.digest}")
+    records = [record for name, table in stats_tables(stats).items() for record in table.records(split=name)]
+    create_table_artifact(records, key="label-stats", description=f"Label statistics of dataset {version.digest}")
     return stats
 
 
-@task(name="manifest", cache_policy=NO_CACHE, **RETRY)  # deterministic and fast: rebuilt, byte-identical
-def manifest_task(
-    dataset: str, out: str, strategy: str, target: str | None = None, mode: str = "over", floor: float = 0.05, seed: int = 0
-) -> dict[str, Any]:
-    """Build and write a manifest; publish its before/after prevalence and reuse as a table."""
-    built = build_manifest(open_version(dataset), ManifestConfig(strategy, target, mode, floor, seed))
+@task(name="manifest", cache_policy=NO_CACHE, retries=RETRIES, retry_delay_seconds=RETRY_DELAY_SECONDS)
+def manifest_task(dataset: str, out: str, config: ManifestConfig) -> ManifestInfo:
+    """Build and write a manifest (deterministic and fast: rebuilt byte-identical, not cached); publish a table."""
+    built = build_manifest(open_version(dataset), config)
     write_manifest(built, out)
     info = built.info
-    rows = [
-        {"finding": f, "train share before": info["train_prevalence"]["before"][f],
-         "after": info["train_prevalence"]["after"][f], "distinct positive images": info["reuse"]["distinct_positive_images"][f]}
-        for f in info["findings"]
-    ]  # fmt: skip
-    create_table_artifact(rows, key="manifest", description=f"Manifest {info['digest']} ({strategy}); most reused image x{info['reuse']['max_repeat']}")
+    description = f"Manifest {info.digest} ({info.strategy}); most reused image x{info.reuse.max_repeat}"
+    create_table_artifact(manifest_table(info).records(), key="manifest", description=description)
     return info

@@ -10,16 +10,13 @@ from pathlib import Path
 
 import pytest
 
-# Offline settings before any library reads them.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
+from cxr.offline import set_offline_defaults
+
+set_offline_defaults()  # before any library reads them
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="cxr-test-prefect-")
 # Training tracks to MLflow by default: the tests' runs go to a throwaway local store, never .cxr/.
 _MLFLOW_DIR = tempfile.mkdtemp(prefix="cxr-test-mlflow-")
 os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{_MLFLOW_DIR}/mlflow.db")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -33,9 +30,11 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     Test credentials are set in the environment (the server accepts them); the endpoint goes into
     AWS_ENDPOINT_URL, which s3fs, pyarrow and boto3 all honour.
     """
-    from cxr.s3server import S3Server
+    from cxr.services.s3server import S3Server
 
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")}
+    saved = {
+        k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")
+    }
     os.environ["AWS_ACCESS_KEY_ID"] = "cxr-test-key"
     os.environ["AWS_SECRET_ACCESS_KEY"] = "cxr-test-secret"
     os.environ["AWS_REGION"] = "us-east-1"

@@ -48,26 +48,12 @@ def test_bad_input_gives_one_clear_line_and_exit_code_2(args, message):
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
-def test_demo_runs_the_retrain_flow_then_reuses_what_it_made(tmp_path):
-    args = ["demo", "--workdir", str(tmp_path / "demo"), "--n-images", "150", "--size", "64", "--shard-size", "32",
-            "--epochs", "1", "--workers", "1"]  # fmt: skip
-    result = run(*args)
-    assert result.returncode == 0, result.stderr[-3000:]
-    digest = (tmp_path / "demo" / "datasets" / "LATEST").read_text().strip()
-    assert "retrain flow (Prefect)" in result.stderr
-    assert f"dataset {digest} (new, 150 images decoded)" in result.stdout
-    assert "positives per split" in result.stdout and "test split (n = " in result.stdout
-    assert "model cxr-demo version" in result.stdout and "lineage models:/cxr-demo@champion" in result.stdout
-    assert "Prefect UI:" in result.stdout and "MLflow UI:" in result.stdout
-    again = run(*args)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "reusing the synthetic archive" in again.stderr and f"dataset {digest} (unchanged, 0 images decoded)" in again.stdout
-
-
 def test_ingest_prints_the_digest_and_the_accounting(tmp_path):
     assert run("synth", "--out", str(tmp_path / "src"), "--n-images", "30", "--size", "64").returncode == 0
     (tmp_path / "src" / "images_001" / "images" / "00000001_000.png").write_bytes(b"")
-    result = run("ingest", "--source", str(tmp_path / "src"), "--out", str(tmp_path / "ds"), "--size", "32", "--workers", "1")
+    result = run(
+        "ingest", "--source", str(tmp_path / "src"), "--out", str(tmp_path / "ds"), "--size", "32", "--workers", "1"
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == (tmp_path / "ds" / "LATEST").read_text().strip()
     assert "unreadable_image" in result.stderr and "accepted" in result.stderr and "29" in result.stderr
@@ -78,23 +64,64 @@ def test_ingest_of_a_folder_without_an_archive_fails_clearly(tmp_path):
     assert result.returncode == 2 and "no label table" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_stats_and_manifest_from_the_command_line(tmp_path):
-    assert run("synth", "--out", str(tmp_path / "src"), "--n-images", "120", "--size", "64").returncode == 0
-    assert run("ingest", "--source", str(tmp_path / "src"), "--out", str(tmp_path / "ds"), "--size", "32", "--workers", "1").returncode == 0
-    stats = run("stats", "--dataset", str(tmp_path / "ds"), "--json")
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """A synthetic archive of 120 images, ingested by the command line."""
+    root = tmp_path_factory.mktemp("cli")
+    assert run("synth", "--out", str(root / "src"), "--n-images", "120", "--size", "64").returncode == 0
+    made = run("ingest", "--source", str(root / "src"), "--out", str(root / "ds"), "--size", "32", "--workers", "1")
+    assert made.returncode == 0, made.stderr
+    return root / "ds"
+
+
+def test_stats_json_is_what_stats_json_holds(dataset):
+    stats = run("stats", "--dataset", str(dataset), "--json")
     assert stats.returncode == 0, stats.stderr
     parsed = json.loads(stats.stdout)
     assert sum(s["n"] for s in parsed["splits"].values()) == 120
-    digest = (tmp_path / "ds" / "LATEST").read_text().strip()
-    assert json.loads((tmp_path / "ds" / digest / "stats.json").read_text()) == parsed
-    table = run("stats", "--dataset", str(tmp_path / "ds" / digest))
-    assert "freq_pos" in table.stdout and "Infiltration" in table.stdout
-    made = run("manifest", "--dataset", str(tmp_path / "ds"), "--strategy", "resample", "--target", "effusion",
-               "--mode", "under", "--out", str(tmp_path / "m"))  # fmt: skip
+    digest = (dataset / "LATEST").read_text().strip()
+    assert json.loads((dataset / digest / "stats.json").read_text()) == parsed
+
+
+def test_stats_prints_a_table_per_split_for_people(dataset):
+    digest = (dataset / "LATEST").read_text().strip()
+    table = run("stats", "--dataset", str(dataset / digest))
+    assert table.returncode == 0, table.stderr
+    assert "freq_pos" in table.stdout and "Infiltration" in table.stdout and "train: " in table.stdout
+
+
+def test_manifest_prints_its_digest_last_and_takes_a_finding_in_any_case(dataset, tmp_path):
+    args = ["--strategy", "resample", "--target", "effusion", "--mode", "under", "--out", str(tmp_path / "m")]
+    made = run("manifest", "--dataset", str(dataset), *args)
     assert made.returncode == 0, made.stderr
     info = json.loads((tmp_path / "m" / "manifest.json").read_text())
     assert made.stdout.strip().splitlines()[-1] == info["digest"] and info["target"] == "Effusion"
-    bad = run("manifest", "--dataset", str(tmp_path / "ds"), "--strategy", "weighted", "--target", "Effusion", "--out", str(tmp_path / "x"))
-    assert bad.returncode == 2 and "only applies to strategy 'resample'" in bad.stderr
+
+
+def test_a_target_without_resampling_is_refused_clearly(dataset, tmp_path):
+    args = ["--strategy", "weighted", "--target", "Effusion", "--out", str(tmp_path / "x")]
+    bad = run("manifest", "--dataset", str(dataset), *args)
+    assert bad.returncode == 2 and "only applies to strategy 'resample'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_stats_of_a_folder_without_a_dataset_fails_clearly(tmp_path):
     missing = run("stats", "--dataset", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "neither a dataset version" in missing.stderr
+
+
+def test_the_demo_names_the_uis_of_local_stores_and_of_servers():
+    from cxr.cli.pipeline import ui_hints
+
+    mlflow_ui, prefect_ui = ui_hints("sqlite:////x/.cxr/mlflow.db", None)
+    assert "mlflow ui --backend-store-uri sqlite:////x/.cxr/mlflow.db --host 127.0.0.1" in mlflow_ui
+    assert "prefect server start --host 127.0.0.1" in prefect_ui
+    assert ui_hints("http://127.0.0.1:5000", "http://127.0.0.1:4200/api") == (
+        "http://127.0.0.1:5000",
+        "http://127.0.0.1:4200",
+    )
+
+
+def test_train_help_lists_every_setting_and_the_launcher():
+    result = run("train", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage: cxr train" in result.stdout and "--nproc" in result.stdout and "--gate-max-drop" in result.stdout

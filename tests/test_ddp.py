@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from cxr import checkpoint
-from cxr.ingest import IngestOptions, ingest
-from cxr.manifest import ManifestConfig, build_manifest, read_manifest, write_manifest
-from cxr.synth import SynthConfig, synthesize
+from cxr.data.ingest import ingest
+from cxr.data.manifest import ManifestConfig, build_manifest, read_manifest, write_manifest
+from cxr.data.plan import IngestOptions
+from cxr.data.synth import SynthConfig, synthesize
+from cxr.data.version import open_version
+from cxr.learn import checkpoint
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
@@ -25,14 +27,29 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 def manifest(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ddp")
     synthesize(SynthConfig(out=str(root / "src"), n_images=260, size=64, seed=1))
-    version = ingest(str(root / "src"), str(root / "ds"), IngestOptions(sizes=(32,))).version
+    version = open_version(ingest(str(root / "src"), str(root / "ds"), IngestOptions(sizes=(32,))).path)
     write_manifest(build_manifest(version, ManifestConfig("none")), str(root / "m"))
     return root / "m"
 
 
 def train_args(manifest: Path, out: Path, batch: int, *extra: str, model: str = "small") -> list[str]:
-    return ["-m", "cxr.train", "--manifest", str(manifest), "--output-dir", str(out), "--model", model,
-            "--epochs", "2", "--batch-size", str(batch), "--seed", "3", *extra]  # fmt: skip
+    return [
+        "-m",
+        "cxr.learn.train",
+        "--manifest",
+        str(manifest),
+        "--output-dir",
+        str(out),
+        "--model",
+        model,
+        "--epochs",
+        "2",
+        "--batch-size",
+        str(batch),
+        "--seed",
+        "3",
+        *extra,
+    ]
 
 
 def run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
@@ -54,9 +71,16 @@ def free_port() -> int:
 
 def test_two_processes_end_with_identical_weights_and_match_one_process_with_the_same_global_batch(manifest, tmp_path):
     # Full global batches only: the sampler pads an uneven tail differently for 1 and 2 processes.
-    n_train = read_manifest(str(manifest)).info["splits"]["train"]["draws"]
+    n_train = read_manifest(str(manifest)).info.splits["train"].draws
     steps = ["--epochs", "1", "--max-steps", str(n_train // 16)]
-    run([*TORCHRUN, "--standalone", "--nproc-per-node=2", *train_args(manifest, tmp_path / "ddp", 8, *steps, model="small-gn")])
+    run(
+        [
+            *TORCHRUN,
+            "--standalone",
+            "--nproc-per-node=2",
+            *train_args(manifest, tmp_path / "ddp", 8, *steps, model="small-gn"),
+        ]
+    )
     run([sys.executable, *train_args(manifest, tmp_path / "single", 16, *steps, model="small-gn")])
     ddp = checkpoint.load(str(tmp_path / "ddp" / "model.pt"))
     single = checkpoint.load(str(tmp_path / "single" / "model.pt"))
@@ -75,10 +99,21 @@ def test_two_nodes_rendezvous_over_c10d_train_and_checkpoint(manifest, tmp_path)
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     nodes = [
-        subprocess.Popen([*TORCHRUN, "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
-                          f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=cxr-test",
-                          *train_args(manifest, tmp_path / "two-nodes", 8, "--checkpoint-every", "5")],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
+        subprocess.Popen(
+            [
+                *TORCHRUN,
+                "--nnodes=2",
+                "--nproc-per-node=1",
+                "--rdzv-backend=c10d",
+                f"--rdzv-endpoint=127.0.0.1:{port}",
+                "--rdzv-id=cxr-test",
+                *train_args(manifest, tmp_path / "two-nodes", 8, "--checkpoint-every", "5"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
         for _ in range(2)
     ]
     outputs = [n.communicate(timeout=300)[0] for n in nodes]
@@ -94,8 +129,13 @@ def test_kill_9_mid_epoch_then_resume_gives_bitwise_the_uninterrupted_weights(ma
     run([sys.executable, *train_args(manifest, tmp_path / "whole", 8, *args)])
     out = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, *train_args(manifest, out, 8, *args)], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, *train_args(manifest, out, 8, *args)],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline, state = time.monotonic() + 120, None
     while time.monotonic() < deadline and proc.poll() is None:
         if (out / "checkpoint.pt").exists():

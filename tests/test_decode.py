@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr.decode import DecodeLimits, ImageRejected, decode, resize_square
-from cxr.quarantine import Reason
+from cxr.data.decode import DecodeLimits, ImageRejected, decode, resize_square
+from cxr.data.quarantine import Reason
 from tests.conftest import NIH
 
 
@@ -28,7 +28,9 @@ def bomb_header(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 10)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 10)) + chunk(b"IEND", b"")
+    )
 
 
 def test_8_bit_gray_is_taken_as_is():

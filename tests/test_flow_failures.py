@@ -10,13 +10,15 @@ import uuid
 import pytest
 
 from cxr import storage
-from cxr.s3server import S3Server
-from cxr.synth import SynthConfig, synthesize
+from cxr.data.synth import SynthConfig, synthesize
+from cxr.services.s3server import S3Server
 
 pytestmark = pytest.mark.s3
 
 
-def test_a_task_that_meets_a_stopped_s3_server_is_retried_and_the_flow_completes(prefect_api, s3_server, tmp_path, monkeypatch):
+def test_a_task_that_meets_a_stopped_s3_server_is_retried_and_the_flow_completes(
+    prefect_api, s3_server, tmp_path, monkeypatch
+):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -31,7 +33,7 @@ def test_a_task_that_meets_a_stopped_s3_server_is_retried_and_the_flow_completes
     synthesize(SynthConfig(out=str(tmp_path / "src"), n_images=40, size=64, seed=3))
     fs.put(str(tmp_path / "src"), f"{bucket}/src", recursive=True)
     server.stop()
-    restart = threading.Timer(2.0, server.start)  # back before the first retry (5 s)
+    restart = threading.Timer(0.5, server.start)  # answers ~5 s later: after the first try, by the first retry (5 s)
     restart.start()
     try:
         state = ingest(source=f"s3://{bucket}/src", out=f"s3://{bucket}/ds", sizes=[32], workers=1, return_state=True)
@@ -43,9 +45,12 @@ def test_a_task_that_meets_a_stopped_s3_server_is_retried_and_the_flow_completes
 
     async def runs() -> dict[str, int]:
         async with get_client() as client:
-            tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+            tasks = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+            )
             return {t.name.rsplit("-", 1)[0]: t.run_count for t in tasks}
 
     counts = asyncio.run(runs())
-    assert counts["plan-ingest"] == 2, counts  # failed once against the stopped server, then succeeded
+    # failed against the stopped server, then succeeded on a retry (the first, or on a loaded machine the second)
+    assert 2 <= counts["plan-ingest"] <= 3, counts
     assert len(digest) == 16

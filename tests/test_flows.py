@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from cxr.ingest import IngestOptions, ingest as ingest_library
-from cxr.synth import SynthConfig, synthesize
+from cxr.data.ingest import ingest as ingest_library
+from cxr.data.manifest import ManifestConfig, ManifestInfo
+from cxr.data.plan import IngestOptions
+from cxr.data.stats import LabelStats
+from cxr.data.synth import SynthConfig, synthesize
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +24,7 @@ def tiny_source(tmp_path_factory) -> Path:
 def test_plan_task_fn_plans_without_prefect(tiny_source, tmp_path):
     from tasks.ingest import plan_ingest_task
 
-    plan = plan_ingest_task.fn(str(tiny_source), str(tmp_path / "out"), [32], 0.2, 0.1)
+    plan = plan_ingest_task.fn(str(tiny_source), str(tmp_path / "out"), IngestOptions(sizes=(32,)))
     assert plan.counts["inputs"] == 40 and sum(len(p.images) for p in plan.parts) == 40 and plan.existing is None
 
 
@@ -40,7 +43,7 @@ def test_ingest_flow_makes_the_same_version_as_the_library_and_publishes_a_summa
     from flows.ingest import ingest
 
     digest = ingest(source=str(tiny_source), out=str(tmp_path / "flow"), sizes=[32], workers=1)
-    expected = ingest_library(str(tiny_source), str(tmp_path / "lib"), IngestOptions(sizes=(32,))).version.digest
+    expected = ingest_library(str(tiny_source), str(tmp_path / "lib"), IngestOptions(sizes=(32,))).digest
     assert digest == expected
     assert (tmp_path / "flow" / "LATEST").read_text().strip() == digest
     [artifact] = [a for a in _artifacts("ingest-summary") if digest in str(a.data)]  # other flows publish theirs too
@@ -55,16 +58,18 @@ def test_stats_and_manifest_tasks_write_their_files_and_publish_tables(prefect_a
     ingest_library(str(tiny_source), str(tmp_path / "ds"), IngestOptions(sizes=(32,)))
 
     @flow
-    def stats_then_manifest() -> tuple[dict, dict]:
+    def stats_then_manifest() -> tuple[LabelStats, ManifestInfo]:
         stats = stats_task(str(tmp_path / "ds"))
-        info = manifest_task(str(tmp_path / "ds"), str(tmp_path / "m"), "resample", target="Effusion")
+        info = manifest_task(str(tmp_path / "ds"), str(tmp_path / "m"), ManifestConfig("resample", target="Effusion"))
         return stats, info
 
     stats, info = stats_then_manifest()
     digest = (tmp_path / "ds" / "LATEST").read_text().strip()
-    assert (tmp_path / "ds" / digest / "stats.json").exists() and (tmp_path / "ds" / digest / "charts" / "prevalence.png").exists()
-    assert (tmp_path / "m" / "manifest.json").exists() and info["train_prevalence"]["after"]["Effusion"] == 0.5
-    assert stats["splits"]["train"]["n"] == info["splits"]["train"]["rows"]
+    assert (tmp_path / "ds" / digest / "stats.json").exists() and (
+        tmp_path / "ds" / digest / "charts" / "prevalence.png"
+    ).exists()
+    assert (tmp_path / "m" / "manifest.json").exists() and info.train_prevalence["after"]["Effusion"] == 0.5
+    assert stats.splits["train"].n == info.splits["train"].rows
     [label_stats] = [a for a in _artifacts("label-stats") if digest in (a.description or "")]
-    [manifest] = [a for a in _artifacts("manifest") if info["digest"] in (a.description or "")]
+    [manifest] = [a for a in _artifacts("manifest") if info.digest in (a.description or "")]
     assert "Hernia" in str(label_stats.data) and manifest.type == "table"

@@ -33,13 +33,13 @@ def test_kubernetes_manifests_parse_and_read_credentials_from_a_secret():
 
 
 def test_the_pytorchjob_command_is_a_valid_cxr_train_command_line():
-    from cxr.train import TrainConfig, get_args_parser
+    from cxr.learn.config import TrainConfig
 
     [job] = load_all(ROOT / "infra" / "k8s" / "pytorchjob.yaml")
     [container] = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]
     command = container["command"]
-    assert command[:3] == ["torchrun", "-m", "cxr.train"]
-    config = TrainConfig.from_dict(vars(get_args_parser().parse_args(command[3:])))
+    assert command[:3] == ["torchrun", "-m", "cxr.learn.train"]
+    config = TrainConfig.from_args(command[3:])
     assert config.model == "densenet121" and config.resume and config.register == "cxr-classifier"
 
 
@@ -52,4 +52,14 @@ def test_prefect_yaml_deploys_the_retrain_flow_with_parameters_it_takes():
     assert (ROOT / path).exists() and name == "retrain"
     accepted = set(inspect.signature(retrain.fn).parameters)
     assert set(deployment["parameters"]) <= accepted
-    assert deployment["schedules"][0]["cron"] == "0 2 * * *"
+
+
+def test_prefect_yaml_states_the_same_defaults_as_cxr_deploy():
+    from flows.deploy import DEFAULTS, ENTRYPOINT
+
+    [deployment] = load_all(ROOT / "prefect.yaml")[0]["deployments"]
+    assert deployment["entrypoint"] == ENTRYPOINT and deployment["name"] == DEFAULTS.name
+    assert deployment["work_pool"]["name"] == DEFAULTS.pool
+    assert deployment["schedules"] == [{"cron": DEFAULTS.cron, "timezone": DEFAULTS.timezone}]
+    parameters = {k: v for k, v in deployment["parameters"].items() if k not in ("source", "workdir")}
+    assert parameters == DEFAULTS.parameters()

@@ -12,10 +12,11 @@ import pytest
 from PIL import Image
 
 from cxr import storage
-from cxr.dataset import METADATA_SCHEMA, open_version
-from cxr.ingest import IngestOptions, ingest, plan_ingest
-from cxr.splits import SplitConflictError
-from cxr.synth import SynthConfig, synthesize
+from cxr.data.ingest import ingest
+from cxr.data.plan import IngestOptions, plan_ingest
+from cxr.data.splits import SplitConflictError
+from cxr.data.synth import SynthConfig, synthesize
+from cxr.data.version import METADATA_SCHEMA, open_version
 from tests.conftest import NIH
 from tests.test_decode import bomb_header
 
@@ -50,7 +51,9 @@ def bad_source(tmp_path: Path) -> Path:
         "00000004_000.png": b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(200),  # a JPEG named .png
         "00000005_000.png": b"radiology report, not an image\n",  # a text file
         "00000006_000.png": png((rng.integers(0, 4096, (128, 128))).astype(np.uint16)),  # 16-bit
-        "00000007_000.png": png(np.dstack([rng.integers(0, 256, (128, 128), dtype=np.uint8)] * 3 + [np.full((128, 128), 255, np.uint8)])),  # RGBA
+        "00000007_000.png": png(
+            np.dstack([rng.integers(0, 256, (128, 128), dtype=np.uint8)] * 3 + [np.full((128, 128), 255, np.uint8)])
+        ),  # RGBA
         "00000008_000.png": png(np.zeros((12, 12), np.uint8)),  # tiny
         "00000009_000.png": bomb_header(90_000, 90_000),  # decompression bomb header
         "00000010_000.png": good,  # its row appears twice
@@ -66,9 +69,14 @@ def bad_source(tmp_path: Path) -> Path:
 
 def test_a_bad_file_set_is_fully_accounted_for(bad_source, tmp_path):
     result = ingest(str(bad_source), str(tmp_path / "out"), IngestOptions(sizes=(64,)))
-    version = result.version
+    version = open_version(result.path)
     metadata, quarantine = version.metadata(), version.quarantine()
-    assert sorted(metadata["image_id"].to_pylist()) == ["00000001_000.png", "00000006_000.png", "00000007_000.png", "00000010_000.png"]
+    assert sorted(metadata["image_id"].to_pylist()) == [
+        "00000001_000.png",
+        "00000006_000.png",
+        "00000007_000.png",
+        "00000010_000.png",
+    ]
     fate = {(r["image_id"], r["reason"]) for r in quarantine.to_pylist()}
     assert fate == {
         ("00000002_000.png", "unreadable_image"),
@@ -85,13 +93,13 @@ def test_a_bad_file_set_is_fully_accounted_for(bad_source, tmp_path):
     details = {r["image_id"]: r["detail"] for r in quarantine.to_pylist()}
     assert "JPEG" in details["00000004_000.png"] and "text" in details["00000005_000.png"]
     acc = result.accounting
-    assert acc["inputs"] == 14 == acc["label_rows"] + 1  # 13 rows + 1 file no row names
-    assert acc["accepted"] + acc["quarantined"] == acc["inputs"] == metadata.num_rows + quarantine.num_rows
-    assert acc["image_files"] == 11
+    assert acc.inputs == 14 == acc.label_rows + 1  # 13 rows + 1 file no row names
+    assert acc.accepted + acc.quarantined == acc.inputs == metadata.num_rows + quarantine.num_rows
+    assert acc.image_files == 11
 
 
 def test_shards_hold_the_converted_pixels(bad_source, tmp_path):
-    version = ingest(str(bad_source), str(tmp_path / "out"), IngestOptions(sizes=(64, 128))).version
+    version = open_version(ingest(str(bad_source), str(tmp_path / "out"), IngestOptions(sizes=(64, 128))).path)
     metadata = version.metadata().to_pylist()
     for r in metadata:
         shard = version.load_shard(128, r["shard"])
@@ -109,14 +117,16 @@ def test_the_real_nih_images_ingest_with_nothing_quarantined(tmp_path):
     shutil.copytree(NIH / "images", src / "images")
     names = sorted(p.name for p in (src / "images").iterdir())
     lines = (NIH / "Data_Entry_2017_sample_original_format.csv").read_text().splitlines()
-    (src / "Data_Entry_2017.csv").write_text("\n".join([lines[0], *[ln for ln in lines[1:] if ln.split(",")[0] in names]]) + "\n")
+    (src / "Data_Entry_2017.csv").write_text(
+        "\n".join([lines[0], *[ln for ln in lines[1:] if ln.split(",")[0] in names]]) + "\n"
+    )
     boxes = [ln for ln in _gunzip(NIH / "BBox_List_2017.csv.gz").splitlines() if ln.split(",")[0] in names]
     (src / "BBox_List_2017.csv").write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n" + "\n".join(boxes) + "\n")
     result = ingest(str(src), str(tmp_path / "out"), IngestOptions(sizes=(224,)))
-    assert result.accounting["accepted"] == 4 and result.accounting["quarantined"] == 0
-    assert result.version.metadata()["png_width"].to_pylist() == [1024] * 4
-    assert result.version.boxes().num_rows == 2  # Cardiomegaly on 00001369_000, Pneumonia on 00001933_000
-    assert result.version.metadata().schema.equals(METADATA_SCHEMA)
+    assert result.accounting.accepted == 4 and result.accounting.quarantined == 0
+    assert open_version(result.path).metadata()["png_width"].to_pylist() == [1024] * 4
+    assert open_version(result.path).boxes().num_rows == 2  # Cardiomegaly on 00001369_000, Pneumonia on 00001933_000
+    assert open_version(result.path).metadata().schema.equals(METADATA_SCHEMA)
 
 
 def _gunzip(path: Path) -> str:
@@ -138,16 +148,16 @@ def test_a_rerun_on_an_unchanged_source_adds_nothing(synthetic, tmp_path):
     assert first.created
     before = sorted(str(p) for p in out.rglob("*"))
     plan = plan_ingest(str(synthetic), str(out), IngestOptions(sizes=(64,)))
-    assert plan.existing == first.version.digest
+    assert plan.existing == first.digest
     second = ingest(str(synthetic), str(out), IngestOptions(sizes=(64,)))
-    assert not second.created and second.version.digest == first.version.digest
+    assert not second.created and second.digest == first.digest
     assert sorted(str(p) for p in out.rglob("*")) == before
     kept = sorted(p.name for p in (out / ".work" / "parts").iterdir())
     assert kept == sorted(spec.key for spec in plan.parts)  # the newest version's parts, for the next ingest
 
 
 def test_a_grown_archive_decodes_only_the_parts_its_new_images_fall_in(synthetic, tmp_path):
-    from cxr.ingest import publish, run_parts
+    from cxr.data.ingest import publish, run_parts
 
     src = tmp_path / "src"
     shutil.copytree(synthetic, src)
@@ -161,28 +171,27 @@ def test_a_grown_archive_decodes_only_the_parts_its_new_images_fall_in(synthetic
     row = next(r for r in table.read_text().splitlines() if r.startswith("00000010_000.png"))
     table.write_text(table.read_text() + row.replace("00000010_000.png", image_id).replace(",0,10,", ",99,10,") + "\n")
     plan = plan_ingest(str(src), str(out), options)
-    results = run_parts(plan)
-    decoded = sum(int(r["images"]) for r in results if not r["skipped"])
+    decoded = run_parts(plan).decoded
     # the part it falls in, and the next one if that part was cut at its size cap (4 x 8)
-    assert 1 <= decoded <= 2 * 4 * 8 and decoded < first.accounting["accepted"] / 3
+    assert 1 <= decoded <= 2 * 4 * 8 and decoded < first.accounting.accepted / 3
     second = publish(plan)
-    assert second.version.digest != first.version.digest and second.accounting["accepted"] == first.accounting["accepted"] + 1
+    assert second.digest != first.digest and second.accounting.accepted == first.accounting.accepted + 1
 
 
 def test_a_changed_source_makes_a_new_version_and_moves_latest(synthetic, tmp_path):
     src = tmp_path / "src"
     shutil.copytree(synthetic, src)
     out = tmp_path / "out"
-    first = ingest(str(src), str(out), IngestOptions(sizes=(64,))).version.digest
+    first = ingest(str(src), str(out), IngestOptions(sizes=(64,))).digest
     (src / "images_001" / "images" / "00000001_000.png").unlink()
     second = ingest(str(src), str(out), IngestOptions(sizes=(64,)))
-    assert second.version.digest != first and (out / "LATEST").read_text().strip() == second.version.digest
-    assert open_version(str(out)).digest == second.version.digest and (out / first / "dataset.json").exists()
-    assert second.accounting["quarantined_by_reason"] == {"missing_image": 1}
+    assert second.digest != first and (out / "LATEST").read_text().strip() == second.digest
+    assert open_version(str(out)).digest == second.digest and (out / first / "dataset.json").exists()
+    assert second.accounting.quarantined_by_reason == {"missing_image": 1}
 
 
 def test_splits_come_from_the_official_lists_and_keep_patients_apart(synthetic, tmp_path):
-    metadata = ingest(str(synthetic), str(tmp_path / "out"), IngestOptions(sizes=(32,))).version.metadata()
+    metadata = open_version(ingest(str(synthetic), str(tmp_path / "out"), IngestOptions(sizes=(32,))).path).metadata()
     test_list = set((synthetic / "test_list.txt").read_text().split())
     split = dict(zip(metadata["image_id"].to_pylist(), metadata["split"].to_pylist(), strict=True))
     assert {i for i, s in split.items() if s == "test"} == test_list
@@ -211,14 +220,18 @@ def test_s3_to_s3_gives_the_same_digest_as_local_to_local(synthetic, s3_bucket, 
     fs.put(str(synthetic), f"{s3_bucket[5:]}/src", recursive=True)
     local = ingest(str(synthetic), str(tmp_path / "out"), IngestOptions(sizes=(64,)))
     remote = ingest(f"{s3_bucket}/src", f"{s3_bucket}/datasets", IngestOptions(sizes=(64,)))
-    assert remote.version.digest == local.version.digest
-    assert storage.read_text(f"{s3_bucket}/datasets/LATEST").strip() == local.version.digest
+    assert remote.digest == local.digest
+    assert storage.read_text(f"{s3_bucket}/datasets/LATEST").strip() == local.digest
     opened = open_version(f"{s3_bucket}/datasets")
     assert opened.metadata()["source_uri"][0].as_py().startswith(f"{s3_bucket}/src/images_001/images/")
     row = opened.metadata().to_pylist()[7]
-    assert np.array_equal(opened.load_shard(64, row["shard"])[row["shard_index"]],
-                          local.version.load_shard(64, row["shard"])[row["shard_index"]])  # fmt: skip
-    assert len(storage.list_dirs(f"{s3_bucket}/datasets/.work/parts")) == len(plan_ingest(f"{s3_bucket}/src", f"{s3_bucket}/datasets", IngestOptions(sizes=(64,))).parts)
+    assert np.array_equal(
+        opened.load_shard(64, row["shard"])[row["shard_index"]],
+        open_version(local.path).load_shard(64, row["shard"])[row["shard_index"]],
+    )
+    assert len(storage.list_dirs(f"{s3_bucket}/datasets/.work/parts")) == len(
+        plan_ingest(f"{s3_bucket}/src", f"{s3_bucket}/datasets", IngestOptions(sizes=(64,))).parts
+    )
 
 
 def test_bad_options_are_refused():
@@ -229,7 +242,7 @@ def test_bad_options_are_refused():
 
 
 def test_metadata_finding_columns_agree_with_finding_labels(synthetic, tmp_path):
-    metadata = ingest(str(synthetic), str(tmp_path / "out"), IngestOptions(sizes=(32,))).version.metadata()
+    metadata = open_version(ingest(str(synthetic), str(tmp_path / "out"), IngestOptions(sizes=(32,))).path).metadata()
     for r in metadata.to_pylist():
         assert {c for c in ("mass", "nodule", "hernia", "effusion") if r[c]} == {
             f.lower() for f in r["finding_labels"] if f.lower() in ("mass", "nodule", "hernia", "effusion")

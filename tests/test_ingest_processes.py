@@ -13,14 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from cxr.ingest import IngestOptions, ingest, plan_ingest
-from cxr.synth import SynthConfig, synthesize
+from cxr.data.ingest import ingest
+from cxr.data.plan import IngestOptions, plan_ingest
+from cxr.data.synth import SynthConfig, synthesize
 
 BIN = Path(sys.executable).parent
 
 
 def cxr(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([str(BIN / "cxr"), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [str(BIN / "cxr"), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+    )
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +34,22 @@ def source(tmp_path_factory) -> Path:
 
 
 def test_kill_9_then_rerun_gives_the_clean_digest_and_latest_never_names_a_partial_version(source, tmp_path):
-    clean = ingest(str(source), str(tmp_path / "clean"), IngestOptions(sizes=(96,), part_images=10)).version.digest
+    clean = ingest(str(source), str(tmp_path / "clean"), IngestOptions(sizes=(96,), part_images=10)).digest
     out = tmp_path / "killed"
-    proc = cxr("ingest", "--source", str(source), "--out", str(out), "--size", "96", "--part-images", "10",
-               "--workers", "1", start_new_session=True)  # fmt: skip
+    proc = cxr(
+        "ingest",
+        "--source",
+        str(source),
+        "--out",
+        str(out),
+        "--size",
+        "96",
+        "--part-images",
+        "10",
+        "--workers",
+        "1",
+        start_new_session=True,
+    )
     parts = out / ".work" / "parts"
     deadline = time.monotonic() + 120
     done = 0
@@ -50,8 +65,20 @@ def test_kill_9_then_rerun_gives_the_clean_digest_and_latest_never_names_a_parti
     assert not (out / "LATEST").exists()
     assert not list(out.glob("*/dataset.json"))
 
-    rerun = cxr("ingest", "--source", str(source), "--out", str(out), "--size", "96", "--part-images", "10",
-                "--workers", "1", "--json")  # fmt: skip
+    rerun = cxr(
+        "ingest",
+        "--source",
+        str(source),
+        "--out",
+        str(out),
+        "--size",
+        "96",
+        "--part-images",
+        "10",
+        "--workers",
+        "1",
+        "--json",
+    )
     stdout, stderr = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, stderr
     assert json.loads(stdout)["digest"] == clean == (out / "LATEST").read_text().strip()
@@ -80,13 +107,42 @@ def dask_cluster(tmp_path) -> str:
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     logs = [open(tmp_path / f"{n}.log", "w") for n in ("scheduler", "worker1", "worker2")]  # noqa: SIM115
-    procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                               "--dashboard-address", "127.0.0.1:0"], stdout=logs[0], stderr=subprocess.STDOUT)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [
+                str(BIN / "dask"),
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--dashboard-address",
+                "127.0.0.1:0",
+            ],
+            stdout=logs[0],
+            stderr=subprocess.STDOUT,
+        )
+    ]
     try:
         _wait_for_port(port)
         for log in logs[1:]:
-            procs.append(subprocess.Popen([str(BIN / "dask"), "worker", address, "--host", "127.0.0.1", "--nthreads", "1",
-                                           "--dashboard-address", "127.0.0.1:0"], stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
+            procs.append(
+                subprocess.Popen(
+                    [
+                        str(BIN / "dask"),
+                        "worker",
+                        address,
+                        "--host",
+                        "127.0.0.1",
+                        "--nthreads",
+                        "1",
+                        "--dashboard-address",
+                        "127.0.0.1:0",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
         from distributed import Client
 
         with Client(address, timeout="30s") as client:
@@ -107,12 +163,24 @@ def dask_cluster(tmp_path) -> str:
 
 
 def test_ingest_runs_on_a_dask_cluster_given_by_address(source, dask_cluster, tmp_path):
-    result = cxr("ingest", "--source", str(source), "--out", str(tmp_path / "out"), "--size", "64",
-                 "--part-images", "50", "--dask-address", dask_cluster, "--json")  # fmt: skip
+    result = cxr(
+        "ingest",
+        "--source",
+        str(source),
+        "--out",
+        str(tmp_path / "out"),
+        "--size",
+        "64",
+        "--part-images",
+        "50",
+        "--dask-address",
+        dask_cluster,
+        "--json",
+    )
     stdout, stderr = result.communicate(timeout=300)
     assert result.returncode == 0, stderr
     assert f"Dask cluster {dask_cluster}: 2 workers" in stderr
-    local = ingest(str(source), str(tmp_path / "local"), IngestOptions(sizes=(64,), part_images=50)).version.digest
+    local = ingest(str(source), str(tmp_path / "local"), IngestOptions(sizes=(64,), part_images=50)).digest
     assert json.loads(stdout)["digest"] == local
 
     from distributed import Client

@@ -7,9 +7,9 @@ import gzip
 import pyarrow.compute as pc
 import pytest
 
+from cxr.data.labels import NihFormatError, read_box_list, read_label_table, read_split_list
+from cxr.data.quarantine import Reason
 from cxr.findings import FINDING_COLUMNS, FINDINGS
-from cxr.labels import NihFormatError, read_box_list, read_label_table, read_split_list
-from cxr.quarantine import Reason
 from tests.conftest import NIH
 
 HEADER_V2020 = (
@@ -20,9 +20,20 @@ GOOD_ROW = "00000001_000.png,Cardiomegaly,0,1,57,M,PA,2682,2749,0.143,0.143"
 
 # From shared/data/nih/README.md (the full v2020 table).
 NIH_COUNTS = {
-    "Infiltration": 19_894, "Effusion": 13_317, "Atelectasis": 11_559, "Nodule": 6_331, "Mass": 5_782,
-    "Pneumothorax": 5_302, "Consolidation": 4_667, "Pleural_Thickening": 3_385, "Cardiomegaly": 2_776,
-    "Emphysema": 2_516, "Edema": 2_303, "Fibrosis": 1_686, "Pneumonia": 1_431, "Hernia": 227,
+    "Infiltration": 19_894,
+    "Effusion": 13_317,
+    "Atelectasis": 11_559,
+    "Nodule": 6_331,
+    "Mass": 5_782,
+    "Pneumothorax": 5_302,
+    "Consolidation": 4_667,
+    "Pleural_Thickening": 3_385,
+    "Cardiomegaly": 2_776,
+    "Emphysema": 2_516,
+    "Edema": 2_303,
+    "Fibrosis": 1_686,
+    "Pneumonia": 1_431,
+    "Hernia": 227,
 }
 
 
@@ -67,7 +78,10 @@ def test_box_list_reads_984_boxes_on_880_images_with_infiltrate_mapped():
 
 def test_finding_labels_are_sorted_and_no_finding_is_empty():
     rows = read_label_table(
-        table("a_000.png,Nodule|Atelectasis,0,1,50,F,AP,10,10,0.1,0.1", "b_000.png,No Finding,0,2,50,F,AP,10,10,0.1,0.1"), "t"
+        table(
+            "a_000.png,Nodule|Atelectasis,0,1,50,F,AP,10,10,0.1,0.1", "b_000.png,No Finding,0,2,50,F,AP,10,10,0.1,0.1"
+        ),
+        "t",
     ).rows
     assert rows["finding_labels"].to_pylist() == [["Atelectasis", "Nodule"], []]
     assert rows["atelectasis"].to_pylist() == [True, False] and rows["nodule"].to_pylist() == [True, False]
@@ -81,7 +95,11 @@ def test_labels_are_matched_exactly(labels):
     result = read_label_table(table(GOOD_ROW, f"00000002_000.png,{labels},0,2,40,F,AP,10,10,0.1,0.1"), "t.csv")
     assert result.rows.num_rows == 1
     [record] = result.quarantine
-    assert (record.reason, record.image_id, record.source_uri) == (Reason.UNKNOWN_LABEL, "00000002_000.png", "t.csv#line=3")
+    assert (record.reason, record.image_id, record.source_uri) == (
+        Reason.UNKNOWN_LABEL,
+        "00000002_000.png",
+        "t.csv#line=3",
+    )
 
 
 @pytest.mark.parametrize(
@@ -140,32 +158,46 @@ def test_original_edition_rows_with_trailing_commas_parse():
     ],
 )
 def test_an_unreadable_table_raises_a_specific_error(data, message):
-    with pytest.raises(NihFormatError, match="t.csv") as err:
+    with pytest.raises(NihFormatError, match=r"t\.csv") as err:
         read_label_table(data, "t.csv")
     assert message in str(err.value)
 
 
 def test_columns_are_found_by_name_not_position():
-    header = "Patient ID,Image Index,Finding Labels,Follow-up #,Patient Age,Patient Gender,View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+    header = (
+        "Patient ID,Image Index,Finding Labels,Follow-up #,Patient Age,Patient Gender,View Position,"
+        "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+    )
     result = read_label_table(table("7,00000007_000.png,Hernia,0,33,M,PA,20,30,0.2,0.3", header=header), "t")
     row = result.rows.to_pylist()[0]
     assert (row["patient_id"], row["image_id"], row["hernia"], row["orig_height"], row["pixel_spacing_y"]) == (
-        7, "00000007_000.png", True, 30, 0.3
+        7,
+        "00000007_000.png",
+        True,
+        30,
+        0.3,
     )
 
 
 def test_box_list_quarantines_bad_rows():
     data = (
-        "Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
-        "a.png,Infiltrate,1,2,3,4\n"
-        "b.png,Fracture,1,2,3,4\n"
-        "c.png,Mass,1,2,0,4\n"
-        "d.png,Mass,1,2,3\n"
-        "../e.png,Mass,1,2,3,4\n"
-    ).encode()
+        b"Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+        b"a.png,Infiltrate,1,2,3,4\n"
+        b"b.png,Fracture,1,2,3,4\n"
+        b"c.png,Mass,1,2,0,4\n"
+        b"d.png,Mass,1,2,3\n"
+        b"../e.png,Mass,1,2,3,4\n"
+    )
     boxes = read_box_list(data, "bbox.csv")
-    assert boxes.rows.to_pylist() == [{"image_id": "a.png", "finding": "Infiltration", "x": 1.0, "y": 2.0, "w": 3.0, "h": 4.0}]
-    assert [q.reason for q in boxes.quarantine] == [Reason.UNKNOWN_LABEL, Reason.BAD_ROW, Reason.BAD_ROW, Reason.UNSAFE_PATH]
+    assert boxes.rows.to_pylist() == [
+        {"image_id": "a.png", "finding": "Infiltration", "x": 1.0, "y": 2.0, "w": 3.0, "h": 4.0}
+    ]
+    assert [q.reason for q in boxes.quarantine] == [
+        Reason.UNKNOWN_LABEL,
+        Reason.BAD_ROW,
+        Reason.BAD_ROW,
+        Reason.UNSAFE_PATH,
+    ]
     assert boxes.n_input_rows == 5
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cxr.loss import WeightedBCE
+from cxr.learn.loss import WeightedBCE
 
 
 @pytest.fixture
@@ -25,7 +25,9 @@ def test_weighted_equals_w_neg_times_bce_with_pos_weight_w_pos_over_w_neg(batch)
     freq_pos = torch.linspace(0.002, 0.2, 14)
     w_pos, w_neg = 1 - freq_pos, freq_pos
     ours = WeightedBCE(w_pos.tolist(), w_neg.tolist())(logits, y)
-    theirs = (w_neg * torch.nn.BCEWithLogitsLoss(pos_weight=w_pos / w_neg, reduction="none")(logits, y)).sum(dim=1).mean()
+    theirs = (
+        (w_neg * torch.nn.BCEWithLogitsLoss(pos_weight=w_pos / w_neg, reduction="none")(logits, y)).sum(dim=1).mean()
+    )
     assert torch.allclose(ours, theirs, rtol=1e-5)
     default_reduction = torch.nn.BCEWithLogitsLoss(pos_weight=w_pos / w_neg)(logits, y)
     assert not torch.allclose(ours, default_reduction)  # the mean over findings and unweighted negatives differ

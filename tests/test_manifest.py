@@ -9,12 +9,20 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from cxr.dataset import open_version
+from cxr.data.ingest import ingest
+from cxr.data.manifest import (
+    ClassWeight,
+    ManifestConfig,
+    _oversample_to_floor,
+    build_manifest,
+    read_manifest,
+    write_manifest,
+)
+from cxr.data.plan import IngestOptions
+from cxr.data.stats import dataset_stats
+from cxr.data.synth import SynthConfig, synthesize
+from cxr.data.version import open_version
 from cxr.findings import FINDING_COLUMNS, FINDINGS
-from cxr.ingest import IngestOptions, ingest
-from cxr.manifest import ManifestConfig, _oversample_to_floor, build_manifest, read_manifest, write_manifest
-from cxr.stats import dataset_stats
-from cxr.synth import SynthConfig, synthesize
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +49,9 @@ def untouched(version, table) -> bool:
     for split in ("val", "test"):
         rows = split_rows(table, split)
         expected = metadata.filter(pc.equal(metadata["split"], split))
-        if [r["image_id"] for r in rows] != sorted(expected["image_id"].to_pylist()) or any(r["repeat"] != 1 for r in rows):
+        if [r["image_id"] for r in rows] != sorted(expected["image_id"].to_pylist()) or any(
+            r["repeat"] != 1 for r in rows
+        ):
             return False
     return True
 
@@ -49,15 +59,15 @@ def untouched(version, table) -> bool:
 def test_none_reads_every_row_once(version):
     m = build_manifest(version, ManifestConfig("none"))
     assert m.table.num_rows == version.metadata().num_rows
-    assert pc.all(pc.equal(m.table["repeat"], 1)).as_py() and m.info["class_weights"] is None
+    assert pc.all(pc.equal(m.table["repeat"], 1)).as_py() and m.info.class_weights is None
 
 
 def test_weighted_carries_the_training_weights_and_changes_no_row(version):
     m = build_manifest(version, ManifestConfig("weighted"))
-    train = dataset_stats(version)["splits"]["train"]["findings"]
-    assert m.info["class_weights"] == {f: {"w_pos": train[f]["w_pos"], "w_neg": train[f]["w_neg"]} for f in FINDINGS}
-    for f, w in m.info["class_weights"].items():
-        assert w["w_pos"] * train[f]["freq_pos"] == pytest.approx(w["w_neg"] * train[f]["freq_neg"], abs=1e-12)
+    train = dataset_stats(version).splits["train"].findings
+    assert m.info.class_weights == {f: ClassWeight(train[f].w_pos, train[f].w_neg) for f in FINDINGS}
+    for f, w in m.info.class_weights.items():
+        assert w.w_pos * train[f].freq_pos == pytest.approx(w.w_neg * train[f].freq_neg, abs=1e-12)
     assert pc.all(pc.equal(m.table["repeat"], 1)).as_py() and untouched(version, m.table)
 
 
@@ -66,25 +76,25 @@ def test_binary_resampling_is_exactly_one_to_one(version, mode):
     m = build_manifest(version, ManifestConfig("resample", target="Pneumonia", mode=mode, seed=3))
     pos, neg = draws(m.table, "Pneumonia")
     assert pos == neg > 0
-    assert m.info["train_prevalence"]["after"]["Pneumonia"] == 0.5
+    assert m.info.train_prevalence["after"]["Pneumonia"] == 0.5
     assert untouched(version, m.table)
     if mode == "under":
-        assert m.info["reuse"]["max_repeat"] == 1 and m.info["reuse"]["rows_dropped"] > 0
+        assert m.info.reuse.max_repeat == 1 and m.info.reuse.rows_dropped > 0
     else:
-        assert m.info["reuse"]["max_repeat"] > 1 and m.info["reuse"]["rows_dropped"] == 0
+        assert m.info.reuse.max_repeat > 1 and m.info.reuse.rows_dropped == 0
 
 
 def test_the_multi_label_floor_is_reached_and_the_reuse_is_reported(version):
     m = build_manifest(version, ManifestConfig("resample", floor=0.06, seed=1))
-    after = m.info["train_prevalence"]["after"]
+    after = m.info.train_prevalence["after"]
     assert all(share >= 0.06 for share in after.values()), after
     train = m.table.filter(pc.equal(m.table["split"], "train"))
     repeat = train["repeat"].to_numpy()
     labels = np.column_stack([train[c].to_numpy(zero_copy_only=False) for c in FINDING_COLUMNS])
     assert np.allclose((repeat @ labels) / repeat.sum(), [after[f] for f in FINDINGS])
-    reuse = m.info["reuse"]
-    most = train.filter(pc.equal(train["image_id"], reuse["most_repeated_image"]))["repeat"][0].as_py()
-    assert most == reuse["max_repeat"] == repeat.max() > 1
+    reuse = m.info.reuse
+    most = train.filter(pc.equal(train["image_id"], reuse.most_repeated_image))["repeat"][0].as_py()
+    assert most == reuse.max_repeat == repeat.max() > 1
     assert untouched(version, m.table)
 
 
@@ -102,7 +112,7 @@ def test_same_inputs_and_seed_give_byte_identical_manifests(version, tmp_path):
     for name in ("manifest.parquet", "manifest.json", "charts/balance.png"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     back = read_manifest(str(tmp_path / "a"))
-    assert back.digest == back.info["digest"] and back.table.num_rows > 0
+    assert back.digest == back.info.digest and back.table.num_rows > 0
 
 
 def test_the_digest_changes_with_any_input(version, tmp_path):
@@ -121,7 +131,7 @@ def test_the_digest_changes_with_any_input(version, tmp_path):
     src = tmp_path / "src"
     shutil.copytree(Path(version.info["source"]["root"]), src)
     next(src.rglob("*.png")).unlink()
-    smaller = ingest(str(src), str(tmp_path / "ds"), IngestOptions(sizes=(32,))).version
+    smaller = open_version(ingest(str(src), str(tmp_path / "ds"), IngestOptions(sizes=(32,))).path)
     assert build_manifest(smaller, ManifestConfig("resample", target="Pneumonia", seed=0)).digest != base
     assert build_manifest(version, ManifestConfig("resample", target="Pneumonia", seed=0)).digest == base
 
@@ -152,10 +162,10 @@ def test_oversampling_reaches_the_floor_on_independent_labels_and_says_when_it_c
 
 def test_a_finding_without_training_positives_is_reported_and_the_others_reach_the_floor(tmp_path):
     synthesize(SynthConfig(out=str(tmp_path / "src"), n_images=120, size=64, seed=0))
-    small = ingest(str(tmp_path / "src"), str(tmp_path / "ds"), IngestOptions(sizes=(32,))).version
+    small = open_version(ingest(str(tmp_path / "src"), str(tmp_path / "ds"), IngestOptions(sizes=(32,))).path)
     m = build_manifest(small, ManifestConfig("resample", floor=0.05))
-    unreachable = m.info["floor_unreachable"]
+    unreachable = m.info.floor_unreachable
     assert "Hernia" in unreachable
-    after = m.info["train_prevalence"]["after"]
+    after = m.info.train_prevalence["after"]
     assert all(after[f] >= 0.05 for f in FINDINGS if f not in unreachable)
     assert all(after[f] == 0.0 for f in unreachable)

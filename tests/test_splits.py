@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cxr.splits import SplitConflictError, assign_splits
+from cxr.data.splits import SplitConflictError, assign_splits
 
 
 def ids_and_patients(n_patients: int, per_patient: int = 3) -> tuple[list[str], list[int]]:

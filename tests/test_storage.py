@@ -28,7 +28,9 @@ def test_listing_a_missing_folder_is_empty_and_reading_a_missing_file_raises(tmp
         storage.read_bytes(str(tmp_path / "nope.txt"))
 
 
-@pytest.mark.parametrize("bad", ["../x.png", "a/../../x.png", "/etc/passwd", "a\\b.png", "", "a//b", "./x", "C:x", "a\x00b"])
+@pytest.mark.parametrize(
+    "bad", ["../x.png", "a/../../x.png", "/etc/passwd", "a\\b.png", "", "a//b", "./x", "C:x", "a\x00b"]
+)
 def test_safe_join_refuses_paths_that_leave_the_root(bad):
     with pytest.raises(UnsafePathError):
         storage.safe_join("/data/root", bad)
@@ -90,7 +92,7 @@ def test_s3_wrong_secret_is_a_permission_error(s3_bucket, monkeypatch):
 
 @pytest.mark.s3
 def test_an_unreachable_endpoint_is_retried_then_reported(s3_server, monkeypatch):
-    from cxr.s3server import free_port_pairs
+    from cxr.services.s3server import free_port_pairs
 
     [port] = free_port_pairs(1)
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")

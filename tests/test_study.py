@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 
-from cxr.metrics import expected_calibration_error, sensitivity_at_specificity
-from cxr.synth import SynthConfig, synthesize
+from cxr.data.synth import SynthConfig, synthesize
+from cxr.learn.metrics import expected_calibration_error, sensitivity_at_specificity
 
 
 def test_the_study_flow_reports_every_strategy_on_both_sources(prefect_api, tmp_path):
@@ -16,23 +16,34 @@ def test_the_study_flow_reports_every_strategy_on_both_sources(prefect_api, tmp_
     from flows.study import study
 
     synthesize(SynthConfig(out=str(tmp_path / "src"), n_images=300, size=64, seed=2))
-    result = study(source=str(tmp_path / "src"), workdir=str(tmp_path / "work"), sizes=[32], shifted_images=120,
-                   shifted_size=64, seeds=[0, 1], epochs=1, n_boot=20, workers=1)  # fmt: skip
+    result = study(
+        source=str(tmp_path / "src"),
+        workdir=str(tmp_path / "work"),
+        sizes=[32],
+        shifted_images=120,
+        shifted_size=64,
+        seeds=[0, 1],
+        epochs=1,
+        n_boot=20,
+        workers=1,
+    )
     report = (tmp_path / "work" / "study" / "imbalance-study.md").read_text()
+    data = json.loads((tmp_path / "work" / "study" / "study.json").read_text())
     for strategy in ("none", "weighted", "resample"):
         assert f"| {strategy} |" in report
         for source in ("in_distribution", "shifted"):
-            assert result["summary"][strategy][source]["mean_auroc"] is not None
+            assert data["summary"][strategy][source]["mean_auroc"] is not None
     assert "Hernia (rare)" in report and "Pneumonia (rare)" in report and "## Verdict" in report
-    assert any("shift" in line for line in result["verdict"])
-    data = json.loads((tmp_path / "work" / "study" / "study.json").read_text())
+    assert any("shift" in line for line in result.verdict) and list(result.verdict) == data["verdict"]
     assert len(data["results"]) == 6 and {r["seed"] for r in data["results"]} == {0, 1}
     assert data["summary"]["resample"]["max_repeat"] > 1 == data["summary"]["none"]["max_repeat"]
     client = MlflowClient()
-    children = client.search_runs([client.get_run(result["parent_run_id"]).info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{result['parent_run_id']}'")  # fmt: skip
+    children = client.search_runs(
+        [client.get_run(result.parent_run_id).info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}'",
+    )
     assert len(children) == 6
-    artifacts = {a.path for a in client.list_artifacts(result["parent_run_id"], "report")}
+    artifacts = {a.path for a in client.list_artifacts(result.parent_run_id, "report")}
     assert {"report/imbalance-study.md", "report/auroc_by_strategy.png", "report/rare_findings.png"} <= artifacts
 
 

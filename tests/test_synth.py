@@ -9,14 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cxr.data.source import read_source, summarize
+from cxr.data.synth import SynthConfig, load_profile, synthesize
+from cxr.data.synth_render import render
 from cxr.findings import FINDINGS
-from cxr.source import read_source, summarize
-from cxr.synth import SynthConfig, load_profile, synthesize
-from cxr.synth_render import render
 
 
 def digest_tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +34,13 @@ def test_layout_is_the_nih_layout(small):
     out, _ = small
     names = sorted(p.name for p in out.iterdir())
     assert names == [
-        "BBox_List_2017.csv", "Data_Entry_2017_v2020.csv", "images_001", "images_002", "images_003",
-        "test_list.txt", "train_val_list.txt",
+        "BBox_List_2017.csv",
+        "Data_Entry_2017_v2020.csv",
+        "images_001",
+        "images_002",
+        "images_003",
+        "test_list.txt",
+        "train_val_list.txt",
     ]
     assert len(list((out / "images_001" / "images").glob("*.png"))) == 100
     assert len(list((out / "images_003" / "images").glob("*.png"))) == 40
@@ -41,12 +50,12 @@ def test_reads_back_cleanly_with_the_expected_counts(small):
     out, result = small
     source = read_source(str(out))
     summary = summarize(source)
-    assert summary["rows_in"] == summary["rows_accepted"] == summary["image_files"] == result.n_images == 240
-    assert summary["rows_without_file"] == summary["files_without_row"] == 0
-    assert summary["patients"] == result.n_patients and 240 / 30 <= result.n_patients < 240
-    assert summary["positives"] == result.positives
-    assert summary["boxes"] == result.n_boxes == sum(result.positives.values())
-    assert summary["train_val_listed"] + summary["test_listed"] == 240
+    assert summary.rows_in == summary.rows_accepted == summary.image_files == result.n_images == 240
+    assert summary.rows_without_file == summary.files_without_row == 0
+    assert summary.patients == result.n_patients and 240 / 30 <= result.n_patients < 240
+    assert summary.positives == result.positives
+    assert summary.boxes == result.n_boxes == sum(result.positives.values())
+    assert summary.train_val_listed + summary.test_listed == 240
     assert source.boxes.quarantine == [] and source.test.quarantine == [] and source.train_val.quarantine == []
 
 
@@ -62,12 +71,14 @@ def test_split_lists_are_by_patient(small):
 def test_each_box_matches_a_label_of_its_image_and_lies_in_1024_px(small):
     out, _ = small
     source = read_source(str(out))
-    labels = dict(zip(source.labels.rows["image_id"].to_pylist(), source.labels.rows["finding_labels"].to_pylist(), strict=True))
+    labels = dict(
+        zip(source.labels.rows["image_id"].to_pylist(), source.labels.rows["finding_labels"].to_pylist(), strict=True)
+    )
     boxes = source.boxes.rows.to_pylist()
     per_image: dict[str, list[str]] = {}
     for b in boxes:
         per_image.setdefault(b["image_id"], []).append(b["finding"])
-        assert 0 <= b["x"] and b["x"] + b["w"] <= 1024 + 1e-6 and 0 <= b["y"] and b["y"] + b["h"] <= 1024 + 1e-6
+        assert b["x"] >= 0 and b["x"] + b["w"] <= 1024 + 1e-6 and b["y"] >= 0 and b["y"] + b["h"] <= 1024 + 1e-6
     assert {k: sorted(v) for k, v in per_image.items()} == {k: sorted(v) for k, v in labels.items() if v}
 
 
@@ -89,7 +100,7 @@ def test_same_seed_same_bytes_whatever_the_workers_other_seed_differs(tmp_path):
 def test_prevalence_follows_nih_on_5000_images(tmp_path):
     result = synthesize(SynthConfig(out=str(tmp_path / "big"), n_images=5000, size=16, seed=0, workers=2))
     summary = summarize(read_source(str(tmp_path / "big")))
-    assert summary["positives"] == result.positives
+    assert summary.positives == result.positives
     profile = load_profile()
     real = dict.fromkeys(FINDINGS, 0)
     for labels, count in profile["label_sets"]:
@@ -101,7 +112,7 @@ def test_prevalence_follows_nih_on_5000_images(tmp_path):
         prevalence = real[finding] / profile["n_images"]
         if prevalence >= 0.01:
             checked += 1
-            got = summary["positives"][finding] / 5000
+            got = summary.positives[finding] / 5000
             assert abs(got - prevalence) <= 0.2 * prevalence, (finding, got, prevalence)
     assert checked == 13  # all but Hernia (0.2 %)
 
@@ -128,7 +139,12 @@ def test_each_sign_changes_pixels_only_inside_its_box(finding):
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"n_images": 0}, "n_images"), ({"size": 8}, "size"), ({"edition": "2019"}, "edition"), ({"strength": -1}, "strength")],
+    [
+        ({"n_images": 0}, "n_images"),
+        ({"size": 8}, "size"),
+        ({"edition": "2019"}, "edition"),
+        ({"strength": -1}, "strength"),
+    ],
 )
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):

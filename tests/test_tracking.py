@@ -15,14 +15,18 @@ import numpy as np
 import pytest
 import torch
 
-from cxr.dataset import open_version
-from cxr.ingest import IngestOptions, ingest
-from cxr.manifest import ManifestConfig, build_manifest, write_manifest
-from cxr.mlflowserver import MlflowServer, free_port
-from cxr.registry import ProbabilityModel, decide, register_and_gate
-from cxr.stats import dataset_stats, write_stats
-from cxr.synth import SynthConfig, synthesize
-from cxr.train import TrainConfig, main
+from cxr.data.ingest import ingest
+from cxr.data.manifest import ManifestConfig, build_manifest, write_manifest
+from cxr.data.plan import IngestOptions
+from cxr.data.stats import dataset_stats, write_stats
+from cxr.data.synth import SynthConfig, synthesize
+from cxr.data.version import open_version
+from cxr.learn.config import TrainConfig
+from cxr.learn.result import TrainResult
+from cxr.learn.train import main
+from cxr.services.mlflowserver import MlflowServer
+from cxr.services.process import free_port
+from cxr.tracking.registry import ProbabilityModel, ValAurocs, decide, register_and_gate
 
 pytestmark = pytest.mark.s3
 BIN = Path(sys.executable).parent
@@ -56,57 +60,89 @@ def prepared(tmp_path_factory) -> dict:
     version = open_version(str(root / "ds"))
     write_stats(version, dataset_stats(version))
     write_manifest(build_manifest(version, ManifestConfig("weighted")), str(root / "m"))
-    return {"root": root, "digest": result.version.digest, "manifest": root / "m"}
+    return {"root": root, "digest": result.digest, "manifest": root / "m"}
 
 
 @pytest.fixture(scope="module")
-def trained(server, prepared) -> dict:
-    config = TrainConfig(manifest=str(prepared["manifest"]), output_dir=str(prepared["root"] / "run"), model="small",
-                         epochs=2, batch_size=32, register="cxr-tracked", experiment="tracking-test")  # fmt: skip
+def trained(server, prepared) -> TrainResult:
+    config = TrainConfig(
+        manifest=str(prepared["manifest"]),
+        output_dir=str(prepared["root"] / "run"),
+        model="small",
+        epochs=2,
+        batch_size=32,
+        register="cxr-tracked",
+        experiment="tracking-test",
+    )
     return main(config)
 
 
-def test_a_run_logs_params_metrics_figures_model_inputs_and_lineage(server, prepared, trained):
+def tracked_run(server, trained):
     from mlflow import MlflowClient
 
     client = MlflowClient(server.url)
-    run = client.get_run(trained["run_id"])
+    return client, client.get_run(trained.tracked.run_id)
+
+
+def test_a_run_logs_the_resolved_config_without_secrets(server, trained):
+    _, run = tracked_run(server, trained)
     assert run.data.params["model"] == "small" and run.data.params["strategy"] == "weighted"
+    assert run.data.params["batch_size"] == "32" and run.data.params["register"] == "cxr-tracked"
     assert not any("SECRET" in k.upper() or "cxr-test-secret" in v for k, v in run.data.params.items())
+
+
+def test_a_run_logs_metrics_per_epoch_at_the_end_and_of_the_system(server, trained):
+    client, run = tracked_run(server, trained)
     assert "final_val_mean_auroc" in run.data.metrics and "val_mean_auroc" in run.data.metrics
     assert len(client.get_metric_history(run.info.run_id, "val_mean_auroc")) == 2
     assert any(k.startswith("system/") for k in run.data.metrics)
+
+
+def test_a_run_carries_its_lineage_as_tags_and_inputs(server, prepared, trained):
+    _, run = tracked_run(server, trained)
     tags = run.data.tags
     assert tags["cxr.dataset_digest"] == prepared["digest"] and tags["cxr.manifest_strategy"] == "weighted"
     assert tags["cxr.manifest_digest"] == json.loads((prepared["manifest"] / "manifest.json").read_text())["digest"]
     assert tags["cxr.code_version"]
     digests = {i.dataset.digest for i in run.inputs.dataset_inputs}
     assert prepared["digest"] in digests and tags["cxr.manifest_digest"] in digests
-    artifacts = {a.path for top in ("stats", "manifest", "val", "bundle") for a in client.list_artifacts(run.info.run_id, top)}
-    assert {"stats/prevalence.png", "stats/stats.json", "manifest/balance.png", "val/curves.png", "bundle/model.pt"} <= artifacts
-    assert trained["registered"] == "cxr-tracked" and trained["promoted"] is True
+
+
+def test_a_run_logs_charts_validation_figures_and_the_bundle(server, trained):
+    client, run = tracked_run(server, trained)
+    tops = ("stats", "manifest", "val", "bundle")
+    artifacts = {a.path for top in tops for a in client.list_artifacts(run.info.run_id, top)}
+    expected = {"stats/prevalence.png", "stats/stats.json", "manifest/balance.png", "val/curves.png", "bundle/model.pt"}
+    assert expected <= artifacts
+
+
+def test_the_first_registered_version_is_promoted(trained):
+    registration = trained.tracked.registration
+    assert registration.name == "cxr-tracked" and registration.version == "1" and registration.promoted
 
 
 def test_the_model_loads_back_by_alias_and_predicts_like_the_model_in_memory(server, prepared, trained):
     import mlflow
 
-    from cxr.evaluate import load_model
+    from cxr.learn.inference import load_model
 
     served = mlflow.pyfunc.load_model("models:/cxr-tracked@champion")
     x = np.random.default_rng(0).random((3, 1, 32, 32)).astype(np.float32)
-    classifier, bundle = load_model(str(prepared["root"] / "run" / "model.pt"))
+    classifier, _ = load_model(str(prepared["root"] / "run" / "model.pt"))
     with torch.no_grad():
         expected = ProbabilityModel(classifier)(torch.from_numpy(x)).numpy()
     assert np.allclose(np.asarray(served.predict(x)), expected, atol=1e-6)
     again, _ = load_model("models:/cxr-tracked@champion")  # the model.pt bundle logged beside it
-    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), classifier.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b) for a, b in zip(again.state_dict().values(), classifier.state_dict().values(), strict=True)
+    )
 
 
 def test_the_gate_promotes_a_better_challenger_and_keeps_a_worse_one_out(server, trained):
     from mlflow import MlflowClient
 
     client = MlflowClient(server.url)
-    champion = client.get_run(trained["run_id"]).data.metrics["final_val_mean_auroc"]
+    champion = client.get_run(trained.tracked.run_id).data.metrics["final_val_mean_auroc"]
     experiment = client.get_experiment_by_name("tracking-test").experiment_id
 
     def candidate(mean: float) -> str:
@@ -116,30 +152,37 @@ def test_the_gate_promotes_a_better_challenger_and_keeps_a_worse_one_out(server,
         return run.info.run_id
 
     worse = candidate(champion - 0.05)
-    version, decision = register_and_gate(worse, trained["mlflow_model_uri"], "cxr-tracked", margin=0.0, max_drop=0.02)
+    decision = register_and_gate(worse, trained.tracked.model_uri, "cxr-tracked", margin=0.0, max_drop=0.02)
+    version = decision.version
     assert not decision.promoted and "<" in decision.reasons[0]
-    assert client.get_model_version_by_alias("cxr-tracked", "champion").version == trained["version"]
+    assert client.get_model_version_by_alias("cxr-tracked", "champion").version == trained.tracked.registration.version
     assert client.get_model_version_by_alias("cxr-tracked", "challenger").version == version
     assert client.get_model_version("cxr-tracked", version).tags["cxr.gate.decision"] == "stays challenger"
     better = candidate(champion + 0.05)
-    version, decision = register_and_gate(better, trained["mlflow_model_uri"], "cxr-tracked", margin=0.01)
-    assert decision.promoted and client.get_model_version_by_alias("cxr-tracked", "champion").version == version
+    decision = register_and_gate(better, trained.tracked.model_uri, "cxr-tracked", margin=0.01)
+    assert (
+        decision.promoted and client.get_model_version_by_alias("cxr-tracked", "champion").version == decision.version
+    )
     assert ">=" in client.get_run(better).data.tags["cxr.gate.reasons"]
 
 
 def test_gate_rules():
-    base = {"mean": 0.80, "findings": {"Hernia": 0.70, "Mass": 0.90}}
+    base = ValAurocs(0.80, {"Hernia": 0.70, "Mass": 0.90})
     assert decide(base, None, 0.0, 0.02).promoted
-    assert not decide({"mean": 0.85, "findings": {"Hernia": 0.60, "Mass": 0.95}}, base, 0.0, 0.02).promoted  # Hernia drops 0.10
-    assert decide({"mean": 0.85, "findings": {"Hernia": 0.69, "Mass": 0.95}}, base, 0.0, 0.02).promoted
-    assert not decide({"mean": 0.805, "findings": {}}, base, 0.01, 0.02).promoted  # below the margin
+    assert not decide(ValAurocs(0.85, {"Hernia": 0.60, "Mass": 0.95}), base, 0.0, 0.02).promoted  # Hernia drops 0.10
+    assert decide(ValAurocs(0.85, {"Hernia": 0.69, "Mass": 0.95}), base, 0.0, 0.02).promoted
+    assert not decide(ValAurocs(0.805, {}), base, 0.01, 0.02).promoted  # below the margin
 
 
 def test_cxr_lineage_prints_the_digest_ingest_produced(server, prepared, trained):
-    result = subprocess.run([str(BIN / "cxr"), "lineage", "models:/cxr-tracked/1"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(BIN / "cxr"), "lineage", "models:/cxr-tracked/1"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert f"dataset   {prepared['digest']}" in result.stdout and str(prepared["root"] / "src") in result.stdout
-    unknown = subprocess.run([str(BIN / "cxr"), "lineage", "models:/no-such-model@champion"], capture_output=True, text=True, timeout=120)
+    unknown = subprocess.run(
+        [str(BIN / "cxr"), "lineage", "models:/no-such-model@champion"], capture_output=True, text=True, timeout=120
+    )
     assert unknown.returncode == 2 and "MLflow" in unknown.stderr
 
 
@@ -147,22 +190,41 @@ def test_mlflow_models_serve_answers_with_14_probabilities(server, trained, tmp_
     port = free_port()
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     log = open(tmp_path / "serve.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", "models:/cxr-tracked@champion", "--env-manager",
-                             "local", "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            str(BIN / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            "models:/cxr-tracked@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1)  # noqa: S310
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1)
                 break
             except OSError:
                 assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
                 time.sleep(0.5)
         images = np.random.default_rng(1).random((2, 1, 32, 32)).astype(np.float32).tolist()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps({"inputs": images}).encode(),
-                                         headers={"Content-Type": "application/json"})  # fmt: skip
-        answer = json.loads(urllib.request.urlopen(request, timeout=30).read())  # noqa: S310
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": images}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
         predictions = np.asarray(answer["predictions"])
         assert predictions.shape == (2, 14) and ((predictions >= 0) & (predictions <= 1)).all()
     finally:
@@ -174,8 +236,23 @@ def test_mlflow_models_serve_answers_with_14_probabilities(server, trained, tmp_
 def test_training_survives_the_server_stopping_and_keeps_what_was_logged(server, prepared, tmp_path):
     from mlflow import MlflowClient
 
-    args = [sys.executable, "-m", "cxr.train", "--manifest", str(prepared["manifest"]), "--output-dir", str(tmp_path / "run"),
-            "--model", "small", "--epochs", "12", "--batch-size", "16", "--experiment", "outage"]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "cxr.learn.train",
+        "--manifest",
+        str(prepared["manifest"]),
+        "--output-dir",
+        str(tmp_path / "run"),
+        "--model",
+        "small",
+        "--epochs",
+        "12",
+        "--batch-size",
+        "16",
+        "--experiment",
+        "outage",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     client = MlflowClient(server.url)
     deadline, run_id = time.monotonic() + 120, None
@@ -189,26 +266,41 @@ def test_training_survives_the_server_stopping_and_keeps_what_was_logged(server,
     assert run_id and proc.poll() is None, "training ended before the server could be stopped"
     logged = len(client.get_metric_history(run_id, "val_mean_auroc"))
     server.stop()
-    stdout, stderr = proc.communicate(timeout=600)
+    _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
     assert "MLflow tracking at" in stderr and "failed" in stderr and "training goes on" in stderr
     assert (tmp_path / "run" / "model.pt").exists()
-    assert len([ln for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "val_mean_auroc" in ln]) == 13
+    assert (
+        len([ln for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "val_mean_auroc" in ln])
+        == 13
+    )
     server.start()  # same port, same database
     assert len(MlflowClient(server.url).get_metric_history(run_id, "val_mean_auroc")) >= logged >= 1
 
 
-def test_init_from_an_mlflow_model_uri_starts_from_its_weights_and_records_the_parent(server, prepared, trained, tmp_path):
+def test_init_from_an_mlflow_model_uri_starts_from_its_weights_and_records_the_parent(
+    server, prepared, trained, tmp_path
+):
     from mlflow import MlflowClient
 
-    from cxr.evaluate import load_model
+    from cxr.learn.inference import load_model
 
     parent, _ = load_model("models:/cxr-tracked@champion")
-    result = main(TrainConfig(manifest=str(prepared["manifest"]), output_dir=str(tmp_path / "child"), model="small", epochs=1,
-                              max_steps=1, lr=1e-12, init_from="models:/cxr-tracked@champion", experiment="tracking-test"))  # fmt: skip
+    result = main(
+        TrainConfig(
+            manifest=str(prepared["manifest"]),
+            output_dir=str(tmp_path / "child"),
+            model="small",
+            epochs=1,
+            max_steps=1,
+            lr=1e-12,
+            init_from="models:/cxr-tracked@champion",
+            experiment="tracking-test",
+        )
+    )
     child, _ = load_model(str(tmp_path / "child" / "model.pt"))
     for name, tensor in parent.state_dict().items():
         if tensor.is_floating_point() and "running" not in name:
             assert torch.allclose(tensor, child.state_dict()[name], atol=1e-6), name
-    tags = MlflowClient(server.url).get_run(result["run_id"]).data.tags
+    tags = MlflowClient(server.url).get_run(result.tracked.run_id).data.tags
     assert tags["cxr.parent_model"] == "models:/cxr-tracked@champion"

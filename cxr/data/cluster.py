@@ -24,7 +24,8 @@ def dask_client(
         client = Client(address, timeout="30s")
         try:
             if announce:
-                announce(f"Dask cluster {address}: {len(client.scheduler_info()['workers'])} workers, dashboard {client.dashboard_link}")
+                workers_there = len(client.scheduler_info()["workers"])
+                announce(f"Dask cluster {address}: {workers_there} workers, dashboard {client.dashboard_link}")
             yield client
         finally:
             client.close()

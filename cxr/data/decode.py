@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from cxr.quarantine import Reason
+from cxr.data.quarantine import Reason
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PIXEL_PIPELINE_VERSION = 1  # bump when the conversion or resizing rule changes: it is part of the digest

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from cxr.data.quarantine import QuarantineRecord, Reason
 from cxr.findings import BOX_LABEL_ALIASES, FINDING_COLUMNS, FINDINGS, NO_FINDING
-from cxr.quarantine import QuarantineRecord, Reason
 
 # Logical column -> header fields (after the CSV parser split the bracketed names).
 _LABEL_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -293,7 +293,8 @@ def read_box_list(data: bytes, source_uri: str) -> BoxList:
     stripped = [h.strip() for h in header]
     if stripped[:3] != ["Image Index", "Finding Label", "Bbox [x"]:
         raise NihFormatError(
-            f"{source_uri}: expected a header starting 'Image Index,Finding Label,Bbox [x,y,w,h]', got {','.join(header)!r}"
+            f"{source_uri}: expected a header starting 'Image Index,Finding Label,Bbox [x,y,w,h]', "
+            f"got {','.join(header)!r}"
         )
     cols: dict[str, list] = {f.name: [] for f in BOX_SCHEMA}
     quarantine: list[QuarantineRecord] = []

@@ -15,24 +15,24 @@ Validation and test rows are never resampled or weighted. Repeats are counts, ne
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from cxr import storage
-from cxr.dataset import DatasetVersion
+from cxr.data.splits import SPLITS
+from cxr.data.stats import finding_stats
+from cxr.data.version import DatasetVersion
 from cxr.digest import canonical_digest
 from cxr.findings import FINDING_COLUMNS, FINDINGS, column_name
-from cxr.stats import finding_stats
+from cxr.records import from_json, to_json
 
 STRATEGIES = ("none", "weighted", "resample")
 MANIFEST_SCHEMA_VERSION = 1
 _COLUMNS = ["image_id", "patient_id", "split", *FINDING_COLUMNS, "shard", "shard_index"]
-_SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
 
 
 @dataclass(frozen=True)
@@ -58,14 +58,81 @@ class ManifestConfig:
             raise ValueError(f"floor must be in (0, 0.5], got {self.floor}")
 
 
-@dataclass
+@dataclass(frozen=True)
+class DatasetRef:
+    """The dataset version a manifest was made from."""
+
+    digest: str
+    root: str
+    shard_sizes: tuple[int, ...]
+
+    @property
+    def path(self) -> str:
+        return storage.join(self.root, self.digest)
+
+
+@dataclass(frozen=True)
+class ClassWeight:
+    w_pos: float
+    w_neg: float
+
+
+@dataclass(frozen=True)
+class SplitDraws:
+    rows: int
+    draws: int  # rows counted with their repeats
+
+
+@dataclass(frozen=True)
+class Reuse:
+    """What resampling costs: the same positive images seen again and again."""
+
+    max_repeat: int
+    most_repeated_image: str
+    rows_repeated: int
+    rows_dropped: int
+    distinct_positive_images: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class ManifestInfo:
+    """``manifest.json``: the settings, the digest, and what balancing did to the training split."""
+
+    digest: str
+    schema_version: int
+    strategy: str
+    target: str | None
+    mode: str | None
+    floor: float | None
+    seed: int
+    dataset_digest: str
+    class_weights: Mapping[str, ClassWeight] | None  # strategy "weighted" only
+    dataset: DatasetRef
+    findings: tuple[str, ...]
+    splits: Mapping[str, SplitDraws]
+    train_prevalence: Mapping[str, Mapping[str, float]]  # "before" and "after": share of positive draws
+    reuse: Reuse
+    config: ManifestConfig
+    floor_unreachable: tuple[str, ...] | None = None  # resample without a target: findings with no training positive
+
+    def to_json(self) -> str:
+        return to_json(self) + "\n"
+
+    def loss_weights(self) -> tuple[list[float], list[float]] | None:
+        """``(w_pos, w_neg)`` in the order of FINDINGS, or None when the loss is unweighted."""
+        if self.class_weights is None:
+            return None
+        return [self.class_weights[f].w_pos for f in FINDINGS], [self.class_weights[f].w_neg for f in FINDINGS]
+
+
+@dataclass(frozen=True)
 class Manifest:
     table: pa.Table
-    info: dict[str, Any]
+    info: ManifestInfo
 
     @property
     def digest(self) -> str:
-        return str(self.info["digest"])
+        return self.info.digest
 
 
 def _labels(table: pa.Table) -> np.ndarray:
@@ -87,7 +154,9 @@ def _balance_binary(y: np.ndarray, mode: str, rng: np.random.Generator) -> np.nd
     return repeat
 
 
-def _oversample_to_floor(labels: np.ndarray, floor: float, rng: np.random.Generator, max_rounds: int = 1000) -> np.ndarray:
+def _oversample_to_floor(
+    labels: np.ndarray, floor: float, rng: np.random.Generator, max_rounds: int = 1000
+) -> np.ndarray:
     """Add repeats to the positives of the most under-represented finding until every share >= floor."""
     repeat = np.ones(len(labels), dtype=np.int64)
     order = rng.permutation(len(labels))  # seeded tie-break among equally repeated rows
@@ -120,7 +189,7 @@ def _prevalence(labels: np.ndarray, repeat: np.ndarray) -> dict[str, float]:
 def build_manifest(version: DatasetVersion, config: ManifestConfig) -> Manifest:
     """The manifest of a dataset version under ``config`` (deterministic for a given seed)."""
     metadata = version.metadata(columns=_COLUMNS)
-    split_rank = pc.index_in(metadata["split"], pa.array(list(_SPLIT_ORDER)))
+    split_rank = pc.index_in(metadata["split"], pa.array(list(SPLITS)))
     metadata = metadata.append_column("_rank", split_rank).sort_by([("_rank", "ascending"), ("image_id", "ascending")])
     metadata = metadata.drop_columns(["_rank"])
     is_train = pc.equal(metadata["split"], "train").to_numpy(zero_copy_only=False)
@@ -136,7 +205,9 @@ def build_manifest(version: DatasetVersion, config: ManifestConfig) -> Manifest:
         if config.target:
             y = train_labels[:, FINDINGS.index(config.target)]
             if y.sum() == 0 or y.sum() == len(y):
-                raise ValueError(f"cannot balance {config.target}: the training split has {int(y.sum())} positives of {len(y)}")
+                raise ValueError(
+                    f"cannot balance {config.target}: the training split has {int(y.sum())} positives of {len(y)}"
+                )
             repeat[train_idx] = _balance_binary(y, config.mode, rng)
         else:
             unreachable = [f for f, n in zip(FINDINGS, train_labels.sum(axis=0), strict=True) if n == 0]
@@ -147,7 +218,7 @@ def build_manifest(version: DatasetVersion, config: ManifestConfig) -> Manifest:
     weights = None
     before = finding_stats(len(train_idx), train_labels.sum(axis=0).tolist())
     if config.strategy == "weighted":
-        weights = {f: {"w_pos": s["w_pos"], "w_neg": s["w_neg"]} for f, s in before.items()}
+        weights = {f: ClassWeight(s.w_pos, s.w_neg) for f, s in before.items()}
 
     keep = repeat > 0
     table = metadata.filter(pa.array(keep)).append_column("repeat", pa.array(repeat[keep], pa.int32()))
@@ -163,33 +234,49 @@ def build_manifest(version: DatasetVersion, config: ManifestConfig) -> Manifest:
         "floor": config.floor if config.strategy == "resample" and not config.target else None,
         "seed": config.seed,
         "dataset_digest": version.digest,
-        "class_weights": weights,
+        "class_weights": None
+        if weights is None
+        else {f: {"w_pos": w.w_pos, "w_neg": w.w_neg} for f, w in weights.items()},
     }
     digest = canonical_digest(settings, [("manifest", table, ["split", "image_id"])])
     splits = {}
-    for name in _SPLIT_ORDER:
+    for name in SPLITS:
         mask = pc.equal(table["split"], name)
-        splits[name] = {"rows": int(pc.sum(mask).as_py() or 0), "draws": int(pc.sum(pc.if_else(mask, table["repeat"], 0)).as_py() or 0)}
-    info = {
-        "digest": digest,
-        **settings,
-        "dataset": {"digest": version.digest, "root": version.root, "shard_sizes": version.sizes},
-        "findings": list(FINDINGS),
-        "splits": splits,
-        "train_prevalence": {"before": _prevalence(train_labels, np.ones(len(train_idx), np.int64)),
-                             "after": _prevalence(train_labels, train_repeat)},  # fmt: skip
-        "reuse": {
-            "max_repeat": int(train_repeat.max()),
-            "most_repeated_image": metadata["image_id"][int(train_idx[reused])].as_py(),
-            "rows_repeated": int((train_repeat > 1).sum()),
-            "rows_dropped": int((train_repeat == 0).sum()),
-            "distinct_positive_images": {f: int(((train_labels[:, i] == 1) & (train_repeat > 0)).sum()) for i, f in enumerate(FINDINGS)},
-        },
-        "config": asdict(config),
-    }
+        rows, draws = pc.sum(mask).as_py() or 0, pc.sum(pc.if_else(mask, table["repeat"], 0)).as_py() or 0
+        splits[name] = SplitDraws(int(rows), int(draws))
+    unreachable = None
     if config.strategy == "resample" and not config.target:
         # a finding without a training positive cannot be oversampled: said, not hidden
-        info["floor_unreachable"] = [f for f, n in zip(FINDINGS, train_labels.sum(axis=0), strict=True) if n == 0]
+        unreachable = tuple(f for f, n in zip(FINDINGS, train_labels.sum(axis=0), strict=True) if n == 0)
+    info = ManifestInfo(
+        digest=digest,
+        schema_version=MANIFEST_SCHEMA_VERSION,
+        strategy=config.strategy,
+        target=config.target,
+        mode=settings["mode"],
+        floor=settings["floor"],
+        seed=config.seed,
+        dataset_digest=version.digest,
+        class_weights=weights,
+        dataset=DatasetRef(version.digest, version.root, tuple(version.sizes)),
+        findings=tuple(FINDINGS),
+        splits=splits,
+        train_prevalence={
+            "before": _prevalence(train_labels, np.ones(len(train_idx), np.int64)),
+            "after": _prevalence(train_labels, train_repeat),
+        },
+        reuse=Reuse(
+            max_repeat=int(train_repeat.max()),
+            most_repeated_image=metadata["image_id"][int(train_idx[reused])].as_py(),
+            rows_repeated=int((train_repeat > 1).sum()),
+            rows_dropped=int((train_repeat == 0).sum()),
+            distinct_positive_images={
+                f: int(((train_labels[:, i] == 1) & (train_repeat > 0)).sum()) for i, f in enumerate(FINDINGS)
+            },
+        ),
+        config=config,
+        floor_unreachable=unreachable,
+    )
     return Manifest(table, info)
 
 
@@ -199,10 +286,14 @@ def write_manifest(manifest: Manifest, out: str) -> None:
 
     storage.write_bytes(storage.join(out, "charts", "balance.png"), balance_chart(manifest.info))
     storage.write_parquet(manifest.table, storage.join(out, "manifest.parquet"))
-    storage.write_text(storage.join(out, "manifest.json"), json.dumps(manifest.info, indent=2, sort_keys=True) + "\n")
+    storage.write_text(storage.join(out, "manifest.json"), manifest.info.to_json())
+
+
+def read_manifest_info(url: str) -> ManifestInfo:
+    """The ``manifest.json`` of a manifest folder."""
+    return from_json(ManifestInfo, storage.read_text(storage.join(url, "manifest.json")))
 
 
 def read_manifest(url: str) -> Manifest:
     """A manifest folder written by :func:`write_manifest`."""
-    info = json.loads(storage.read_text(storage.join(url, "manifest.json")))
-    return Manifest(storage.read_parquet(storage.join(url, "manifest.parquet")), info)
+    return Manifest(storage.read_parquet(storage.join(url, "manifest.parquet")), read_manifest_info(url))

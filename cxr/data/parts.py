@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 
 from cxr import storage
-from cxr.decode import DecodeLimits, ImageRejected, decode_image, resize_square
-from cxr.quarantine import Reason
+from cxr.data.decode import DecodeLimits, ImageRejected, decode_image, resize_square
+from cxr.data.quarantine import Reason
 
 RECORD_SCHEMA = pa.schema(
     [
@@ -72,18 +72,33 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def process_part(spec: PartSpec) -> dict[str, int | str]:
+@dataclass(frozen=True)
+class PartResult:
+    key: str
+    images: int
+    accepted: int
+    skipped: bool  # finished by an earlier run: nothing decoded now
+
+
+def process_part(spec: PartSpec) -> PartResult:
     """Decode a part's images once and write its shards and records; a finished part is skipped."""
     if storage.exists(spec.records_url):
         done = storage.read_parquet(spec.records_url, columns=["reason"])
-        return {"key": spec.key, "images": done.num_rows, "accepted": done["reason"].null_count, "skipped": 1}
+        return PartResult(spec.key, done.num_rows, done["reason"].null_count, skipped=True)
     n = len(spec.images)
     shards = {size: np.empty((n, size, size), dtype=np.uint8) for size in spec.sizes}
     cols: dict[str, list] = {name: [] for name in RECORD_SCHEMA.names}
     accepted = 0
     for image in spec.images:
-        row = {"image_id": image.image_id, "reason": None, "detail": None, "sha256": None,
-               "png_width": None, "png_height": None, "shard_index": None}  # fmt: skip
+        row = {
+            "image_id": image.image_id,
+            "reason": None,
+            "detail": None,
+            "sha256": None,
+            "png_width": None,
+            "png_height": None,
+            "shard_index": None,
+        }
         try:
             if image.size > spec.limits.max_bytes:
                 raise ImageRejected(Reason.TOO_LARGE, f"{image.size} bytes > {spec.limits.max_bytes}")
@@ -106,7 +121,7 @@ def process_part(spec: PartSpec) -> dict[str, int | str]:
         for size, shard in shards.items():
             storage.write_bytes(spec.shard_url(size), _npy_bytes(shard[:accepted]))
     storage.write_parquet(pa.Table.from_pydict(cols, schema=RECORD_SCHEMA), spec.records_url)
-    return {"key": spec.key, "images": n, "accepted": accepted, "skipped": 0}
+    return PartResult(spec.key, n, accepted, skipped=False)
 
 
 def warm_up() -> None:

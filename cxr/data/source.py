@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from cxr import storage
+from cxr.data.labels import (
+    BoxList,
+    LabelTable,
+    NihFormatError,
+    SplitList,
+    read_box_list,
+    read_label_table,
+    read_split_list,
+)
+from cxr.data.quarantine import QuarantineRecord, Reason, count_by_reason
 from cxr.findings import FINDING_COLUMNS, FINDINGS
-from cxr.labels import BoxList, LabelTable, NihFormatError, SplitList, read_box_list, read_label_table, read_split_list
-from cxr.quarantine import QuarantineRecord, Reason
 
 LABEL_TABLE_NAMES = (
     "Data_Entry_2017_v2020.csv",
@@ -79,7 +87,9 @@ def discover(root: str) -> SourceLayout:
             name = posixpath.basename(url)
             if name in images:
                 duplicates.append(
-                    QuarantineRecord(url, name, Reason.DUPLICATE_IMAGE_ID, f"the same file name is also at {images[name]}")
+                    QuarantineRecord(
+                        url, name, Reason.DUPLICATE_IMAGE_ID, f"the same file name is also at {images[name]}"
+                    )
                 )
             else:
                 images[name] = url
@@ -110,31 +120,55 @@ def read_source(root: str) -> NihSource:
     layout = discover(root)
     labels = read_label_table(storage.read_bytes(layout.label_table), layout.label_table)
     boxes = read_box_list(storage.read_bytes(layout.box_list), layout.box_list) if layout.box_list else None
-    train_val = read_split_list(storage.read_bytes(layout.train_val_list), layout.train_val_list) if layout.train_val_list else None
+    train_val = (
+        read_split_list(storage.read_bytes(layout.train_val_list), layout.train_val_list)
+        if layout.train_val_list
+        else None
+    )
     test = read_split_list(storage.read_bytes(layout.test_list), layout.test_list) if layout.test_list else None
     return NihSource(layout, labels, boxes, train_val, test)
 
 
-def summarize(source: NihSource) -> dict:
-    """Counts a person checks first: rows, patients, findings, files, and what did not match."""
+@dataclass(frozen=True)
+class SourceSummary:
+    """Counts a person checks first (``cxr inspect``): rows, patients, findings, files, what did not match."""
+
+    root: str
+    label_table: str
+    edition: str
+    rows_in: int
+    rows_accepted: int
+    rows_quarantined: Mapping[str, int]
+    patients: int
+    no_finding: int
+    positives: Mapping[str, int]
+    image_files: int
+    rows_without_file: int
+    files_without_row: int
+    boxes: int
+    train_val_listed: int | None
+    test_listed: int | None
+
+
+def summarize(source: NihSource) -> SourceSummary:
+    """What an archive holds, before anything is decoded."""
     rows = source.labels.rows
     ids = set(rows["image_id"].to_pylist())
     files = set(source.layout.image_files)
-    counts = {f: int(sum(rows[c].to_pylist())) for f, c in zip(FINDINGS, FINDING_COLUMNS, strict=True)}
-    return {
-        "root": source.layout.root,
-        "label_table": source.layout.label_table,
-        "edition": source.labels.edition,
-        "rows_in": source.labels.n_input_rows,
-        "rows_accepted": rows.num_rows,
-        "rows_quarantined": dict(Counter(str(q.reason) for q in source.labels.quarantine)),
-        "patients": len(set(rows["patient_id"].to_pylist())),
-        "no_finding": int(sum(1 for labels in rows["finding_labels"].to_pylist() if not labels)),
-        "positives": counts,
-        "image_files": source.layout.n_image_files,
-        "rows_without_file": len(ids - files),
-        "files_without_row": len(files - ids),
-        "boxes": source.boxes.rows.num_rows if source.boxes else 0,
-        "train_val_listed": len(source.train_val.image_ids) if source.train_val else None,
-        "test_listed": len(source.test.image_ids) if source.test else None,
-    }
+    return SourceSummary(
+        root=source.layout.root,
+        label_table=source.layout.label_table,
+        edition=source.labels.edition,
+        rows_in=source.labels.n_input_rows,
+        rows_accepted=rows.num_rows,
+        rows_quarantined=count_by_reason(source.labels.quarantine),
+        patients=len(set(rows["patient_id"].to_pylist())),
+        no_finding=int(sum(1 for labels in rows["finding_labels"].to_pylist() if not labels)),
+        positives={f: int(sum(rows[c].to_pylist())) for f, c in zip(FINDINGS, FINDING_COLUMNS, strict=True)},
+        image_files=source.layout.n_image_files,
+        rows_without_file=len(ids - files),
+        files_without_row=len(files - ids),
+        boxes=source.boxes.rows.num_rows if source.boxes else 0,
+        train_val_listed=len(source.train_val.image_ids) if source.train_val else None,
+        test_listed=len(source.test.image_ids) if source.test else None,
+    )

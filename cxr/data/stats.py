@@ -13,14 +13,18 @@ runs over rows.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from cxr import storage
+from cxr.data.splits import SPLITS
+from cxr.data.version import DatasetVersion
 from cxr.findings import FINDING_COLUMNS, FINDINGS
+from cxr.records import to_json
 
 STATS_COLUMNS = ["split", "view", "sex", *FINDING_COLUMNS]
 _F = len(FINDINGS)
@@ -46,11 +50,19 @@ def _partial(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["split", "kind", "key", "count"]).astype({"count": "int64"})
 
 
-_META = pd.DataFrame({"split": pd.Series(dtype=str), "kind": pd.Series(dtype=str), "key": pd.Series(dtype=str),
-                      "count": pd.Series(dtype="int64")})  # fmt: skip
+_META = pd.DataFrame(
+    {
+        "split": pd.Series(dtype=str),
+        "kind": pd.Series(dtype=str),
+        "key": pd.Series(dtype=str),
+        "count": pd.Series(dtype="int64"),
+    }
+)
 
 
-def count_table(paths: str | Sequence[str], client: Any | None = None, storage_options: dict | None = None) -> pd.DataFrame:
+def count_table(
+    paths: str | Sequence[str], client: Any | None = None, storage_options: dict | None = None
+) -> pd.DataFrame:
     """Sum the per-partition counts of one or more Parquet files with Dask (on ``client`` if given)."""
     import dask.dataframe as dd
 
@@ -69,67 +81,93 @@ def count_table(paths: str | Sequence[str], client: Any | None = None, storage_o
     return result.reset_index()
 
 
-def finding_stats(n: int, n_pos: Sequence[int]) -> dict[str, dict[str, float | int]]:
+@dataclass(frozen=True)
+class FindingStats:
+    """One finding in one split: counts, frequencies, and the weights that balance them."""
+
+    n_pos: int
+    n_neg: int
+    freq_pos: float
+    freq_neg: float
+    w_pos: float  # = freq_neg
+    w_neg: float  # = freq_pos, so w_pos * freq_pos == w_neg * freq_neg
+
+
+@dataclass(frozen=True)
+class SplitStats:
+    n: int
+    findings: Mapping[str, FindingStats]
+    no_finding: int
+    cooccurrence: tuple[tuple[int, ...], ...]  # [i][j]: images with findings i and j (diagonal: positives)
+    views: Mapping[str, int]
+    sexes: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class LabelStats:
+    """``stats.json``: per split, the findings' frequencies and weights, co-occurrence, views and sexes."""
+
+    findings: tuple[str, ...]
+    splits: Mapping[str, SplitStats]
+    dataset_digest: str | None = None
+
+    def to_json(self) -> str:
+        """Stable JSON text (sorted keys) for ``stats.json``."""
+        return to_json(self) + "\n"
+
+
+def finding_stats(n: int, n_pos: Sequence[int]) -> dict[str, FindingStats]:
     """Frequencies and balancing weights of each finding from its positive count out of ``n`` images."""
-    out: dict[str, dict[str, float | int]] = {}
+    out: dict[str, FindingStats] = {}
     for finding, pos in zip(FINDINGS, n_pos, strict=True):
         freq_pos = pos / n if n else 0.0
         freq_neg = 1.0 - freq_pos
-        out[finding] = {
-            "n_pos": int(pos),
-            "n_neg": int(n - pos),
-            "freq_pos": freq_pos,
-            "freq_neg": freq_neg,
-            "w_pos": freq_neg,
-            "w_neg": freq_pos,
-        }
+        out[finding] = FindingStats(int(pos), int(n - pos), freq_pos, freq_neg, w_pos=freq_neg, w_neg=freq_pos)
     return out
 
 
-def assemble(counts: pd.DataFrame) -> dict[str, Any]:
-    """``stats.json`` content (per split) from summed counts."""
-    splits: dict[str, Any] = {}
-    order = {"train": 0, "val": 1, "test": 2}
-    for name in sorted(counts["split"].unique(), key=lambda s: (order.get(s, 9), s)):
+def assemble(counts: pd.DataFrame) -> LabelStats:
+    """The statistics of every split from summed counts."""
+    splits: dict[str, SplitStats] = {}
+    order = {name: rank for rank, name in enumerate(SPLITS)}
+    for name in sorted(counts["split"].unique(), key=lambda s: (order.get(s, len(SPLITS)), s)):
         part = counts[counts["split"] == name]
         get = {(k, key): int(c) for k, key, c in zip(part["kind"], part["key"], part["count"], strict=True)}
         n = get.get(("n", ""), 0)
-        co = [[get.get(("co", f"{i},{j}"), 0) for j in range(_F)] for i in range(_F)]
-        splits[name] = {
-            "n": n,
-            "findings": finding_stats(n, [co[i][i] for i in range(_F)]),
-            "no_finding": get.get(("no_finding", ""), 0),
-            "cooccurrence": co,
-            "views": {k: v for (kind, k), v in sorted(get.items()) if kind == "view"},
-            "sexes": {k: v for (kind, k), v in sorted(get.items()) if kind == "sex"},
-        }
-    return {"findings": list(FINDINGS), "splits": splits}
+        co = tuple(tuple(get.get(("co", f"{i},{j}"), 0) for j in range(_F)) for i in range(_F))
+        splits[name] = SplitStats(
+            n=n,
+            findings=finding_stats(n, [co[i][i] for i in range(_F)]),
+            no_finding=get.get(("no_finding", ""), 0),
+            cooccurrence=co,
+            views={k: v for (kind, k), v in sorted(get.items()) if kind == "view"},
+            sexes={k: v for (kind, k), v in sorted(get.items()) if kind == "sex"},
+        )
+    return LabelStats(tuple(FINDINGS), splits)
 
 
-def compute_stats(paths: str | Sequence[str], client: Any | None = None, storage_options: dict | None = None) -> dict[str, Any]:
+def compute_stats(
+    paths: str | Sequence[str], client: Any | None = None, storage_options: dict | None = None
+) -> LabelStats:
     """Statistics of every split found in the metadata Parquet file(s)."""
     return assemble(count_table(paths, client, storage_options))
 
 
-def to_json(stats: dict[str, Any]) -> str:
-    """Stable JSON text (sorted keys) for ``stats.json``."""
-    return json.dumps(stats, indent=2, sort_keys=True) + "\n"
-
-
-def dataset_stats(version: Any, client: Any | None = None) -> dict[str, Any]:
+def dataset_stats(version: DatasetVersion, client: Any | None = None) -> LabelStats:
     """Statistics of a dataset version, tagged with its digest."""
-    stats = compute_stats(version.file("metadata.parquet"), client)
-    stats["dataset_digest"] = version.digest
-    return stats
+    return replace(compute_stats(version.file("metadata.parquet"), client), dataset_digest=version.digest)
 
 
-def write_stats(version: Any, stats: dict[str, Any]) -> list[str]:
+def write_stats(version: DatasetVersion, stats: LabelStats) -> list[str]:
     """``stats.json`` and the prevalence charts (linear and log) into the version folder; their URLs."""
-    from cxr import storage
     from cxr.charts import prevalence_chart
 
-    written = [version.file("stats.json"), version.file("charts/prevalence.png"), version.file("charts/prevalence_log.png")]
-    storage.write_text(written[0], to_json(stats))
+    written = [
+        version.file("stats.json"),
+        version.file("charts/prevalence.png"),
+        version.file("charts/prevalence_log.png"),
+    ]
+    storage.write_text(written[0], stats.to_json())
     storage.write_bytes(written[1], prevalence_chart(stats, log=False))
     storage.write_bytes(written[2], prevalence_chart(stats, log=True))
     return written

@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
@@ -23,8 +23,8 @@ import numpy as np
 from PIL import Image
 
 from cxr import storage
+from cxr.data.synth_render import Acquisition, render
 from cxr.findings import FINDINGS, NO_FINDING
-from cxr.synth_render import Acquisition, render
 
 Edition = Literal["2017", "v2020"]
 LABEL_HEADER = (
@@ -32,7 +32,7 @@ LABEL_HEADER = (
     "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
 )
 BOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
-TEST_SHARE = 25_596 / 112_120  # the official test list's share of images
+OFFICIAL_TEST_SHARE = 25_596 / 112_120  # the official test list's share of images
 MAX_IMAGES_PER_PATIENT = 30  # the release's tail reaches 184; small datasets would be a handful of patients
 
 
@@ -66,19 +66,19 @@ class SynthConfig:
             raise ValueError(f"prevalence_power must be in [0.2, 2], got {self.prevalence_power}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SynthResult:
     out: str
     n_images: int
     n_patients: int
     n_boxes: int
     n_test: int
-    positives: dict[str, int] = field(default_factory=dict)
+    positives: Mapping[str, int] = field(default_factory=dict)
 
 
 def load_profile() -> dict[str, Any]:
     """The aggregate counts of the real NIH v2020 label table."""
-    return json.loads(resources.files("cxr").joinpath("data/nih_profile.json").read_text())
+    return json.loads(resources.files("cxr.data").joinpath("nih_profile.json").read_text())
 
 
 def _systematic(weights: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -122,7 +122,7 @@ def plan(config: SynthConfig, profile: dict[str, Any]) -> _Plan:
     views = _choice(profile["views"], n, rng)
     size_rows = profile["original_sizes"]
     size_idx = rng.choice(len(size_rows), size=n, p=np.array([r[3] for r in size_rows]) / sum(r[3] for r in size_rows))
-    test_patients = {p + 1 for p in range(len(counts)) if rng.random() < TEST_SHARE}
+    test_patients = {p + 1 for p in range(len(counts)) if rng.random() < OFFICIAL_TEST_SHARE}
 
     rows = []
     i = 0
@@ -152,7 +152,9 @@ def _image_path(config: SynthConfig, index: int, image_id: str) -> str:
     return storage.join(config.out, folder, "images", image_id)
 
 
-def _render_chunk(config: SynthConfig, jobs: list[tuple[int, str, str]]) -> list[list[tuple[str, float, float, float, float]]]:
+def _render_chunk(
+    config: SynthConfig, jobs: list[tuple[int, str, str]]
+) -> list[list[tuple[str, float, float, float, float]]]:
     """Render and write a chunk of images; returns each image's boxes in 1024 px coordinates."""
     scale = 1024.0 / config.size
     result = []
@@ -213,7 +215,7 @@ def synthesize(config: SynthConfig, progress: Callable[[int], None] | None = Non
     storage.write_text(storage.join(config.out, "train_val_list.txt"), "".join(f"{i}\n" for i in train_val))
     storage.write_text(storage.join(config.out, "test_list.txt"), "".join(f"{i}\n" for i in test))
 
-    positives = {f: 0 for f in FINDINGS}
+    positives = dict.fromkeys(FINDINGS, 0)
     for r in rows:
         if r["labels"] != NO_FINDING:
             for f in r["labels"].split("|"):

@@ -30,7 +30,9 @@ class Acquisition:
     offset: float = 0.0  # shifts the body right and down, as a share of the image side
 
     def __post_init__(self) -> None:
-        if not (0.2 <= self.contrast <= 3 and 0 <= self.noise <= 5 and 0.6 <= self.zoom <= 1.4 and abs(self.offset) <= 0.15):
+        if not (
+            0.2 <= self.contrast <= 3 and 0 <= self.noise <= 5 and 0.6 <= self.zoom <= 1.4 and abs(self.offset) <= 0.15
+        ):
             raise ValueError(f"acquisition out of range: {self}")
 
 
@@ -56,7 +58,9 @@ def _ellipse(xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, rx: float, ry
     return np.clip((1.0 - r) / soft, 0.0, 1.0)
 
 
-def _anatomy(size: int, rng: np.random.Generator, acq: Acquisition) -> tuple[np.ndarray, dict[str, tuple[float, float, float, float]]]:
+def _anatomy(
+    size: int, rng: np.random.Generator, acq: Acquisition
+) -> tuple[np.ndarray, dict[str, tuple[float, float, float, float]]]:
     xx, yy = _grid(size)
     dx, dy = rng.uniform(-0.025, 0.025, size=2) + acq.offset
     scale = rng.uniform(0.94, 1.06) * acq.zoom
@@ -143,7 +147,11 @@ def _place(
 
 
 def render(
-    size: int, findings: list[str], rng: np.random.Generator, strength: float = 1.0, acquisition: Acquisition | None = None
+    size: int,
+    findings: list[str],
+    rng: np.random.Generator,
+    strength: float = 1.0,
+    acquisition: Acquisition | None = None,
 ) -> tuple[np.ndarray, list[Box]]:
     """One synthetic radiograph (uint8, ``size`` x ``size``) with a sign for each finding, and their boxes."""
     acq = acquisition or Acquisition()

@@ -26,8 +26,10 @@ import numpy as np
 import pyarrow as pa
 
 from cxr import storage
+from cxr.data.accounting import Accounting
+from cxr.data.labels import LABEL_SCHEMA
 from cxr.digest import canonical_digest
-from cxr.labels import BOX_SCHEMA, LABEL_SCHEMA
+from cxr.records import from_plain
 
 SCHEMA_VERSION = 1
 
@@ -46,7 +48,11 @@ METADATA_SCHEMA = pa.schema(
     ]
 )
 """DESIGN.md's metadata contract, plus ``png_width``/``png_height`` (needed to scale boxes)."""
-BOXES_SCHEMA = BOX_SCHEMA
+
+
+def shard_url(version_path: str, size: int, shard: str) -> str:
+    """Where a shard of a version lives: ``<version>/shards/<size>/<shard>.npy``."""
+    return storage.join(version_path, "shards", str(size), f"{shard}.npy")
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -93,7 +99,7 @@ class DatasetVersion:
         return storage.join(self.path, name)
 
     def shard_path(self, size: int, shard: str) -> str:
-        return storage.join(self.path, "shards", str(size), f"{shard}.npy")
+        return shard_url(self.path, size, shard)
 
     def metadata(self, columns: list[str] | None = None) -> pa.Table:
         return storage.read_parquet(self.file("metadata.parquet"), columns=columns)
@@ -107,6 +113,10 @@ class DatasetVersion:
     @property
     def sizes(self) -> list[int]:
         return list(self.info["sizes"])
+
+    @property
+    def accounting(self) -> Accounting:
+        return from_plain(Accounting, self.info["accounting"])
 
     def load_shard(self, size: int, shard: str) -> np.ndarray:
         """One shard as a uint8 array [n, size, size] (read whole; training memory-maps a local copy)."""
@@ -147,5 +157,3 @@ def _split_local(url: str) -> tuple[str, str]:
 
     path = os.path.abspath(url)
     return os.path.dirname(path), os.path.basename(path)
-
-

@@ -1,39 +1,121 @@
 """Checkpoints: one dict written by rank 0 through the storage layer, read with ``weights_only=True``.
 
-``checkpoint.pt`` (for ``--resume``): model (without the DDP wrapper), optimizer, scheduler, scaler,
-epoch, step, step within the epoch, config, label names, manifest and dataset digests.
-``model.pt`` (for evaluation and prediction): the model, its name and input size, the label names,
-the per-finding thresholds chosen on validation, and the digests.
+- ``checkpoint.pt`` (:class:`TrainingCheckpoint`, for ``--resume``): the model without the DDP wrapper,
+  optimizer, scheduler, epoch, step, step within the epoch, config, label names, digests.
+- ``model.pt`` (:class:`ModelBundle`, for evaluation, prediction and ``--init-from``): the model, its
+  name and input size, the label names, the per-finding thresholds chosen on validation, the digests,
+  and each rank's weight fingerprint.
+
+Both are plain dicts on disk (tensors and Python values only, so ``weights_only=True`` can read them);
+the classes give them names and check their keys when they are read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
 from cxr import storage
 
+MLFLOW_SCHEMES = ("models:/", "runs:/")
 
-def save(obj: dict[str, Any], url: str) -> None:
+
+def save(obj: Mapping[str, Any], url: str) -> None:
     """Serialize with torch.save and write atomically (local rename or a whole-object put)."""
     buf = io.BytesIO()
-    torch.save(obj, buf)
+    torch.save(dict(obj), buf)
     storage.write_bytes(url, buf.getvalue(), durable=True)
 
 
 def load(url: str) -> dict[str, Any]:
-    """Read a checkpoint or model bundle (a path, an s3:// URL, or an MLflow ``models:/`` or ``runs:/``
-    URI whose run logged one); only tensors and plain Python values are accepted."""
-    if url.startswith(("models:/", "runs:/")):
-        from cxr.registry import download_bundle
+    """Read a checkpoint or bundle from a path or ``s3://`` URL; only tensors and plain values are accepted."""
+    return from_bytes(storage.read_bytes(url))
 
-        data = download_bundle(url)
-    else:
-        data = storage.read_bytes(url)
+
+def from_bytes(data: bytes) -> dict[str, Any]:
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 def exists(url: str) -> bool:
     return storage.exists(url)
+
+
+def _from_mapping(cls: type, data: Mapping[str, Any], source: str) -> Any:
+    names = [f.name for f in fields(cls) if f.default is dataclasses.MISSING]
+    missing = [name for name in names if name not in data]
+    if missing:
+        raise ValueError(f"{source} is not a {cls.__name__}: no {', '.join(repr(m) for m in missing)}")
+    return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """``model.pt``: a trained model and what is needed to use and trace it."""
+
+    model: Mapping[str, torch.Tensor]  # state dict, without the DDP wrapper
+    model_name: str
+    image_size: int
+    label_names: tuple[str, ...] | list[str]
+    thresholds: tuple[float, ...] | list[float] = ()  # per finding, chosen on val
+    threshold_rule: str = "youden on val"
+    manifest_digest: str | None = None
+    dataset_digest: str | None = None
+    strategy: str | None = None
+    config: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # the TrainConfig, as plain values
+    val_auroc: Mapping[str, float | None] = dataclasses.field(default_factory=dict)
+    val_mean_auroc: float | None = None
+    world_size: int = 1
+    rank_fingerprints: tuple[str, ...] | list[str] = ()
+    steps: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        torch.save(self.to_dict(), buf)
+        return buf.getvalue()
+
+    def save(self, url: str) -> None:
+        save(self.to_dict(), url)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "the bundle") -> ModelBundle:
+        return _from_mapping(cls, data, source)
+
+    @classmethod
+    def read(cls, uri: str) -> ModelBundle:
+        """A bundle from a path, an ``s3://`` URL, or an MLflow URI whose run logged one (``models:/NAME@ALIAS``)."""
+        if uri.startswith(MLFLOW_SCHEMES):
+            from cxr.tracking.registry import download_bundle
+
+            return cls.from_dict(from_bytes(download_bundle(uri)), uri)
+        return cls.from_dict(load(uri), uri)
+
+
+@dataclass(frozen=True)
+class TrainingCheckpoint:
+    """``checkpoint.pt``: where a run stands, to resume it at the exact step."""
+
+    model: Mapping[str, torch.Tensor]
+    optimizer: Mapping[str, Any]
+    scheduler: Mapping[str, Any]
+    epoch: int  # the epoch to continue with
+    step_in_epoch: int  # the step within it to continue at
+    step: int  # steps done in total
+    config: Mapping[str, Any]
+    label_names: tuple[str, ...] | list[str]
+    manifest_digest: str
+    dataset_digest: str
+
+    def save(self, url: str) -> None:
+        save({f.name: getattr(self, f.name) for f in fields(self)}, url)
+
+    @classmethod
+    def read(cls, url: str) -> TrainingCheckpoint:
+        return _from_mapping(cls, load(url), url)

@@ -15,11 +15,13 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class DistInfo:
-    rank: int
-    world_size: int
-    local_rank: int
+    """Where this process stands; the defaults describe a single process."""
+
     device: torch.device
-    distributed: bool
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    distributed: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -31,7 +33,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if "RANK" not in os.environ:
         dev = torch.device("cuda" if use_cuda else "cpu") if device == "auto" else torch.device(device)
-        return DistInfo(0, 1, 0, dev, False)
+        return DistInfo(dev)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
@@ -41,7 +43,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
         dev = torch.device("cpu")
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None)
-    return DistInfo(rank, world, local_rank, dev, True)
+    return DistInfo(dev, rank, world, local_rank, distributed=True)
 
 
 def barrier(info: DistInfo) -> None:
@@ -52,13 +54,6 @@ def barrier(info: DistInfo) -> None:
 def cleanup(info: DistInfo) -> None:
     if info.distributed and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Sum a tensor over ranks (a no-op in one process)."""
-    if info.distributed:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
 
 
 def all_gather_rows(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:

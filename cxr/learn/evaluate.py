@@ -8,47 +8,51 @@ random heatmaps is reported beside it as the floor to beat.
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 from scipy import ndimage
 
-from cxr import checkpoint, storage
-from cxr.augment import resize
+from cxr import storage
 from cxr.charts import heatmap_overlay, roc_pr_chart
-from cxr.dataset import DatasetVersion, open_version
-from cxr.distributed import DistInfo
+from cxr.data.version import DatasetVersion, open_version
 from cxr.findings import FINDINGS
-from cxr.localize import class_activation_maps, heatmap_box, localization_accuracy
-from cxr.metrics import evaluate_predictions, specificity_threshold, youden_threshold
-from cxr.models import Classifier, build_model
-from cxr.shards import ShardStore, gather, split_rows
-from cxr.train import predict_rows, to_device
+from cxr.learn.augment import resize
+from cxr.learn.inference import load_model, predict_rows, shard_store, single_process, to_device
+from cxr.learn.localize import LocalizationScore, class_activation_maps, heatmap_box, localization_accuracy
+from cxr.learn.metrics import FindingMetrics, evaluate_predictions, specificity_threshold, youden_threshold
+from cxr.learn.models import Classifier
+from cxr.learn.shards import Rows, ShardStore, gather, split_rows
+from cxr.records import from_json, to_json
 
 BOX_FRAME = 1024.0  # NIH boxes are in the coordinates of the 1024 px release PNGs
+THRESHOLD_RULES = ("youden", "specificity")
 
 
-def load_model(uri: str, device: str = "cpu") -> tuple[Classifier, dict[str, Any]]:
-    """A ``model.pt`` bundle (local or s3://) as an eval-mode model and its metadata."""
-    bundle = checkpoint.load(uri)
-    for key in ("model", "model_name", "image_size", "label_names"):
-        if key not in bundle:
-            raise ValueError(f"{uri} is not a model bundle: no {key!r}")
-    if list(bundle["label_names"]) != list(FINDINGS):
-        raise ValueError(f"{uri} predicts {bundle['label_names']}, not the 14 findings")
-    model = build_model(bundle["model_name"])
-    model.load_state_dict(bundle["model"])
-    return model.to(device).eval(), bundle
+@dataclass(frozen=True)
+class Evaluation:
+    """``evaluation.json``: a model on one split of a dataset version."""
 
+    model: str
+    dataset: str  # the version's digest
+    split: str
+    n: int
+    threshold_rule: str
+    specificity_target: float | None
+    mean_auroc: float | None
+    findings: Mapping[str, FindingMetrics]
+    localization: Mapping[str, LocalizationScore]  # CAM boxes against the split's NIH-style boxes
+    localization_random: Mapping[str, LocalizationScore]  # the same procedure on random heatmaps: the floor
 
-def _store(version: DatasetVersion, image_size: int) -> ShardStore:
-    sizes = sorted(version.sizes)
-    size = next((s for s in sizes if s >= image_size), sizes[-1])
-    return ShardStore(version.path, version.digest, size)
+    def to_json(self) -> str:
+        return to_json(self) + "\n"
+
+    @classmethod
+    def read(cls, url: str) -> Evaluation:
+        return from_json(cls, storage.read_text(url))
 
 
 def choose_thresholds(labels: np.ndarray, probs: np.ndarray, rule: str, specificity: float) -> list[float]:
@@ -56,7 +60,7 @@ def choose_thresholds(labels: np.ndarray, probs: np.ndarray, rule: str, specific
         return [youden_threshold(labels[:, i], probs[:, i]) for i in range(len(FINDINGS))]
     if rule == "specificity":
         return [specificity_threshold(labels[:, i], probs[:, i], specificity) for i in range(len(FINDINGS))]
-    raise ValueError(f"threshold rule must be 'youden' or 'specificity', got {rule!r}")
+    raise ValueError(f"threshold rule must be one of {', '.join(THRESHOLD_RULES)}, got {rule!r}")
 
 
 def evaluate_model(
@@ -69,33 +73,44 @@ def evaluate_model(
     seed: int = 0,
     out_dir: str | None = None,
     overlays: int = 8,
-) -> dict[str, Any]:
+) -> Evaluation:
     """Metrics, curves and localization of ``model_uri`` on ``split`` of a dataset version."""
-    info = DistInfo(0, 1, 0, torch.device("cpu"), False)
+    if threshold_rule not in THRESHOLD_RULES:
+        raise ValueError(f"threshold rule must be one of {', '.join(THRESHOLD_RULES)}, got {threshold_rule!r}")
+    info = single_process()
     model, bundle = load_model(model_uri)
     version = open_version(dataset)
     metadata = version.metadata()
     if split not in set(metadata["split"].to_pylist()):
         raise ValueError(f"dataset {version.digest} has no {split!r} rows")
-    store = _store(version, bundle["image_size"])
+    store = shard_store(version, bundle.image_size)
     rows = split_rows(metadata, split, expand_repeats=False)
-    probs, labels = predict_rows(model, store, rows, bundle["image_size"], info)
+    probs, labels = predict_rows(model, store, rows, bundle.image_size, info)
     val = split_rows(metadata, "val", expand_repeats=False)
     if len(val):
-        val_probs, val_labels = predict_rows(model, store, val, bundle["image_size"], info)
+        val_probs, val_labels = predict_rows(model, store, val, bundle.image_size, info)
         thresholds = choose_thresholds(val_labels, val_probs, threshold_rule, specificity)
     else:
-        thresholds = list(bundle.get("thresholds", [0.5] * len(FINDINGS)))
-    result = evaluate_predictions(labels, probs, thresholds, n_boot=n_boot, seed=seed)
-    result.update({"model": model_uri, "dataset": version.digest, "split": split, "n": len(rows),
-                   "threshold_rule": threshold_rule if len(val) else "from the model bundle",
-                   "specificity_target": specificity if threshold_rule == "specificity" else None})  # fmt: skip
-    loc, loc_random, examples = _localize(model, version, store, rows, bundle["image_size"], seed)
-    result["localization"] = loc
-    result["localization_random"] = loc_random
+        thresholds = list(bundle.thresholds) or [0.5] * len(FINDINGS)
+    metrics = evaluate_predictions(labels, probs, thresholds, n_boot=n_boot, seed=seed)
+    loc, loc_random, examples = _localize(model, version, store, rows, bundle.image_size, seed)
+    result = Evaluation(
+        model=model_uri,
+        dataset=version.digest,
+        split=split,
+        n=len(rows),
+        threshold_rule=threshold_rule if len(val) else "from the model bundle",
+        specificity_target=specificity if threshold_rule == "specificity" else None,
+        mean_auroc=metrics.mean_auroc,
+        findings=metrics.findings,
+        localization=loc,
+        localization_random=loc_random,
+    )
     if out_dir:
-        storage.write_text(storage.join(out_dir, "evaluation.json"), json.dumps(result, indent=2) + "\n")
-        storage.write_bytes(storage.join(out_dir, "curves.png"), roc_pr_chart(labels, probs, f"{split}, n = {len(rows)}"))
+        storage.write_text(storage.join(out_dir, "evaluation.json"), result.to_json())
+        storage.write_bytes(
+            storage.join(out_dir, "curves.png"), roc_pr_chart(labels, probs, f"{split}, n = {len(rows)}")
+        )
         for name, png in examples[:overlays]:
             storage.write_bytes(storage.join(out_dir, "heatmaps", name), png)
     return result
@@ -107,8 +122,8 @@ def _random_heatmap(shape: tuple[int, int], rng: np.random.Generator) -> np.ndar
 
 
 def _localize(
-    model: Classifier, version: DatasetVersion, store: ShardStore, rows: Any, image_size: int, seed: int
-) -> tuple[dict, dict, list[tuple[str, bytes]]]:
+    model: Classifier, version: DatasetVersion, store: ShardStore, rows: Rows, image_size: int, seed: int
+) -> tuple[dict[str, LocalizationScore], dict[str, LocalizationScore], list[tuple[str, bytes]]]:
     boxes = version.boxes()
     position = {image_id: i for i, image_id in enumerate(rows.image_ids)}
     boxes = boxes.filter(pc.is_in(boxes["image_id"], pa.array(list(position))))
@@ -123,7 +138,7 @@ def _localize(
     for box in boxes.to_pylist():
         i = position[box["image_id"]]
         c = FINDINGS.index(box["finding"])
-        image = resize(to_device(gather(store, rows, np.array([i])), DistInfo(0, 1, 0, torch.device("cpu"), False)), image_size)
+        image = resize(to_device(gather(store, rows, np.array([i])), single_process()), image_size)
         heatmap = class_activation_maps(model, image, [c])[0, 0].numpy()
         x, y, w, h, _ = heatmap_box(heatmap)
         rx, ry, rw, rh, _ = heatmap_box(_random_heatmap(heatmap.shape, rng))
@@ -133,6 +148,14 @@ def _localize(
         random_pred.setdefault(box["finding"], []).append((rx * scale, ry * scale, rw * scale, rh * scale))
         if len(examples) < 16:
             pixels = (image[0, 0].numpy() * 255).astype(np.uint8)
-            shown = [(f"{box['finding']} (truth)", tuple(v / scale for v in true_box), "lime"), ("CAM box", (x, y, w, h), "red")]
-            examples.append((f"{box['image_id'][:-4]}_{box['finding']}.png", heatmap_overlay(pixels, heatmap, shown, f"{box['image_id']}: {box['finding']}")))
+            shown = [
+                (f"{box['finding']} (truth)", tuple(v / scale for v in true_box), "lime"),
+                ("CAM box", (x, y, w, h), "red"),
+            ]
+            examples.append(
+                (
+                    f"{box['image_id'][:-4]}_{box['finding']}.png",
+                    heatmap_overlay(pixels, heatmap, shown, f"{box['image_id']}: {box['finding']}"),
+                )
+            )
     return localization_accuracy(predicted, truth), localization_accuracy(random_pred, truth), examples

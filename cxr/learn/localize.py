@@ -13,21 +13,24 @@ exceeds T, for T in 0.1, 0.25, 0.5.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy import ndimage
 from torch.nn import functional as F
 
-from cxr.models import Classifier
+from cxr.learn.models import Classifier
 
 IOBB_THRESHOLDS = (0.1, 0.25, 0.5)
 HEATMAP_THRESHOLD = 0.7  # of the map's range; Wang et al. threshold their maps at a fixed 180 of 255
 
 
 @torch.no_grad()
-def class_activation_maps(model: Classifier, images: torch.Tensor, classes: Sequence[int] | None = None) -> torch.Tensor:
+def class_activation_maps(
+    model: Classifier, images: torch.Tensor, classes: Sequence[int] | None = None
+) -> torch.Tensor:
     """[N, C, H, W] maps in [0, 1] for ``classes`` (default all), at the input's resolution."""
     model.eval()
     features = model.features(images).float()  # [N, K, h, w]
@@ -65,17 +68,27 @@ def iobb(predicted: Sequence[float], truth: Sequence[float]) -> float:
     return (ix * iy) / area if area > 0 else 0.0
 
 
+@dataclass(frozen=True)
+class LocalizationScore:
+    """One finding: how many true boxes, and for each T the share whose predicted box has IoBB > T."""
+
+    n: int
+    accuracy: Mapping[float, float]
+
+
 def localization_accuracy(
-    predicted: dict[str, list[tuple[float, float, float, float]]],
-    truth: dict[str, list[tuple[float, float, float, float]]],
+    predicted: Mapping[str, Sequence[tuple[float, float, float, float]]],
+    truth: Mapping[str, Sequence[tuple[float, float, float, float]]],
     thresholds: Sequence[float] = IOBB_THRESHOLDS,
-) -> dict[str, dict[str, float | int]]:
+) -> dict[str, LocalizationScore]:
     """Per finding: the share of its true boxes whose predicted box reaches IoBB > T, for each T.
 
     ``predicted[f][i]`` is the box predicted for the image of ``truth[f][i]``.
     """
-    out: dict[str, dict[str, float | int]] = {}
+    out: dict[str, LocalizationScore] = {}
     for finding, boxes in truth.items():
         scores = [iobb(p, t) for p, t in zip(predicted[finding], boxes, strict=True)]
-        out[finding] = {"n": len(boxes), **{f"T{t}": float(np.mean([s > t for s in scores])) if scores else 0.0 for t in thresholds}}
+        out[finding] = LocalizationScore(
+            len(boxes), {t: float(np.mean([s > t for s in scores])) if scores else 0.0 for t in thresholds}
+        )
     return out

@@ -7,8 +7,8 @@ A finding whose labels hold a single class in the evaluated split has no AUROC: 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
@@ -33,7 +33,9 @@ def mean_defined(values: Sequence[float | None]) -> float | None:
     return float(np.mean(defined)) if defined else None
 
 
-def bootstrap_auroc(y: np.ndarray, p: np.ndarray, n_boot: int, rng: np.random.Generator, level: float = 0.95) -> tuple[float, float] | None:
+def bootstrap_auroc(
+    y: np.ndarray, p: np.ndarray, n_boot: int, rng: np.random.Generator, level: float = 0.95
+) -> tuple[float, float] | None:
     """Percentile interval of AUROC over ``n_boot`` resamples (resamples with one class are skipped)."""
     if not _defined(y):
         return None
@@ -79,31 +81,48 @@ def sens_spec(y: np.ndarray, p: np.ndarray, threshold: float) -> tuple[float | N
     return sens, spec
 
 
+@dataclass(frozen=True)
+class FindingMetrics:
+    n_pos: int
+    n: int
+    auroc: float | None  # None: one class only in this split
+    auroc_ci95: tuple[float, float] | None
+    auprc: float | None
+    threshold: float  # chosen on val
+    sensitivity: float | None
+    specificity: float | None
+
+
+@dataclass(frozen=True)
+class SplitMetrics:
+    findings: Mapping[str, FindingMetrics]
+    mean_auroc: float | None  # over the findings with an AUROC
+
+
 def evaluate_predictions(
     labels: np.ndarray,
     probs: np.ndarray,
     thresholds: Sequence[float],
     n_boot: int = 200,
     seed: int = 0,
-) -> dict[str, Any]:
+) -> SplitMetrics:
     """AUROC with its interval, AUPRC, prevalence, sensitivity and specificity per finding, and the mean AUROC."""
     rng = np.random.default_rng(seed)
-    findings: dict[str, Any] = {}
+    findings: dict[str, FindingMetrics] = {}
     for i, f in enumerate(FINDINGS):
         y, p = labels[:, i], probs[:, i]
         sens, spec = sens_spec(y, p, thresholds[i])
-        interval = bootstrap_auroc(y, p, n_boot, rng) if n_boot else None
-        findings[f] = {
-            "n_pos": int(y.sum()),
-            "n": int(len(y)),
-            "auroc": auroc(y, p),
-            "auroc_ci95": list(interval) if interval else None,
-            "auprc": float(average_precision_score(y, p)) if y.sum() > 0 else None,
-            "threshold": float(thresholds[i]),
-            "sensitivity": sens,
-            "specificity": spec,
-        }
-    return {"findings": findings, "mean_auroc": mean_defined([v["auroc"] for v in findings.values()])}
+        findings[f] = FindingMetrics(
+            n_pos=int(y.sum()),
+            n=len(y),
+            auroc=auroc(y, p),
+            auroc_ci95=bootstrap_auroc(y, p, n_boot, rng) if n_boot else None,
+            auprc=float(average_precision_score(y, p)) if y.sum() > 0 else None,
+            threshold=float(thresholds[i]),
+            sensitivity=sens,
+            specificity=spec,
+        )
+    return SplitMetrics(findings, mean_defined([m.auroc for m in findings.values()]))
 
 
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:

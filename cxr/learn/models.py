@@ -62,11 +62,15 @@ def _small_body(group_norm: bool = False) -> nn.Sequential:
         return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), norm, nn.ReLU(inplace=True)]
 
     return nn.Sequential(
-        *block(1, 32), nn.MaxPool2d(2),
-        *block(32, 64), nn.MaxPool2d(2),
-        *block(64, 128), nn.MaxPool2d(2),
-        *block(128, 128), *block(128, 128),
-    )  # fmt: skip
+        *block(1, 32),
+        nn.MaxPool2d(2),
+        *block(32, 64),
+        nn.MaxPool2d(2),
+        *block(64, 128),
+        nn.MaxPool2d(2),
+        *block(128, 128),
+        *block(128, 128),
+    )
 
 
 class CenterStem(nn.Module):
@@ -124,7 +128,9 @@ def load_backbone_weights(backbone: nn.Module, path: str) -> None:
     missing, unexpected = backbone.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=False)
     missing = [k for k in missing if not k.startswith(("classifier.", "fc."))]
     if missing or unexpected:
-        raise ValueError(f"{path} does not fit {type(backbone).__name__}: missing {missing[:5]}, unexpected {list(unexpected)[:5]}")
+        raise ValueError(
+            f"{path} does not fit {type(backbone).__name__}: missing {missing[:5]}, unexpected {list(unexpected)[:5]}"
+        )
 
 
 def set_backbone_trainable(model: Classifier, trainable: bool) -> None:

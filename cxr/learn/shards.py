@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cxr import storage
+from cxr.data.version import shard_url
 from cxr.findings import FINDING_COLUMNS
 
 
@@ -33,7 +34,7 @@ class ShardStore:
         self._arrays: dict[str, np.ndarray] = {}
 
     def _local_path(self, shard: str) -> str:
-        url = storage.join(self.version_path, "shards", str(self.size), f"{shard}.npy")
+        url = shard_url(self.version_path, self.size, shard)
         if not storage.is_remote(url):
             return url
         local = cache_root() / "shards" / self.digest / str(self.size) / f"{shard}.npy"
@@ -51,7 +52,7 @@ class ShardStore:
         return self._arrays[shard]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Rows:
     """Rows of a split (repeats expanded when asked), aligned arrays."""
 
@@ -65,9 +66,10 @@ class Rows:
         return len(self.image_ids)
 
 
-def split_rows(table: pa.Table, split: str, expand_repeats: bool) -> Rows:
-    """The rows of ``split`` from a manifest or metadata table, each repeated ``repeat`` times if asked."""
-    part = table.filter(pc.equal(table["split"], split))
+def split_rows(table: pa.Table, split: str | None, expand_repeats: bool) -> Rows:
+    """The rows of ``split`` (``None``: every row) from a manifest or metadata table, each repeated
+    ``repeat`` times if asked."""
+    part = table if split is None else table.filter(pc.equal(table["split"], split))
     if expand_repeats and "repeat" in part.column_names:
         repeat = part["repeat"].to_numpy()
         take = np.repeat(np.arange(part.num_rows), repeat)

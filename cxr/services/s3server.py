@@ -12,19 +12,16 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cxr.processes import stop_group
+from cxr.services.process import LOOPBACK, ServerProcess, answers, start_server
 
 _PORT_NAMES = ("s3", "master", "volume", "filer", "webdav", "admin")
 _GRPC_OFFSET = 10_000  # weed serves gRPC on each port + 10000
 
 
-def _port_free(port: int, host: str = "127.0.0.1") -> bool:
+def _port_free(port: int, host: str = LOOPBACK) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -34,7 +31,7 @@ def _port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-def free_port_pairs(n: int, host: str = "127.0.0.1") -> list[int]:
+def free_port_pairs(n: int, host: str = LOOPBACK) -> list[int]:
     """``n`` ports p whose p + 10000 is free as well, from the kernel's ephemeral picks."""
     found: list[int] = []
     attempts = 0
@@ -64,11 +61,11 @@ def weed_binary() -> str:
 
 
 @dataclass
-class S3Server:
+class S3Server(ServerProcess):
     """One ``weed mini`` process serving S3 on 127.0.0.1."""
 
     data_dir: Path
-    host: str = "127.0.0.1"
+    host: str = LOOPBACK
     ports: dict[str, int] = field(default_factory=dict)
     process: subprocess.Popen | None = None
     log_path: Path | None = None
@@ -94,31 +91,6 @@ class S3Server:
             *[f"-{name}.port={port}" for name, port in self.ports.items()],
         ]
         self.log_path = self.log_path or self.data_dir / "weed.log"
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed with it
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"weed mini exited with {self.process.returncode}; see {self.log_path}")
-            if self._answers():
-                return self
-            time.sleep(0.25)
-        self.stop()
-        raise TimeoutError(f"the S3 server did not answer within {timeout_s} s; see {self.log_path}")
-
-    def _answers(self) -> bool:
-        try:
-            urllib.request.urlopen(self.endpoint + "/", timeout=1)  # noqa: S310 - loopback only
-        except urllib.error.HTTPError:
-            return True  # 403 without credentials: the S3 gateway is up
-        except OSError:
-            return False
-        return True
-
-    def stop(self, timeout_s: float = 20.0) -> None:
-        """SIGTERM the server's process group, then SIGKILL if it lingers."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        stop_group(self.process.pid, timeout_s)
-        self.process.wait()
+        # any answer, 403 without credentials included, means the S3 gateway is up
+        self.process = start_server("weed mini", args, self.log_path, lambda: answers(self.endpoint + "/"), timeout_s)
+        return self

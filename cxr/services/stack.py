@@ -11,19 +11,26 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cxr.mlflowserver import MlflowServer, free_port
-from cxr.processes import stop_group
-from cxr.s3server import S3Server
+from cxr import storage
+from cxr.offline import set_offline_defaults
+from cxr.services.mlflowserver import MlflowServer
+from cxr.services.process import (
+    LOOPBACK,
+    ServerProcess,
+    alive,
+    answers,
+    free_port,
+    spawn,
+    stop_group,
+    wait_until_ready,
+)
+from cxr.services.s3server import S3Server
 
 BUCKET = "cxr"
 
@@ -51,7 +58,8 @@ def _load_credentials(paths: StackPaths) -> None:
         return
     if not paths.credentials.exists():
         paths.root.mkdir(parents=True, exist_ok=True)
-        text = f"export AWS_ACCESS_KEY_ID=cxr-{secrets.token_hex(6)}\nexport AWS_SECRET_ACCESS_KEY={secrets.token_urlsafe(24)}\n"
+        key_id, secret = f"cxr-{secrets.token_hex(6)}", secrets.token_urlsafe(24)
+        text = f"export AWS_ACCESS_KEY_ID={key_id}\nexport AWS_SECRET_ACCESS_KEY={secret}\n"
         fd = os.open(paths.credentials, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -60,43 +68,36 @@ def _load_credentials(paths: StackPaths) -> None:
         os.environ[key] = value
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+class PrefectServer(ServerProcess):
+    """``prefect server`` on a free loopback port, its state in ``<root>/prefect``."""
+
+    def __init__(self, paths: StackPaths) -> None:
+        self.paths = paths
+        self.port = free_port()
+        self.url = f"http://{LOOPBACK}:{self.port}/api"
+        self.log_path = paths.logs / "prefect-server.log"
+        self.process: subprocess.Popen | None = None
+
+    def spawn(self) -> PrefectServer:
+        """Start it without waiting: it is the slowest of the three to answer, the others start meanwhile."""
+        env = set_offline_defaults({**os.environ, "PREFECT_HOME": str(self.paths.root / "prefect")})
+        prefect = str(Path(sys.executable).parent / "prefect")
+        self.process = spawn(
+            [prefect, "server", "start", "--host", LOOPBACK, "--port", str(self.port)], self.log_path, env
+        )
+        return self
+
+    def wait(self, timeout_s: float = 90.0) -> dict[str, Any]:
+        """Wait until it answers; its entry in ``stack.json``."""
+        if self.process is None:
+            raise RuntimeError("the Prefect server was not started")
+        health = self.url + "/health"
+        wait_until_ready("prefect server", self.process, self.log_path, lambda: answers(health), timeout_s)
+        return _entry(self.process.pid, self.port, self.url, health)
 
 
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - loopback
-            return True
-    except urllib.error.HTTPError:
-        return True  # it answered
-    except OSError:
-        return False
-
-
-def _start_prefect(paths: StackPaths, timeout_s: float = 90.0) -> dict[str, Any]:
-    port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(paths.root / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    log = open(paths.logs / "prefect-server.log", "ab")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)  # fmt: skip
-    log.close()
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"prefect server exited with {proc.returncode}; see {paths.logs / 'prefect-server.log'}")
-        if _answers(url + "/health"):
-            return {"pid": proc.pid, "port": port, "url": url, "health": url + "/health"}
-        time.sleep(0.25)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise TimeoutError(f"prefect server did not answer within {timeout_s} s")
+def _entry(pid: int, port: int, url: str, health: str) -> dict[str, Any]:
+    return {"pid": pid, "port": port, "url": url, "health": health}
 
 
 def up(root: str | Path = ".cxr/stack") -> dict[str, Any]:
@@ -104,30 +105,35 @@ def up(root: str | Path = ".cxr/stack") -> dict[str, Any]:
     paths = StackPaths(Path(root).resolve())
     if paths.state.exists():
         state = json.loads(paths.state.read_text())
-        if all(_alive(s["pid"]) for s in state["services"].values()):
+        if all(alive(s["pid"]) for s in state["services"].values()):
             return state
         down(root)
     paths.logs.mkdir(parents=True, exist_ok=True)
     _load_credentials(paths)
     services: dict[str, Any] = {}
+    prefect = PrefectServer(paths).spawn()
     try:
         s3 = S3Server(paths.root / "s3", log_path=paths.logs / "s3-server.log").start()
-        services["s3"] = {"pid": s3.process.pid, "port": s3.ports["s3"], "url": s3.endpoint, "health": s3.endpoint + "/"}
+        services["s3"] = _entry(s3.process.pid, s3.ports["s3"], s3.endpoint, s3.endpoint + "/")
         os.environ["AWS_ENDPOINT_URL"] = s3.endpoint
-        from cxr import storage
-
         fs, _ = storage.filesystem(f"s3://{BUCKET}")
         if not fs.exists(BUCKET):
             fs.mkdir(BUCKET)
-        mlflow = MlflowServer(paths.root / "mlflow", f"s3://{BUCKET}/mlflow", log_path=paths.logs / "mlflow-server.log").start()
-        services["mlflow"] = {"pid": mlflow.process.pid, "port": mlflow.port, "url": mlflow.url, "health": mlflow.url + "/health"}
-        services["prefect"] = _start_prefect(paths)
+        mlflow = MlflowServer(paths.root / "mlflow", f"s3://{BUCKET}/mlflow", log_path=paths.logs / "mlflow-server.log")
+        mlflow.start()
+        services["mlflow"] = _entry(mlflow.process.pid, mlflow.port, mlflow.url, mlflow.url + "/health")
+        services["prefect"] = prefect.wait()
     except Exception:
+        prefect.stop()
         for service in services.values():
             stop_group(service["pid"])
         raise
-    state = {"root": str(paths.root), "services": services, "bucket": f"s3://{BUCKET}",
-             "credentials_file": str(paths.credentials) if paths.credentials.exists() else None}  # fmt: skip
+    state = {
+        "root": str(paths.root),
+        "services": services,
+        "bucket": f"s3://{BUCKET}",
+        "credentials_file": str(paths.credentials) if paths.credentials.exists() else None,
+    }
     paths.state.write_text(json.dumps(state, indent=2) + "\n")
     return state
 
@@ -156,10 +162,18 @@ def status(root: str | Path = ".cxr/stack") -> dict[str, Any]:
     state = json.loads(paths.state.read_text())
     report = {}
     for name, service in state["services"].items():
-        report[name] = {"url": service["url"], "pid": service["pid"], "alive": _alive(service["pid"]),
-                        "healthy": _answers(service["health"])}  # fmt: skip
-    return {"running": all(r["alive"] and r["healthy"] for r in report.values()), "services": report,
-            "credentials_file": state.get("credentials_file"), "logs": str(paths.logs)}  # fmt: skip
+        report[name] = {
+            "url": service["url"],
+            "pid": service["pid"],
+            "alive": alive(service["pid"]),
+            "healthy": answers(service["health"]),
+        }
+    return {
+        "running": all(r["alive"] and r["healthy"] for r in report.values()),
+        "services": report,
+        "credentials_file": state.get("credentials_file"),
+        "logs": str(paths.logs),
+    }
 
 
 def env_lines(root: str | Path = ".cxr/stack") -> list[str]:

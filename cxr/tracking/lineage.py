@@ -6,67 +6,130 @@ archive (label table, images), read from the run's tags and the dataset's ``data
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from cxr import storage
-from cxr.dataset import open_version
+from cxr.data.accounting import Accounting
+from cxr.data.manifest import read_manifest_info
+from cxr.data.version import open_version
+from cxr.tracking import tags
+from cxr.tracking.mlflow_run import client
+from cxr.tracking.registry import FINAL_MEAN_METRIC, resolve_run
 
 
-def lineage(model_uri: str, tracking_uri: str | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ModelLink:
+    uri: str
+    name: str | None = None
+    version: str | None = None
+    aliases: tuple[str, ...] = ()
+    gate: str | None = None
+    gate_reasons: str | None = None
+
+
+@dataclass(frozen=True)
+class RunLink:
+    id: str
+    experiment_id: str
+    status: str
+    code_version: str | None
+    prefect_flow_run_id: str | None
+    parent_model: str | None
+    val_mean_auroc: float | None
+
+
+@dataclass(frozen=True)
+class ManifestLink:
+    digest: str | None
+    strategy: str | None
+    uri: str | None
+    matches_file: bool | None  # the manifest.json at uri still carries this digest
+
+
+@dataclass(frozen=True)
+class DatasetLink:
+    digest: str | None
+    path: str | None
+    created: str | None = None
+    splits: Mapping[str, int] | None = None
+    accounting: Accounting | None = None
+    unreachable: str | None = None  # why dataset.json could not be read
+
+
+@dataclass(frozen=True)
+class Lineage:
+    model: ModelLink
+    run: RunLink
+    manifest: ManifestLink
+    dataset: DatasetLink
+    source: Mapping[str, str | None] | None  # root, label table, edition, box list, split lists
+
+
+def lineage(model_uri: str, uri: str | None = None) -> Lineage:
     """The chain behind an MLflow model URI (``models:/NAME@ALIAS``, ``models:/NAME/V``, ``runs:/ID``)."""
-    from mlflow import MlflowClient
-
-    from cxr.registry import resolve_run
-    from cxr.tracking import tracking_uri as default_uri
-
-    client = MlflowClient(tracking_uri or default_uri())
-    run_id, name, version = resolve_run(model_uri, tracking_uri)
-    run = client.get_run(run_id)
-    tags = run.data.tags
-    chain: dict[str, Any] = {"model": {"uri": model_uri, "name": name, "version": version}}
+    mlflow_client = client(uri)
+    run_id, name, version = resolve_run(model_uri, uri)
+    run = mlflow_client.get_run(run_id)
+    run_tags = run.data.tags
+    model = ModelLink(model_uri, name, version)
     if name and version:
-        mv = client.get_model_version(name, version)
-        chain["model"].update({"aliases": list(mv.aliases), "gate": mv.tags.get("cxr.gate.decision"),
-                               "gate_reasons": mv.tags.get("cxr.gate.reasons")})  # fmt: skip
-    chain["run"] = {"id": run_id, "experiment_id": run.info.experiment_id, "status": run.info.status,
-                    "code_version": tags.get("cxr.code_version"), "prefect_flow_run_id": tags.get("cxr.prefect_flow_run_id"),
-                    "parent_model": tags.get("cxr.parent_model"), "val_mean_auroc": run.data.metrics.get("final_val_mean_auroc")}  # fmt: skip
-    chain["manifest"] = {"digest": tags.get("cxr.manifest_digest"), "strategy": tags.get("cxr.manifest_strategy"),
-                         "uri": tags.get("cxr.manifest_uri")}  # fmt: skip
-    root, digest = tags.get("cxr.dataset_root"), tags.get("cxr.dataset_digest")
-    chain["dataset"] = {"digest": digest, "path": storage.join(root, digest) if root and digest else None}
-    if root and digest:
-        try:
-            info = open_version(storage.join(root, digest)).info
-            chain["dataset"].update({"created": info["created"], "splits": info["splits"], "accounting": info["accounting"]})
-            chain["source"] = info["source"]
-        except (FileNotFoundError, OSError, ValueError) as err:
-            chain["dataset"]["unreachable"] = str(err)
-    manifest_uri = chain["manifest"]["uri"]
+        mv = mlflow_client.get_model_version(name, version)
+        model = ModelLink(
+            model_uri, name, version, tuple(mv.aliases), mv.tags.get(tags.GATE_DECISION), mv.tags.get(tags.GATE_REASONS)
+        )
+    run_link = RunLink(
+        id=run_id,
+        experiment_id=run.info.experiment_id,
+        status=run.info.status,
+        code_version=run_tags.get(tags.CODE_VERSION),
+        prefect_flow_run_id=run_tags.get(tags.PREFECT_FLOW_RUN_ID),
+        parent_model=run_tags.get(tags.PARENT_MODEL),
+        val_mean_auroc=run.data.metrics.get(FINAL_MEAN_METRIC),
+    )
+    manifest_digest, manifest_uri = run_tags.get(tags.MANIFEST_DIGEST), run_tags.get(tags.MANIFEST_URI)
+    matches = None
     if manifest_uri:
         try:
-            recorded = json.loads(storage.read_text(storage.join(manifest_uri, "manifest.json")))["digest"]
-            chain["manifest"]["matches_file"] = recorded == chain["manifest"]["digest"]
-        except (FileNotFoundError, OSError, ValueError, KeyError):
-            chain["manifest"]["matches_file"] = None
-    return chain
+            matches = read_manifest_info(manifest_uri).digest == manifest_digest
+        except (FileNotFoundError, OSError, ValueError):
+            matches = None
+    manifest = ManifestLink(manifest_digest, run_tags.get(tags.MANIFEST_STRATEGY), manifest_uri, matches)
+    dataset, source = _dataset(run_tags.get(tags.DATASET_ROOT), run_tags.get(tags.DATASET_DIGEST))
+    return Lineage(model, run_link, manifest, dataset, source)
 
 
-def format_chain(chain: dict[str, Any]) -> str:
+def _dataset(root: str | None, digest: str | None) -> tuple[DatasetLink, Mapping[str, str | None] | None]:
+    if not (root and digest):
+        return DatasetLink(digest, None), None
+    path = storage.join(root, digest)
+    try:
+        version = open_version(path)
+    except (FileNotFoundError, OSError, ValueError) as err:
+        return DatasetLink(digest, path, unreachable=str(err)), None
+    info = version.info
+    return DatasetLink(digest, path, info["created"], info["splits"], version.accounting), info["source"]
+
+
+def format_chain(chain: Lineage) -> str:
     """The chain as indented text, one link a line."""
-    m, r, man, d = chain["model"], chain["run"], chain["manifest"], chain["dataset"]
+    m, r, man, d = chain.model, chain.run, chain.manifest, chain.dataset
+    model = f"model     {m.uri}"
+    if m.name:
+        model += f"  ({m.name} version {m.version}, aliases: {', '.join(m.aliases) or 'none'})"
     lines = [
-        f"model     {m['uri']}" + (f"  ({m['name']} version {m['version']}, aliases: {', '.join(m.get('aliases') or []) or 'none'})" if m.get("name") else ""),
-        f"  gate    {m.get('gate')}: {m.get('gate_reasons')}" if m.get("gate") else None,
-        f"run       {r['id']}  (code {r['code_version']}, val mean AUROC {r['val_mean_auroc']}, Prefect flow run {r['prefect_flow_run_id'] or '-'})",
-        f"  parent  {r['parent_model']}" if r.get("parent_model") else None,
-        f"manifest  {man['digest']}  ({man['strategy']}) at {man['uri']}",
-        f"dataset   {d['digest']}  at {d['path']}" + (f"  (created {d['created']}, splits {d['splits']})" if d.get("created") else ""),
+        model,
+        f"  gate    {m.gate}: {m.gate_reasons}" if m.gate else None,
+        f"run       {r.id}  (code {r.code_version}, val mean AUROC {r.val_mean_auroc}, "
+        f"Prefect flow run {r.prefect_flow_run_id or '-'})",
+        f"  parent  {r.parent_model}" if r.parent_model else None,
+        f"manifest  {man.digest}  ({man.strategy}) at {man.uri}",
+        f"dataset   {d.digest}  at {d.path}"
+        + (f"  (created {d.created}, splits {dict(d.splits or {})})" if d.created else ""),
     ]
-    source = chain.get("source")
-    if source:
-        lines.append(f"source    {source['root']}  (label table {source['label_table']}, {source['edition']} edition)")
-    elif d.get("unreachable"):
-        lines.append(f"source    unknown: {d['unreachable']}")
+    if chain.source:
+        s = chain.source
+        lines.append(f"source    {s['root']}  (label table {s['label_table']}, {s['edition']} edition)")
+    elif d.unreachable:
+        lines.append(f"source    unknown: {d.unreachable}")
     return "\n".join(line for line in lines if line)

@@ -1,33 +1,32 @@
-"""Tracking with MLflow, as a plug-in beside the training loop (the loop only calls a small logger).
+"""One MLflow run that survives the tracking server going away, and where MLflow data goes.
 
 - Tracking URI: ``MLFLOW_TRACKING_URI`` when set (a server, with its artifacts wherever the server
   keeps them, e.g. S3); otherwise a local SQLite store, ``.cxr/mlflow.db`` with artifacts in
   ``.cxr/mlartifacts``.
-- Only rank 0 tracks. Params are the resolved config (no credentials: nothing from the environment
-  is logged); metrics per epoch; system metrics; figures; the stats and the manifest as run inputs
-  carrying our own digests; the model with a signature, an input example of batch 2 and explicit pip
-  requirements; lineage tags.
-- If the server cannot be reached, training goes on: the failure is reported once, loudly, metrics
-  keep going to ``metrics.jsonl``, and the logger retries the backlog on each later call and at the
-  end, so nothing is dropped while the server comes back.
+- Every call goes through :meth:`MlflowRun.attempt`: a failure is reported once, loudly, and the run
+  goes on; metrics are kept in a backlog and retried on each later call and at the end, so nothing is
+  dropped while the server comes back. Nothing from the environment is logged (no credentials).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cxr import __version__
+from cxr import __version__, storage
+from cxr.offline import set_offline_defaults
+from cxr.tracking import tags
 
 LOCAL_DIR = Path(".cxr")
-TAG_PREFIX = "cxr."
 
 
 def tracking_uri() -> str:
@@ -39,21 +38,40 @@ def tracking_uri() -> str:
     return f"sqlite:///{(LOCAL_DIR / 'mlflow.db').resolve()}"
 
 
-def _quiet_defaults() -> None:
-    # Fail fast when the server is down (MLflow's own default retries for minutes), no telemetry.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+def client(uri: str | None = None) -> Any:
+    """An ``MlflowClient`` on ``uri`` (default: :func:`tracking_uri`), with the offline defaults set."""
+    set_offline_defaults()
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri or tracking_uri())
 
 
-def _experiment_id(client: Any, uri: str, name: str) -> str:
-    experiment = client.get_experiment_by_name(name)
+def experiment_id(mlflow_client: Any, uri: str, name: str) -> str:
+    """The id of experiment ``name``, created if missing (a local store keeps artifacts beside its database)."""
+    experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     artifact_location = None
-    if uri.startswith("sqlite:///"):  # a local store: artifacts beside the database, not in ./mlruns
+    if uri.startswith("sqlite:///"):  # not in ./mlruns
         artifact_location = (Path(uri[len("sqlite:///") :]).parent / "mlartifacts" / name).resolve().as_uri()
-    return client.create_experiment(name, artifact_location=artifact_location)
+    return mlflow_client.create_experiment(name, artifact_location=artifact_location)
+
+
+def log_to_run(
+    run_id: str, folder: str, names: Sequence[str], artifact_path: str, metrics: Mapping[str, float | None]
+) -> None:
+    """Add files of a local ``folder`` and metrics to a finished run (e.g. the test evaluation).
+
+    Files in a remote folder are left out: they stay where they are, beside the run's model.
+    """
+    mlflow_client = client()
+    for name in names:
+        local = storage.join(folder, name)
+        if not storage.is_remote(local):
+            mlflow_client.log_artifact(run_id, local, artifact_path)
+    for key, value in metrics.items():
+        if value is not None:
+            mlflow_client.log_metric(run_id, key, value)
 
 
 def _param_value(value: Any) -> str:
@@ -61,61 +79,51 @@ def _param_value(value: Any) -> str:
     return text[:6000]
 
 
-class MlflowLogger:
-    """A :class:`cxr.train.TrainLogger` that writes to MLflow and survives the server going away."""
+class MlflowRun:
+    """A new MLflow run; its calls never raise (see the module docstring)."""
 
-    def __init__(self, experiment: str = "cxr", run_name: str | None = None, tags: dict[str, str] | None = None,
-                 system_metrics: bool = True) -> None:  # fmt: skip
-        _quiet_defaults()
-        from mlflow import MlflowClient
-
+    def __init__(
+        self,
+        experiment: str = "cxr",
+        run_name: str | None = None,
+        run_tags: Mapping[str, str] | None = None,
+        system_metrics: bool = True,
+    ) -> None:
         self.uri = tracking_uri()
-        self.client = MlflowClient(self.uri)
-        self.experiment_id = _experiment_id(self.client, self.uri, experiment)
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={**(tags or {}), f"{TAG_PREFIX}code_version": __version__})
-        self.run_id = run.info.run_id
+        self.client = client(self.uri)
+        self.experiment_id = experiment_id(self.client, self.uri, experiment)
+        all_tags = {**(run_tags or {}), tags.CODE_VERSION: __version__}
+        self.run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags).info.run_id
         self.failed = False
-        self.backlog: list[tuple[dict[str, float], int]] = []
+        self.backlog: list[tuple[Mapping[str, float], int]] = []
         self.monitor = None
         if system_metrics:
             try:
                 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-                self.monitor = SystemMetricsMonitor(self.run_id, sampling_interval=2, samples_before_logging=1, tracking_uri=self.uri)
+                self.monitor = SystemMetricsMonitor(
+                    self.run_id, sampling_interval=2, samples_before_logging=1, tracking_uri=self.uri
+                )
                 self.monitor.start()
             except Exception as err:  # noqa: BLE001 - system metrics are optional (psutil, GPU drivers)
                 print(f"MLflow system metrics off: {err}", file=sys.stderr)
                 self.monitor = None
 
-    # --- the TrainLogger interface -------------------------------------------------------------
-    def log_params(self, params: dict[str, Any]) -> None:
+    def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
-        self._safe("log params", lambda: [self.client.log_batch(self.run_id, params=items[i : i + 100]) for i in range(0, len(items), 100)])
+        for start in range(0, len(items), 100):
+            self.attempt(
+                "log params", lambda batch=items[start : start + 100]: self.client.log_batch(self.run_id, params=batch)
+            )
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         self.backlog.append((metrics, step))
         self._flush()
 
-    def close(self, status: str = "FINISHED") -> None:
-        self._flush()
-        if self.monitor is not None:
-            try:
-                self.monitor.finish()
-            except Exception:  # noqa: BLE001 - best effort at shutdown
-                pass
-        self._safe("end run", lambda: self.client.set_terminated(self.run_id, status))
-        if self.backlog:
-            print(f"MLflow: {len(self.backlog)} metric batches could not be sent to {self.uri}; they are in metrics.jsonl",
-                  file=sys.stderr, flush=True)  # fmt: skip
-
-    # --- more than the loop needs ---------------------------------------------------------------
-    def set_tags(self, tags: dict[str, Any]) -> None:
-        self._safe("set tags", lambda: [self.client.set_tag(self.run_id, k, str(v)) for k, v in tags.items()])
-
     def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self._safe(f"log {path}", lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+        self.attempt(f"log {path}", lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
 
     def log_bytes(self, name: str, data: bytes, artifact_path: str | None = None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -124,33 +132,41 @@ class MlflowLogger:
             self.log_file(target, artifact_path)
 
     def log_input(self, name: str, digest: str, source: str, context: str) -> None:
-        """A run input (dataset version, stats, manifest) carrying our own digest."""
+        """A run input (dataset version, stats, manifest) carrying our own digest (MLflow's reads 10,000 rows)."""
         from mlflow.data.http_dataset_source import HTTPDatasetSource
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import DatasetInput, InputTag
 
         dataset = MetaDataset(source=HTTPDatasetSource(url=source), name=name, digest=digest)
         entity = DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", context)])
-        self._safe(f"log input {name}", lambda: self.client.log_inputs(self.run_id, [entity]))
+        self.attempt(f"log input {name}", lambda: self.client.log_inputs(self.run_id, [entity]))
 
-    def _flush(self) -> None:
-        from mlflow.entities import Metric
+    def close(self, status: str = "FINISHED") -> None:
+        self._flush()
+        if self.monitor is not None:
+            with contextlib.suppress(Exception):  # best effort at shutdown
+                self.monitor.finish()
+        self.attempt("end run", lambda: self.client.set_terminated(self.run_id, status))
+        if self.backlog:
+            print(
+                f"MLflow: {len(self.backlog)} metric batches could not be sent to {self.uri}; "
+                "they are in metrics.jsonl",
+                file=sys.stderr,
+                flush=True,
+            )
 
-        while self.backlog:
-            metrics, step = self.backlog[0]
-            timestamp = int(time.time() * 1000)
-            items = [Metric(k, float(v), timestamp, step) for k, v in metrics.items() if v is not None and np.isfinite(v)]
-            if not self._safe("log metrics", lambda items=items: self.client.log_batch(self.run_id, metrics=items)):
-                return
-            self.backlog.pop(0)
-
-    def _safe(self, what: str, call: Any) -> bool:
+    def attempt(self, what: str, call: Callable[[], object]) -> bool:
+        """Run one tracking call; on failure say so (once until it works again) and return False."""
         try:
             call()
         except Exception as err:  # noqa: BLE001 - any tracking failure must not stop training
             if not self.failed:
-                print(f"\n*** MLflow tracking at {self.uri} failed ({what}: {type(err).__name__}: {str(err)[:200]}); "
-                      "training goes on, metrics stay in metrics.jsonl and are retried ***\n", file=sys.stderr, flush=True)  # fmt: skip
+                print(
+                    f"\n*** MLflow tracking at {self.uri} failed ({what}: {type(err).__name__}: {str(err)[:200]}); "
+                    "training goes on, metrics stay in metrics.jsonl and are retried ***\n",
+                    file=sys.stderr,
+                    flush=True,
+                )
             self.failed = True
             return False
         if self.failed:
@@ -158,21 +174,15 @@ class MlflowLogger:
             self.failed = False
         return True
 
+    def _flush(self) -> None:
+        from mlflow.entities import Metric
 
-class TeeLogger:
-    """Send everything to several loggers (MLflow and the JSON-lines file)."""
-
-    def __init__(self, *loggers: Any) -> None:
-        self.loggers = loggers
-
-    def log_params(self, params: dict[str, Any]) -> None:
-        for logger in self.loggers:
-            logger.log_params(params)
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        for logger in self.loggers:
-            logger.log_metrics(metrics, step)
-
-    def close(self) -> None:
-        for logger in self.loggers:
-            logger.close()
+        while self.backlog:
+            metrics, step = self.backlog[0]
+            timestamp = int(time.time() * 1000)
+            items = [
+                Metric(k, float(v), timestamp, step) for k, v in metrics.items() if v is not None and np.isfinite(v)
+            ]
+            if not self.attempt("log metrics", lambda items=items: self.client.log_batch(self.run_id, metrics=items)):
+                return
+            self.backlog.pop(0)

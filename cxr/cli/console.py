@@ -1,0 +1,66 @@
+"""What every command shares: the two consoles, one error line with exit code 2, progress bars."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+T = TypeVar("T")
+
+console = Console(stderr=True, soft_wrap=True)  # progress, notes, errors
+out = Console(soft_wrap=True)  # results: tables, JSON, digests
+if not out.is_terminal:  # piped or captured: tables at 80 columns would wrap every row
+    out = Console(soft_wrap=True, width=140)
+
+
+def announce(line: str) -> None:
+    """A note on stderr, printed as it is."""
+    console.print(line, highlight=False)
+
+
+def fail(message: str) -> NoReturn:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def guarded(fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+    """Call a library function; turn expected failures into one clear line and exit code 2."""
+    from cxr.data.decode import ImageRejected
+    from cxr.data.labels import NihFormatError
+    from cxr.storage import StorageError, UnsafePathError
+
+    try:
+        return fn(*args, **kwargs)
+    except (NihFormatError, UnsafePathError, ValueError) as err:
+        fail(str(err))
+    except ImageRejected as err:
+        fail(f"{err.reason}: {err.detail}")
+    except FileNotFoundError as err:
+        fail(f"not found: {err}")
+    except PermissionError as err:
+        fail(f"permission denied: {err}")
+    except StorageError as err:
+        fail(str(err))
+    except Exception as err:
+        if type(err).__module__.startswith("mlflow"):  # e.g. an unknown model name or alias
+            fail(f"MLflow: {err}")
+        raise
+
+
+def progress() -> Progress:
+    """A progress bar on stderr (shown on a terminal, or with CXR_PROGRESS=1)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        disable=not console.is_terminal and os.environ.get("CXR_PROGRESS") != "1",
+    )

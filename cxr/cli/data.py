@@ -1,0 +1,208 @@
+"""``cxr synth | inspect | ingest | stats | manifest``: the archive becomes a dataset version, its
+statistics and a manifest."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Annotated
+
+import typer
+
+from cxr.cli.console import announce, console, guarded, out, progress
+from cxr.cli.tables import rich_table, source_lines, source_table
+from cxr.data.splits import TEST_SHARE, VAL_SHARE
+from cxr.data.synth import SynthConfig, SynthResult, synthesize
+from cxr.data.synth_render import Acquisition
+from cxr.records import to_json
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+DatasetOption = Annotated[str, typer.Option("--dataset", help="A dataset root (its LATEST) or a version folder.")]
+
+
+def synth(
+    out_dir: Annotated[str, typer.Option("--out", help="Folder or s3:// prefix to write the dataset to.")],
+    n_images: Annotated[int, typer.Option("--n-images", help="Number of images.")] = 2000,
+    size: Annotated[int, typer.Option(help="Image side in px (the release's PNGs are 1024).")] = 256,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same bytes.")] = 0,
+    edition: Annotated[str, typer.Option(help="Label table edition: 2017 (trailing commas) or v2020.")] = "v2020",
+    strength: Annotated[float, typer.Option(help="Contrast of each finding's sign (0: unlearnable).")] = 1.0,
+    per_folder: Annotated[int, typer.Option(help="Images per images_NNN/images folder.")] = 10_000,
+    workers: Annotated[int, typer.Option(help="Rendering processes (output does not depend on it).")] = os.cpu_count()
+    or 1,
+    contrast: Annotated[float, typer.Option(help="Anatomy contrast factor (a shifted source: e.g. 0.7).")] = 1.0,
+    noise: Annotated[float, typer.Option(help="Noise factor (e.g. 1.8).")] = 1.0,
+    zoom: Annotated[float, typer.Option(help="Body scale factor (e.g. 0.9).")] = 1.0,
+    offset: Annotated[float, typer.Option(help="Body shift right and down, share of the side (e.g. 0.05).")] = 0.0,
+    prevalence_power: Annotated[
+        float, typer.Option(help="Label-set frequencies to this power (< 1: rare findings commoner).")
+    ] = 1.0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Make a synthetic dataset in the exact NIH layout, with real NIH prevalence and co-occurrence."""
+    acquisition = guarded(Acquisition, contrast=contrast, noise=noise, zoom=zoom, offset=offset)
+    config = guarded(
+        SynthConfig,
+        out=out_dir,
+        n_images=n_images,
+        size=size,
+        seed=seed,
+        edition=edition,
+        strength=strength,
+        per_folder=per_folder,
+        workers=workers,
+        acquisition=acquisition,
+        prevalence_power=prevalence_power,
+    )
+    start = time.perf_counter()
+    result = render_archive(config)
+    seconds = time.perf_counter() - start
+    if as_json:
+        out.print(to_json(result), highlight=False)
+        return
+    console.print(
+        f"wrote {result.n_images} images of {result.n_patients} patients, {result.n_boxes} boxes, "
+        f"{result.n_test} test images to {result.out} in {seconds:.1f} s"
+    )
+
+
+def render_archive(config: SynthConfig) -> SynthResult:
+    """:func:`cxr.data.synth.synthesize` with a progress bar (also used by the demo and the study)."""
+    with progress() as bar:
+        task = bar.add_task("rendering", total=config.n_images)
+        return guarded(synthesize, config, progress=lambda n: bar.advance(task, n))
+
+
+def inspect(
+    source: Annotated[str, typer.Argument(help="An archive in the NIH layout: folder or s3:// prefix.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Read an NIH-layout archive's tables and list its images; print what was found and what did not match."""
+    from cxr.data.source import read_source, summarize
+
+    summary = summarize(guarded(read_source, source))
+    if as_json:
+        out.print(to_json(summary), highlight=False)
+        return
+    out.print(source_table(summary))
+    out.print(source_lines(summary), highlight=False)
+
+
+def ingest(
+    source: Annotated[str, typer.Option("--source", help="The NIH-layout archive: folder or s3:// prefix.")],
+    out_root: Annotated[
+        str, typer.Option("--out", help="Dataset root (folder or s3:// prefix); versions go below it.")
+    ],
+    size: Annotated[list[int], typer.Option("--size", help="Shard side in px; repeat for several.")] = [256],  # noqa: B006
+    dask_address: Annotated[
+        str | None, typer.Option(help="A running Dask scheduler (tcp://host:8786); default: a LocalCluster.")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="LocalCluster worker processes (default: all cores).")] = None,
+    test_share: Annotated[
+        float, typer.Option(help="Share of patients for test when no official list names them.")
+    ] = TEST_SHARE,
+    val_share: Annotated[float, typer.Option(help="Share of patients for validation, out of train/val.")] = VAL_SHARE,
+    part_images: Annotated[
+        int | None, typer.Option(help="Images per part (default: as many as fit 64 MB of pixels, at most 64).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Ingest an archive into a versioned dataset: validated Parquet metadata, quarantine, boxes, uint8 shards.
+
+    Prints the new version's digest; OUT/LATEST names it. Rerunning on an unchanged source adds nothing;
+    a killed run, rerun, resumes from the parts it finished.
+    """
+    from cxr.data.cluster import dask_client
+    from cxr.data.ingest import publish, run_parts
+    from cxr.data.plan import IngestOptions, plan_ingest
+    from cxr.reports import accounting_table
+
+    options = guarded(
+        IngestOptions, sizes=tuple(size), test_share=test_share, val_share=val_share, part_images=part_images
+    )
+    plan = guarded(plan_ingest, source, out_root, options)
+    if plan.existing:
+        console.print(f"unchanged source: version {plan.existing} already holds it; nothing to do")
+    else:
+        total = sum(len(p.images) for p in plan.parts)
+        console.print(
+            f"{plan.counts['label_rows']} label rows, {plan.counts['image_files']} image files; "
+            f"decoding {total} images in {len(plan.parts)} parts"
+        )
+        with dask_client(dask_address, workers, announce=announce) as client, progress() as bar:
+            task = bar.add_task("decoding", total=total)
+            guarded(run_parts, plan, client, lambda n: bar.advance(task, n))
+    summary = guarded(publish, plan)
+    if as_json:
+        out.print(to_json(summary), highlight=False)
+        return
+    console.print(rich_table(accounting_table(summary)))
+    out.print(summary.digest)
+
+
+def stats(
+    dataset: DatasetOption,
+    dask_address: Annotated[
+        str | None, typer.Option(help="A running Dask scheduler; default: Dask's threads here.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print stats.json to stdout.")] = False,
+) -> None:
+    """Label statistics per split with Dask: frequencies, class weights, co-occurrence, views, sexes.
+
+    Writes stats.json and charts/prevalence.png (and _log) into the version folder.
+    """
+    from cxr.data.stats import dataset_stats, write_stats
+    from cxr.data.version import open_version
+    from cxr.reports import stats_tables
+
+    version = guarded(open_version, dataset)
+    if dask_address:
+        from cxr.data.cluster import dask_client
+
+        with dask_client(dask_address, announce=announce) as client:
+            result = guarded(dataset_stats, version, client)
+    else:
+        result = guarded(dataset_stats, version)
+    written = guarded(write_stats, version, result)
+    if as_json:
+        out.print(result.to_json(), end="", highlight=False)
+        return
+    for table in stats_tables(result).values():
+        out.print(rich_table(table))
+    console.print("wrote " + ", ".join(written), highlight=False)
+
+
+def manifest(
+    dataset: DatasetOption,
+    strategy: Annotated[str, typer.Option(help="none | weighted | resample.")],
+    out_dir: Annotated[
+        str, typer.Option("--out", help="Folder or s3:// prefix for manifest.parquet and manifest.json.")
+    ],
+    target: Annotated[str | None, typer.Option(help="resample: balance this finding 1:1 (e.g. Pneumonia).")] = None,
+    mode: Annotated[
+        str, typer.Option(help="resample with a target: over (repeat the minority) or under (drop majority rows).")
+    ] = "over",
+    floor: Annotated[
+        float, typer.Option(help="resample without a target: least share of positive draws per finding.")
+    ] = 0.05,
+    seed: Annotated[int, typer.Option(help="Random seed; the same inputs and seed give the same bytes.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print manifest.json to stdout.")] = False,
+) -> None:
+    """Write the exact list a training run reads: train rows balanced by the strategy, val and test untouched."""
+    from cxr.data.manifest import ManifestConfig, build_manifest, write_manifest
+    from cxr.data.version import open_version
+    from cxr.findings import parse_finding
+    from cxr.reports import manifest_lines, manifest_table
+
+    version = guarded(open_version, dataset)
+    finding = guarded(parse_finding, target) if target else None
+    config = guarded(ManifestConfig, strategy=strategy, target=finding, mode=mode, floor=floor, seed=seed)
+    built = guarded(build_manifest, version, config)
+    guarded(write_manifest, built, out_dir)
+    if as_json:
+        out.print(built.info.to_json(), end="", highlight=False)
+        return
+    out.print(rich_table(manifest_table(built.info)))
+    out.print(manifest_lines(built.info), highlight=False)
+    console.print(f"wrote {out_dir}: manifest.parquet, manifest.json, charts/balance.png", highlight=False)
+    out.print(built.info.digest)

@@ -1,0 +1,101 @@
+"""``cxr train | evaluate | predict | lineage``: models from a manifest, and what they do and came from."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cxr.cli.console import console, fail, guarded, out
+from cxr.cli.tables import prediction_table, rich_table
+from cxr.records import to_json
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+ModelOption = Annotated[
+    str, typer.Option("--model", help="A model.pt (local or s3://) or an MLflow URI (models:/NAME@ALIAS).")
+]
+NPROC_HELP = (
+    "processes on this machine; more than 1 runs torchrun --standalone (DDP). Several machines: run torchrun yourself"
+)
+
+
+def train(ctx: typer.Context) -> None:
+    """Train a classifier on a manifest; `cxr train --help` lists every setting with its meaning and default."""
+    from cxr.learn.config import TrainConfig, get_args_parser
+    from cxr.learn.launch import launch
+    from cxr.learn.train import main
+
+    parser = get_args_parser(prog="cxr train")
+    parser.add_argument("--nproc", type=int, default=1, help=NPROC_HELP)
+    values = vars(parser.parse_args(ctx.args))
+    nproc = values.pop("nproc")
+    config = guarded(TrainConfig.from_dict, values)
+    if nproc < 1:
+        fail(f"--nproc must be >= 1, got {nproc}")
+    if nproc == 1:
+        result = guarded(main, config)
+    else:
+        result = guarded(launch, config, nproc, on_line=lambda line: console.print(line, highlight=False, markup=False))
+    console.print(f"val mean AUROC {result.val_mean_auroc}; model: {result.model_url}", highlight=False)
+    registration = result.tracked.registration if result.tracked else None
+    if registration:
+        console.print(
+            f"model {registration.name} version {registration.version}: {registration.verdict}", highlight=False
+        )
+
+
+def evaluate(
+    model_uri: ModelOption,
+    dataset: Annotated[str, typer.Option("--dataset", help="A dataset root (its LATEST) or a version folder.")],
+    split: Annotated[str, typer.Option(help="The split to evaluate.")] = "test",
+    threshold_rule: Annotated[str, typer.Option(help="youden | specificity (thresholds chosen on val).")] = "youden",
+    specificity: Annotated[float, typer.Option(help="Target specificity for --threshold-rule specificity.")] = 0.9,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the AUROC interval.")] = 200,
+    out_dir: Annotated[
+        str | None, typer.Option("--out", help="Write evaluation.json, curves.png, heatmaps/ here.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Per-finding AUROC (95 % bootstrap interval), AUPRC, sensitivity and specificity, and CAM localization."""
+    from cxr.learn.evaluate import evaluate_model
+    from cxr.reports import evaluation_table
+
+    result = guarded(
+        evaluate_model, model_uri, dataset, split, threshold_rule, specificity, n_boot=bootstrap, out_dir=out_dir
+    )
+    if as_json:
+        out.print(result.to_json(), end="", highlight=False)
+        return
+    out.print(rich_table(evaluation_table(result)))
+
+
+def predict(
+    images: Annotated[list[str], typer.Argument(help="PNG files (local or s3://).")],
+    model_uri: ModelOption,
+    heatmaps: Annotated[str | None, typer.Option(help="Write heatmap overlays (PNG) to this folder.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """The 14 probabilities per image; for findings above threshold, a box (1024 px frame) and the extent."""
+    from cxr.learn.predict import predict_images
+
+    results = guarded(predict_images, images, model_uri, heatmaps)
+    if as_json:
+        out.print(to_json(results), highlight=False)
+        return
+    for prediction in results:
+        out.print(prediction_table(prediction))
+
+
+def lineage(
+    model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """What made a model: model version -> run -> manifest -> dataset version -> source archive."""
+    from cxr.tracking.lineage import format_chain
+    from cxr.tracking.lineage import lineage as chain_of
+
+    chain = guarded(chain_of, model_uri)
+    if as_json:
+        out.print(to_json(chain), highlight=False)
+        return
+    out.print(format_chain(chain), highlight=False)

@@ -1,0 +1,183 @@
+"""``cxr demo | deploy | study``: the Prefect flows. The only module of the library that imports flows/."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cxr.cli.console import console, fail, guarded, out
+from cxr.cli.data import render_archive
+from cxr.cli.tables import rich_table
+from flows.deploy import DEFAULTS
+
+BIN = Path(sys.executable).parent
+
+
+def _synthetic_source(folder: Path, n_images: int, size: int, seed: int) -> Path:
+    """A synthetic archive in ``folder``, made once and reused."""
+    from cxr.data.synth import SynthConfig
+
+    if (folder / "Data_Entry_2017_v2020.csv").exists():
+        console.print(f"[bold]synth[/]: reusing the synthetic archive in {folder}")
+    else:
+        console.print(f"[bold]synth[/]: a synthetic NIH archive of {n_images} images in {folder}")
+        render_archive(
+            SynthConfig(out=str(folder), n_images=n_images, size=size, seed=seed, workers=os.cpu_count() or 1)
+        )
+    return folder.resolve()
+
+
+def _track_here() -> str:
+    """The tracking URI in force, exported so that training subprocesses track to the same store."""
+    from cxr.tracking.mlflow_run import tracking_uri
+
+    uri = tracking_uri()
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    return uri
+
+
+def ui_hints(tracking_uri: str, prefect_api: str | None) -> tuple[str, str]:
+    """How to open the MLflow and Prefect UIs: the servers in use, or the commands that serve the local stores."""
+    if tracking_uri.startswith("sqlite"):
+        mlflow_ui = f"{BIN / 'mlflow'} ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+        mlflow_ui += "  (then http://127.0.0.1:5000)"
+    else:
+        mlflow_ui = tracking_uri
+    if prefect_api:
+        return mlflow_ui, prefect_api.removesuffix("/api")
+    return mlflow_ui, f"{BIN / 'prefect'} server start --host 127.0.0.1  (then http://127.0.0.1:4200)"
+
+
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where the demo keeps its data.")] = Path(".cxr/demo"),
+    n_images: Annotated[int, typer.Option("--n-images", help="Synthetic images to make.")] = 1500,
+    size: Annotated[int, typer.Option(help="Synthetic image side in px.")] = 256,
+    shard_size: Annotated[int, typer.Option(help="Shard side in px, and the model's input.")] = 64,
+    image_size: Annotated[int | None, typer.Option(help="Model input side in px (default: the shard size).")] = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs of the small CPU model.")] = 6,
+    batch_size: Annotated[int, typer.Option(help="Images per training step.")] = 32,
+    strategy: Annotated[str, typer.Option(help="Manifest strategy: none | weighted | resample.")] = "weighted",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    workers: Annotated[int | None, typer.Option(help="Dask LocalCluster workers (default: all cores).")] = None,
+) -> None:
+    """The main job on embedded defaults: a synthetic NIH archive (made once), then the retrain flow on CPU.
+
+    The Prefect flow `retrain` runs ingest (Dask) -> stats -> manifest -> train (torchrun, MLflow) ->
+    evaluate + localize -> register -> gate; a second demo reuses every finished step.
+    """
+    from cxr.data.version import open_version
+    from cxr.reports import evaluation_table, positives_table
+
+    source = _synthetic_source(workdir / "source", n_images, size, seed)
+    uri = _track_here()
+    console.print(f"[bold]retrain flow[/] (Prefect): {source} -> {workdir}; MLflow at {uri}")
+    from flows.retrain import retrain
+
+    summary = guarded(
+        retrain,
+        source=str(source),
+        workdir=str(workdir.resolve()),
+        sizes=[shard_size],
+        strategy=strategy,
+        epochs=epochs,
+        batch_size=batch_size,
+        image_size=image_size,
+        seed=seed,
+        registered_model="cxr-demo",
+        experiment="cxr-demo",
+        workers=workers,
+    )
+    out.print(rich_table(positives_table(open_version(summary.ingest.path))))
+    out.print(summary.headline(), highlight=False)
+    out.print(rich_table(evaluation_table(summary.evaluation)))
+    r = summary.registration
+    out.print(f"model {r.name} version {r.version}: {r.verdict} ({'; '.join(r.reasons)})", highlight=False)
+    mlflow_ui, prefect_ui = ui_hints(uri, os.environ.get("PREFECT_API_URL"))
+    evaluation_dir = Path(summary.trained.model_url).with_name("evaluation")
+    out.print(
+        f"\nlineage:    {BIN / 'cxr'} lineage models:/cxr-demo@champion\n"
+        f"MLflow UI:  {mlflow_ui}\n"
+        f"Prefect UI: {prefect_ui}\n"
+        f"run folder: {Path(summary.trained.model_url).parent}\n"
+        f"evaluation: {evaluation_dir} (evaluation.json, curves.png, heatmaps/)",
+        highlight=False,
+    )
+
+
+def deploy(
+    source: Annotated[str, typer.Option("--source", help="The archive the scheduled runs read.")],
+    workdir: Annotated[str, typer.Option("--workdir", help="Where datasets, manifests and runs go.")],
+    cron: Annotated[str, typer.Option(help="When to retrain (cron, UTC).")] = DEFAULTS.cron,
+    name: Annotated[str, typer.Option(help="Deployment name.")] = DEFAULTS.name,
+    pool: Annotated[str, typer.Option(help="Process work pool (created if missing).")] = DEFAULTS.pool,
+    model: Annotated[str, typer.Option(help="Model to train.")] = DEFAULTS.model,
+    epochs: Annotated[int, typer.Option(help="Epochs.")] = DEFAULTS.epochs,
+    size: Annotated[int, typer.Option(help="Shard side and model input in px.")] = DEFAULTS.size,
+    strategy: Annotated[str, typer.Option(help="Manifest strategy: none | weighted | resample.")] = DEFAULTS.strategy,
+    registered_model: Annotated[str, typer.Option(help="Registry name.")] = DEFAULTS.registered_model,
+    workers: Annotated[int | None, typer.Option(help="Dask LocalCluster workers for the data steps.")] = None,
+) -> None:
+    """Register the retrain flow as a cron deployment on the Prefect server at PREFECT_API_URL."""
+    if not os.environ.get("PREFECT_API_URL"):
+        fail('PREFECT_API_URL is not set: start a server (`cxr stack up`, then `eval "$(cxr stack env)"`)')
+    from dataclasses import replace
+
+    from flows.deploy import deploy_retrain
+
+    settings = replace(
+        DEFAULTS, model=model, epochs=epochs, size=size, strategy=strategy, registered_model=registered_model
+    )
+    parameters = {"source": source, "workdir": workdir, "workers": workers, **settings.parameters()}
+    deployment_id = guarded(deploy_retrain, parameters, name, pool, cron)
+    console.print(f"deployment retrain/{name} ({deployment_id}) on pool {pool}, cron '{cron}' UTC", highlight=False)
+    console.print(f"start a worker: {BIN / 'prefect'} worker start --pool {pool}", highlight=False)
+    out.print(str(deployment_id))
+
+
+def study(
+    workdir: Annotated[Path, typer.Option(help="Where the study keeps its data and report.")] = Path(".cxr/study"),
+    source: Annotated[
+        str | None, typer.Option(help="An NIH-layout archive; default: a synthetic one made in WORKDIR.")
+    ] = None,
+    n_images: Annotated[int, typer.Option("--n-images", help="Synthetic images, without --source.")] = 3000,
+    shifted_images: Annotated[int, typer.Option(help="Images of the shifted source.")] = 1000,
+    shard_size: Annotated[int, typer.Option(help="Shard side and model input in px.")] = 64,
+    strategy: Annotated[
+        list[str] | None, typer.Option("--strategy", help="Repeat for several (default: none, weighted, resample).")
+    ] = None,
+    seed: Annotated[
+        list[int] | None, typer.Option("--seed", help="Repeat for several; 3 or more give a spread (default: 0 1 2).")
+    ] = None,
+    model: Annotated[str, typer.Option(help="Model for every run.")] = "small",
+    epochs: Annotated[int, typer.Option(help="Epochs of every run (the same budget for all).")] = 6,
+    workers: Annotated[int | None, typer.Option(help="Dask LocalCluster workers.")] = None,
+) -> None:
+    """The imbalance study: every strategy and seed, in distribution and on a shifted source; a report."""
+    from cxr.study import StudyConfig
+
+    defaults = StudyConfig()
+    strategies, seeds = tuple(strategy or defaults.strategies), tuple(seed or defaults.seeds)
+    guarded(StudyConfig, strategies=strategies, seeds=seeds, model=model, epochs=epochs)  # refuse bad settings first
+    if source is None:
+        source = str(_synthetic_source(workdir / "source", n_images, 128, 0))
+    _track_here()
+    from flows.study import study as study_flow
+
+    report = guarded(
+        study_flow,
+        source=source,
+        workdir=str(workdir.resolve()),
+        sizes=[shard_size],
+        shifted_images=shifted_images,
+        strategies=list(strategies),
+        seeds=list(seeds),
+        model=model,
+        epochs=epochs,
+        workers=workers,
+    )
+    out.print("\n".join(f"- {line}" for line in report.verdict), highlight=False)
+    console.print(f"report: {report.report}; MLflow parent run {report.parent_run_id}", highlight=False)

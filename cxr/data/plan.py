@@ -1,0 +1,212 @@
+"""Planning an ingest: everything decided before any pixel is decoded.
+
+:func:`plan_ingest` reads the archive's tables, lists its images, settles every input that needs no
+pixels (rows without a file, files without a row, bad rows), assigns splits, and cuts the rest into
+parts at content-defined boundaries, so a grown archive changes only the parts around its new images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from cxr import storage
+from cxr.data.decode import PIXEL_PIPELINE_VERSION, DecodeLimits
+from cxr.data.labels import BOX_SCHEMA
+from cxr.data.parts import PartImage, PartSpec, part_key
+from cxr.data.quarantine import QuarantineRecord, Reason
+from cxr.data.source import NihSource, read_source
+from cxr.data.splits import TEST_SHARE, VAL_SHARE, assign_splits
+from cxr.data.version import (
+    SCHEMA_VERSION,
+    open_version,
+    read_latest,
+)
+
+PART_BYTES = 64 * 2**20  # decoded pixels held by one part, all sizes together
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """How to ingest. Every field has a default that fits NIH on a laptop."""
+
+    sizes: tuple[int, ...] = (256,)  # shard sides in px; training picks one
+    limits: DecodeLimits = DecodeLimits()
+    test_share: float = TEST_SHARE  # patients to test when no official list names them
+    val_share: float = VAL_SHARE  # patients to validation, out of train/val
+    part_images: int | None = None  # images per part on average; None: as many as fit PART_BYTES, at most 64
+
+    def __post_init__(self) -> None:
+        if not self.sizes or any(not 16 <= s <= 2048 for s in self.sizes) or len(set(self.sizes)) != len(self.sizes):
+            raise ValueError(f"sizes must be distinct sides in [16, 2048] px, got {list(self.sizes)}")
+        if self.part_images is not None and self.part_images < 1:
+            raise ValueError(f"part_images must be >= 1, got {self.part_images}")
+
+    @property
+    def images_per_part(self) -> int:
+        if self.part_images:
+            return self.part_images
+        return max(8, min(64, PART_BYTES // sum(s * s for s in self.sizes)))
+
+
+@dataclass
+class IngestPlan:
+    """Everything decided before any pixel is decoded."""
+
+    source_root: str
+    out: str
+    options: IngestOptions
+    fingerprint: str
+    candidates: pa.Table  # label rows with a file, sorted by image_id, with split, source_uri
+    parts: list[PartSpec]
+    quarantine: list[QuarantineRecord]  # rows and files settled without pixels
+    boxes: pa.Table
+    box_quarantine: list[QuarantineRecord]
+    split_quarantine: list[QuarantineRecord]
+    counts: dict[str, int] = field(default_factory=dict)  # label_rows, image_files, inputs, box_rows, split_lines
+    source_info: dict[str, Any] = field(default_factory=dict)
+    existing: str | None = None  # digest of a version already made from exactly this input
+
+
+def _fingerprint(source: NihSource, files: list[dict[str, Any]], options: IngestOptions) -> str:
+    h = hashlib.sha256(repr((PIXEL_PIPELINE_VERSION, SCHEMA_VERSION, asdict(options))).encode())
+    layout = source.layout
+    for url in (layout.label_table, layout.box_list, layout.train_val_list, layout.test_list):
+        h.update(f"\n{url and posixpath.basename(url)}".encode())
+        if url:
+            h.update(hashlib.sha256(storage.read_bytes(url)).digest())
+    for f in files:
+        h.update(f"\n{f['url']}\t{f['size']}\t{f['version']}".encode())
+    return h.hexdigest()
+
+
+def _list_images(source: NihSource) -> dict[str, dict[str, Any]]:
+    """Listing details (size, version) of every image file, by URL."""
+    from cxr.data.source import image_folders
+
+    details: dict[str, dict[str, Any]] = {}
+    for folder in image_folders(source.layout.root):
+        for entry in storage.list_files_detail(folder):
+            details[entry["url"]] = entry
+    return details
+
+
+def chunk_images(images: list[PartImage], target: int) -> list[tuple[PartImage, ...]]:
+    """Cut the sorted images into parts of about ``target`` images, at content-defined boundaries.
+
+    A part ends after an image whose id hashes to 0 modulo ``target`` (or at 4 x ``target`` images), so
+    adding or removing images changes only the parts around them: a growing archive re-decodes its new
+    images, not everything after the first insertion.
+    """
+    chunks: list[tuple[PartImage, ...]] = []
+    current: list[PartImage] = []
+    for image in images:
+        current.append(image)
+        boundary = int.from_bytes(hashlib.sha256(image.image_id.encode()).digest()[:8], "big") % target == 0
+        if boundary or len(current) >= 4 * target:
+            chunks.append(tuple(current))
+            current = []
+    if current:
+        chunks.append(tuple(current))
+    return chunks
+
+
+def plan_ingest(source_url: str, out: str, options: IngestOptions = IngestOptions()) -> IngestPlan:
+    """Read and reconcile the archive's tables and files; cut the work into parts."""
+    source = read_source(source_url)
+    layout, labels = source.layout, source.labels
+    details = _list_images(source)
+    fingerprint = _fingerprint(source, [details[u] for u in sorted(details)], options)
+
+    quarantine: list[QuarantineRecord] = list(labels.quarantine) + list(layout.quarantine)
+    named = set(labels.rows["image_id"].to_pylist()) | {q.image_id for q in labels.quarantine if q.image_id}
+    for name, url in sorted(layout.image_files.items()):
+        if name not in named:
+            quarantine.append(
+                QuarantineRecord(url, name, Reason.UNLABELED_IMAGE, "no row in the label table names this file")
+            )
+
+    rows = labels.rows
+    ids = rows["image_id"].to_pylist()
+    has_file = [i in layout.image_files for i in ids]
+    for index, (image_id, present) in enumerate(zip(ids, has_file, strict=True)):
+        if not present:
+            quarantine.append(
+                QuarantineRecord(
+                    labels.row_uri(layout.label_table, index),
+                    image_id,
+                    Reason.MISSING_IMAGE,
+                    f"no file {image_id} under images/ or images_NNN/images/",
+                )
+            )
+    candidates = rows.filter(pa.array(has_file, pa.bool_())).sort_by("image_id")
+    split = assign_splits(
+        candidates["image_id"].to_pylist(),
+        candidates["patient_id"].to_pylist(),
+        source.train_val.image_ids if source.train_val else None,
+        source.test.image_ids if source.test else None,
+        options.test_share,
+        options.val_share,
+    )
+    candidates = candidates.append_column("split", split).append_column(
+        "source_uri", pa.array([layout.image_files[i] for i in candidates["image_id"].to_pylist()], pa.string())
+    )
+
+    work = storage.join(out, ".work", "parts")
+    per_part = options.images_per_part
+    images = [
+        PartImage(i, u, details[u]["size"], details[u]["version"])
+        for i, u in zip(candidates["image_id"].to_pylist(), candidates["source_uri"].to_pylist(), strict=True)
+    ]
+    parts = []
+    for chunk in chunk_images(images, per_part):
+        key = part_key(chunk, options.sizes, options.limits, PIXEL_PIPELINE_VERSION)
+        parts.append(PartSpec(key, storage.join(work, key), chunk, tuple(options.sizes), options.limits))
+
+    boxes = source.boxes.rows if source.boxes else pa.Table.from_pylist([], schema=BOX_SCHEMA)
+    box_quarantine = list(source.boxes.quarantine) if source.boxes else []
+    split_quarantine = [q for s in (source.train_val, source.test) if s for q in s.quarantine]
+    counts = {
+        "label_rows": labels.n_input_rows,
+        "image_files": layout.n_image_files,
+        "inputs": labels.n_input_rows
+        + sum(1 for q in quarantine if q.reason in (Reason.UNLABELED_IMAGE,))
+        + len(layout.quarantine),
+        "box_rows": source.boxes.n_input_rows if source.boxes else 0,
+        "split_lines": sum(s.n_input_rows for s in (source.train_val, source.test) if s),
+    }
+    existing = None
+    latest = read_latest(out)
+    if latest:
+        try:
+            version = open_version(storage.join(out, latest))
+            if version.info.get("source_fingerprint") == fingerprint:
+                existing = latest
+        except FileNotFoundError:
+            existing = None
+    return IngestPlan(
+        source_root=layout.root,
+        out=out,
+        options=options,
+        fingerprint=fingerprint,
+        candidates=candidates,
+        parts=parts,
+        quarantine=quarantine,
+        boxes=boxes,
+        box_quarantine=box_quarantine,
+        split_quarantine=split_quarantine,
+        counts=counts,
+        existing=existing,
+        source_info={
+            "root": layout.root,
+            "label_table": layout.label_table,
+            "edition": labels.edition,
+            "box_list": layout.box_list,
+            "train_val_list": layout.train_val_list,
+            "test_list": layout.test_list,
+        },
+    )

@@ -1,0 +1,1 @@
+"""The learning stage (torch): train under torchrun, evaluate, localize, predict."""

@@ -1,0 +1,150 @@
+"""Every setting of a training run: :class:`TrainConfig`, its command line, and which settings decide
+the result.
+
+Each field carries its help text (what it means and why its default is what it is) in its metadata,
+once; the command line of ``python -m cxr.learn.train`` and ``cxr train`` is built from it, as
+torchvision's reference script states every flag's meaning beside its default. Fields marked
+``result=False`` (paths, lineage ids, how a run is resumed or named) do not change the trained model:
+:func:`result_settings` leaves them out, and a run's cache key and folder name are made of the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from cxr.learn.augment import AugmentConfig
+from cxr.learn.models import MODEL_NAMES
+
+
+def setting(default: Any, help: str, *, result: bool = True) -> Any:
+    """A field with its help text; ``result=False``: the field does not change the trained model."""
+    return field(default=default, metadata={"help": help, "result": result})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a run; unknown keys are rejected."""
+
+    manifest: str = field(metadata={"help": "manifest folder (manifest.parquet + manifest.json), local or s3://"})
+    output_dir: str = setting(
+        "runs/train", "where checkpoint.pt, model.pt, metrics.jsonl and result.json go (local or s3://)", result=False
+    )
+    model: str = setting("densenet121", "densenet121 | resnet50 | efficientnet_b0 | small (CPU demos) | small-gn")
+    weights: str | None = setting(
+        None, "torchvision state-dict file for the backbone (transfer learning; head replaced)"
+    )
+    init_from: str | None = setting(
+        None, "start from the weights of a model.pt, s3:// URL or MLflow URI (models:/NAME@ALIAS)"
+    )
+    freeze_epochs: int = setting(0, "epochs with the backbone frozen (only the head learns) after --weights")
+    epochs: int = setting(10, "passes over the manifest's training draws")
+    batch_size: int = setting(32, "images per process and step; the global batch is this times the number of processes")
+    lr: float = setting(1e-3, "AdamW learning rate, decayed on a cosine over all steps")
+    weight_decay: float = setting(1e-4, "AdamW weight decay (decoupled from the gradient step)")
+    shard_size: int | None = setting(None, "which shards to read (px); default: the largest the dataset has")
+    image_size: int | None = setting(None, "model input side (px); default: the shard size")
+    seed: int = setting(0, "seeds model init, data order and augmentation; the same seed repeats a run")
+    augment: bool = setting(True, "random resized crop, small rotation, brightness and contrast, on the batch")
+    crop_scale_min: float = setting(0.75, "least share of the image area a random crop keeps")
+    rotation_deg: float = setting(7.0, "largest rotation either way, in degrees (films are taken upright)")
+    brightness: float = setting(0.1, "multiplicative brightness change, 1 +- this")
+    contrast: float = setting(0.1, "contrast change around the image mean, 1 +- this")
+    hflip: bool = setting(False, "random horizontal flip; off because the heart sits on the left")
+    amp: str = setting("auto", "bf16 autocast on GPU (auto | bf16), never on CPU; off disables it")
+    channels_last: bool = setting(True, "channels-last memory format on GPU (faster convolutions with bf16)")
+    compile: bool = setting(False, "torch.compile the model (GPU runs; the first steps compile)")
+    sync_bn: bool = setting(True, "SyncBatchNorm across GPUs, so BatchNorm sees the global batch (CPU has none)")
+    checkpoint_every: int = setting(
+        0, "also checkpoint every N steps (0: at each epoch's end only); for preemptible machines", result=False
+    )
+    resume: bool = setting(False, "continue from OUTPUT_DIR/checkpoint.pt if it exists", result=False)
+    deterministic: bool = setting(False, "torch.use_deterministic_algorithms: bitwise-repeatable runs and resumes")
+    max_steps: int = setting(0, "stop after this many steps in total (0: no limit); for smoke runs")
+    device: str = setting("auto", "auto (this rank's GPU if there is one, else CPU) | cpu | cuda", result=False)
+    tracking: bool = setting(
+        True, "log to MLflow (MLFLOW_TRACKING_URI, else .cxr/mlflow.db); off: metrics.jsonl only", result=False
+    )
+    experiment: str = setting("cxr", "the MLflow experiment the run is logged under")
+    run_name: str | None = setting(None, "a name for the MLflow run (default: MLflow makes one up)", result=False)
+    register: str | None = setting(None, "register the model under this name as challenger, then gate champion")
+    gate_margin: float = setting(0.0, "champion needs a mean val AUROC at least the champion's plus this")
+    gate_max_drop: float = setting(0.02, "and no finding's val AUROC more than this below the champion's")
+    flow_run_id: str | None = setting(None, "the Prefect flow run that launched this run (lineage tag)", result=False)
+    parent_run_id: str | None = setting(
+        None, "an MLflow run to nest this run under (the imbalance study)", result=False
+    )
+
+    def __post_init__(self) -> None:
+        if self.model not in MODEL_NAMES:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+        if self.amp not in ("auto", "bf16", "off"):
+            raise ValueError(f"amp must be auto, bf16 or off, got {self.amp!r}")
+        if self.weights and self.init_from:
+            raise ValueError("give --weights or --init-from, not both")
+        self.augment_config()  # checks the augmentation ranges
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
+        return cls(**values)
+
+    @classmethod
+    def from_args(cls, argv: Sequence[str] | None = None) -> TrainConfig:
+        """A config from command-line flags (``--batch-size 64 --no-augment ...``)."""
+        return cls.from_dict(vars(get_args_parser().parse_args(argv)))
+
+    def to_args(self) -> list[str]:
+        """The flags that rebuild this config (defaults left out): ``TrainConfig.from_args(c.to_args()) == c``."""
+        args: list[str] = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.default is not dataclasses.MISSING and value == f.default:
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            if isinstance(value, bool):
+                args.append(flag if value else "--no-" + f.name.replace("_", "-"))
+            else:
+                args += [flag, str(value)]
+        return args
+
+    def augment_config(self) -> AugmentConfig:
+        return AugmentConfig(
+            self.augment, self.crop_scale_min, self.rotation_deg, self.brightness, self.contrast, self.hflip
+        )
+
+
+def result_settings(config: TrainConfig) -> dict[str, Any]:
+    """The settings that decide the trained model (everything but paths, lineage ids and run handling)."""
+    return {
+        f.name: getattr(config, f.name)
+        for f in fields(config)
+        if f.metadata.get("result", True) and f.name != "manifest"
+    }
+
+
+def get_args_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The command line, one flag per :class:`TrainConfig` field, each with its meaning and default."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Train a 14-finding chest X-ray classifier on a manifest (DDP under torchrun).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata["help"]
+        if f.default is dataclasses.MISSING:
+            parser.add_argument(flag, required=True, help=help_text)
+        elif f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+            parser.add_argument(flag, type=kind, default=f.default, help=help_text)
+    return parser

@@ -1,0 +1,39 @@
+"""What a training run returns, and writes as ``result.json`` beside its model for whoever launched it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from cxr import storage
+from cxr.records import from_json, to_json
+from cxr.tracking.loggers import TrackedModel
+
+RESULT_FILE = "result.json"
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    val_mean_auroc: float | None
+    images_per_s: float
+    lr: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    history: tuple[EpochRecord, ...]
+    val_mean_auroc: float | None
+    val_auroc: Mapping[str, float | None]
+    steps: int
+    model_url: str
+    rank_fingerprints: tuple[str, ...]
+    tracked: TrackedModel | None = None  # rank 0 with tracking on
+
+    def write(self, output_dir: str) -> None:
+        storage.write_text(storage.join(output_dir, RESULT_FILE), to_json(self) + "\n")
+
+    @classmethod
+    def read(cls, output_dir: str) -> TrainResult:
+        return from_json(cls, storage.read_text(storage.join(output_dir, RESULT_FILE)))

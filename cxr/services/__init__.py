@@ -1,0 +1,1 @@
+"""Local servers (S3, MLflow, Prefect) for the tests and `cxr stack`; the library never imports these."""

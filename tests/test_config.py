@@ -1,0 +1,99 @@
+"""Training settings: every flag explains itself, configs survive the command line, and a run is named
+by exactly the settings that change its result."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from cxr.learn.config import TrainConfig, get_args_parser, result_settings
+from cxr.learn.launch import in_runs_folder, run_name, torchrun_command
+
+BASE = TrainConfig(manifest="m", output_dir="runs/x", model="small", epochs=2)
+
+
+def test_every_flag_has_help_that_says_what_it_means():
+    helps = {action.dest: action.help for action in get_args_parser()._actions if action.dest != "help"}
+    assert set(helps) == {f.name for f in dataclasses.fields(TrainConfig)}
+    for name, text in helps.items():
+        assert text and len(text.split()) >= 3 and not text.startswith("(default"), name
+
+
+def test_the_help_printed_shows_the_meaning_and_the_default():
+    result = subprocess.run(
+        [sys.executable, "-m", "cxr.learn.train", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "images per process and step; the global batch is this times the number of processes (default: 32)" in text
+    assert "random horizontal flip; off because the heart sits on the left (default: False)" in text
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        BASE,
+        dataclasses.replace(BASE, augment=False, hflip=True, lr=3e-4, image_size=48, register="r", flow_run_id="f-1"),
+        dataclasses.replace(BASE, weights="w.pth", freeze_epochs=1, tracking=False, gate_max_drop=0.05),
+    ],
+)
+def test_a_config_survives_its_command_line(config):
+    assert TrainConfig.from_args(config.to_args()) == config
+
+
+def test_the_result_settings_leave_out_paths_and_lineage_ids():
+    settings = result_settings(BASE)
+    assert {"manifest", "output_dir", "flow_run_id", "parent_run_id", "resume", "run_name", "device"}.isdisjoint(
+        settings
+    )
+    assert {"model", "epochs", "batch_size", "image_size", "seed", "lr"} <= set(settings)
+
+
+@pytest.mark.parametrize(
+    ("change", "same"),
+    [
+        ({"batch_size": 16}, False),
+        ({"image_size": 48}, False),
+        ({"seed": 1}, False),
+        ({"augment": False}, False),
+        ({"output_dir": "elsewhere"}, True),
+        ({"flow_run_id": "another-flow-run"}, True),
+        ({"checkpoint_every": 100}, True),
+    ],
+)
+def test_a_run_is_named_by_the_settings_that_change_its_model(change, same):
+    assert (run_name(dataclasses.replace(BASE, **change), "d1", 1) == run_name(BASE, "d1", 1)) is same
+
+
+def test_the_manifest_and_the_number_of_processes_are_part_of_the_name():
+    assert run_name(BASE, "d1", 1) != run_name(BASE, "d2", 1) != run_name(BASE, "d2", 2)
+    assert run_name(BASE, "d1", 1).startswith("d1-small-")
+
+
+def test_a_run_folder_is_its_name_under_the_runs_root():
+    placed = in_runs_folder(BASE, "/work/runs", "d1", 2)
+    assert placed.output_dir == f"/work/runs/{run_name(BASE, 'd1', 2)}"
+    assert dataclasses.replace(placed, output_dir=BASE.output_dir) == BASE
+
+
+def test_torchrun_gets_the_config_as_flags():
+    command = torchrun_command(dataclasses.replace(BASE, batch_size=16), nproc=2)
+    assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    assert command[5:7] == ["-m", "cxr.learn.train"]
+    assert TrainConfig.from_args(command[7:]) == dataclasses.replace(BASE, batch_size=16)
+    with pytest.raises(ValueError, match="nproc must be >= 1"):
+        torchrun_command(BASE, 0)
+
+
+def test_bad_configs_are_refused():
+    with pytest.raises(ValueError, match="unknown model"):
+        TrainConfig(manifest="m", model="vgg")
+    with pytest.raises(ValueError, match="unknown setting"):
+        TrainConfig.from_dict({"manifest": "m", "learning_rate": 1})
+    with pytest.raises(ValueError, match="not both"):
+        TrainConfig(manifest="m", weights="a", init_from="b")
+    with pytest.raises(ValueError, match="crop_scale_min"):
+        TrainConfig(manifest="m", crop_scale_min=0.0)
