@@ -10,16 +10,16 @@ from cxr.data.cluster import dask_client
 from cxr.data.ingest import DecodeSummary, IngestSummary, publish, run_parts
 from cxr.data.plan import IngestOptions, IngestPlan, plan_ingest
 from cxr.reports import accounting_table
-from tasks.policy import RETRIES, RETRY_DELAY_SECONDS
+from tasks.policy import RETRY
 
 
-@task(name="plan-ingest", cache_policy=NO_CACHE, retries=RETRIES, retry_delay_seconds=RETRY_DELAY_SECONDS)
+@task(name="plan-ingest", cache_policy=NO_CACHE, **RETRY)
 def plan_ingest_task(source: str, out: str, options: IngestOptions) -> IngestPlan:
     """Read the archive's tables, list its images, settle what needs no pixels, cut the rest into parts."""
     return plan_ingest(source, out, options)
 
 
-@task(name="decode-parts", cache_policy=NO_CACHE, retries=RETRIES, retry_delay_seconds=RETRY_DELAY_SECONDS)
+@task(name="decode-parts", cache_policy=NO_CACHE, **RETRY)
 def decode_parts_task(plan: IngestPlan, dask_address: str | None, workers: int | None) -> DecodeSummary:
     """Decode every unfinished part on Dask; finished parts survive a failed try, so a retry resumes."""
     if plan.existing or not plan.parts:
@@ -28,7 +28,7 @@ def decode_parts_task(plan: IngestPlan, dask_address: str | None, workers: int |
         return run_parts(plan, client)
 
 
-@task(name="publish-version", cache_policy=NO_CACHE, retries=RETRIES, retry_delay_seconds=RETRY_DELAY_SECONDS)
+@task(name="publish-version", cache_policy=NO_CACHE, **RETRY)
 def publish_task(plan: IngestPlan) -> IngestSummary:
     """Write the version folder, then LATEST."""
     return publish(plan)

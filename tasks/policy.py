@@ -1,8 +1,7 @@
-"""The retry policy every task shares (Prefect's decorator carries it).
+"""The retry policy every task shares, as keyword arguments for Prefect's ``@task`` decorator.
 
 Storage hiccups are retried inside :mod:`cxr.storage` within seconds; these retries cover longer
 outages: a store or server that is back within half a minute.
 """
 
-RETRIES = 2
-RETRY_DELAY_SECONDS = [5, 30]
+RETRY = {"retries": 2, "retry_delay_seconds": [5, 30]}

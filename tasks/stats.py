@@ -11,16 +11,10 @@ from cxr.data.manifest import ManifestConfig, ManifestInfo, build_manifest, writ
 from cxr.data.stats import LabelStats, dataset_stats, write_stats
 from cxr.data.version import open_version
 from cxr.reports import manifest_table, stats_tables
-from tasks.policy import RETRIES, RETRY_DELAY_SECONDS
+from tasks.policy import RETRY
 
 
-@task(
-    name="label-stats",
-    cache_policy=INPUTS,
-    persist_result=True,
-    retries=RETRIES,
-    retry_delay_seconds=RETRY_DELAY_SECONDS,
-)
+@task(name="label-stats", cache_policy=INPUTS, persist_result=True, **RETRY)
 def stats_task(dataset: str, dask_address: str | None = None) -> LabelStats:
     """Compute and write stats.json and the prevalence charts; publish them as a table.
 
@@ -38,7 +32,7 @@ def stats_task(dataset: str, dask_address: str | None = None) -> LabelStats:
     return stats
 
 
-@task(name="manifest", cache_policy=NO_CACHE, retries=RETRIES, retry_delay_seconds=RETRY_DELAY_SECONDS)
+@task(name="manifest", cache_policy=NO_CACHE, **RETRY)
 def manifest_task(dataset: str, out: str, config: ManifestConfig) -> ManifestInfo:
     """Build and write a manifest (deterministic and fast: rebuilt byte-identical, not cached); publish a table."""
     built = build_manifest(open_version(dataset), config)

@@ -8,10 +8,10 @@ from prefect.cache_policies import NO_CACHE
 
 from cxr.data.synth import SynthConfig, synthesize
 from cxr.study import SHIFTED_ACQUISITION, SHIFTED_PREVALENCE_POWER, StudyConfig, StudyReport, run_study
-from tasks.policy import RETRIES, RETRY_DELAY_SECONDS
+from tasks.policy import RETRY
 
 
-@task(name="synth-shifted-source", cache_policy=NO_CACHE, retries=RETRIES, retry_delay_seconds=RETRY_DELAY_SECONDS)
+@task(name="synth-shifted-source", cache_policy=NO_CACHE, **RETRY)
 def shifted_source_task(out: str, n_images: int, size: int, seed: int) -> str:
     """A second synthetic source: other contrast, noise, scale and position, another prevalence profile."""
     config = SynthConfig(

@@ -16,7 +16,7 @@ from cxr.learn.result import TrainResult
 from cxr.reports import RetrainSummary
 from cxr.tracking.mlflow_run import log_to_run
 from cxr.tracking.registry import Registration, register_and_gate
-from tasks.policy import RETRIES, RETRY_DELAY_SECONDS
+from tasks.policy import RETRY
 
 
 def _train_key(_: Any, parameters: dict[str, Any]) -> str:
@@ -24,9 +24,7 @@ def _train_key(_: Any, parameters: dict[str, Any]) -> str:
     return "train-" + run_name(parameters["config"], parameters["manifest_digest"], parameters["nproc"])
 
 
-@task(
-    name="train", cache_key_fn=_train_key, persist_result=True, retries=RETRIES, retry_delay_seconds=RETRY_DELAY_SECONDS
-)
+@task(name="train", cache_key_fn=_train_key, persist_result=True, **RETRY)
 def train_task(config: TrainConfig, nproc: int, manifest_digest: str) -> TrainResult:
     """Run ``torchrun ... -m cxr.learn.train`` as a subprocess, stream its log, return its result.
 
@@ -42,13 +40,7 @@ def _evaluate_key(_: Any, parameters: dict[str, Any]) -> str:
     return f"evaluate-{parameters['run_id'] or parameters['model_url']}-{parameters['dataset']}"
 
 
-@task(
-    name="evaluate",
-    cache_key_fn=_evaluate_key,
-    persist_result=True,
-    retries=RETRIES,
-    retry_delay_seconds=RETRY_DELAY_SECONDS,
-)
+@task(name="evaluate", cache_key_fn=_evaluate_key, persist_result=True, **RETRY)
 def evaluate_task(model_url: str, dataset: str, out_dir: str, run_id: str | None) -> Evaluation:
     """Test-split metrics and CAM localization; written to ``out_dir`` and logged to the model's MLflow run."""
     evaluation = evaluate_model(model_url, dataset, split="test", out_dir=out_dir)
@@ -63,13 +55,7 @@ def _register_key(_: Any, parameters: dict[str, Any]) -> str:
     return f"register-{parameters['name']}-{parameters['run_id']}"
 
 
-@task(
-    name="register-and-gate",
-    cache_key_fn=_register_key,
-    persist_result=True,
-    retries=RETRIES,
-    retry_delay_seconds=RETRY_DELAY_SECONDS,
-)
+@task(name="register-and-gate", cache_key_fn=_register_key, persist_result=True, **RETRY)
 def register_task(run_id: str, model_uri: str, name: str, margin: float, max_drop: float) -> Registration:
     """Register the model as ``challenger``; promote it to ``champion`` if the gate passes (once per run)."""
     return register_and_gate(run_id, model_uri, name, margin, max_drop)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from cxr.data.plan import IngestOptions
 from cxr.data.synth import SynthConfig, synthesize
 from cxr.data.version import open_version
 from cxr.learn import checkpoint
+from cxr.services.process import free_port
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
@@ -61,12 +61,6 @@ def run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
     return checkpoint.load(str(path))["model"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_end_with_identical_weights_and_match_one_process_with_the_same_global_batch(manifest, tmp_path):

@@ -211,17 +211,39 @@ def test_the_stack_is_healthy_and_keeps_its_credentials_out_of_the_output(chain)
 
 def test_a_cron_deployment_runs_through_the_api_on_a_process_worker(chain):
     made = chain.cxr(
-        "deploy", "--source", str(chain.workdir / "source"), "--workdir", str(chain.root / "scheduled"),
-        "--cron", "0 3 * * *", "--name", "deploy-test", "--pool", "test-pool", "--model", "small", "--epochs", "1",
-        "--size", "32", "--registered-model", "deploy-test", "--workers", "1", timeout=180,
-    )  # fmt: skip
+        "deploy",
+        "--source",
+        str(chain.workdir / "source"),
+        "--workdir",
+        str(chain.root / "scheduled"),
+        "--cron",
+        "0 3 * * *",
+        "--name",
+        "deploy-test",
+        "--pool",
+        "test-pool",
+        "--model",
+        "small",
+        "--epochs",
+        "1",
+        "--size",
+        "32",
+        "--registered-model",
+        "deploy-test",
+        "--workers",
+        "1",
+        timeout=180,
+    )
     assert made.returncode == 0, made.stderr[-3000:]
     assert chain.prefect("schedule", "retrain/deploy-test") == ["0 3 * * *"]
     run_id = chain.prefect("start", "retrain/deploy-test")
     worker = subprocess.run(
         [str(BIN / "prefect"), "worker", "start", "--pool", "test-pool", "--run-once"],
-        capture_output=True, text=True, env=chain.env, timeout=600,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=chain.env,
+        timeout=600,
+    )
     assert worker.returncode == 0, worker.stdout[-2000:] + worker.stderr[-2000:]
     assert chain.prefect("state", "retrain/deploy-test", run_id) == {"state": "COMPLETED", "name": "Completed"}
     assert list((chain.root / "scheduled" / "runs").glob("*/model.pt"))

@@ -16,6 +16,7 @@ import pytest
 from cxr.data.ingest import ingest
 from cxr.data.plan import IngestOptions, plan_ingest
 from cxr.data.synth import SynthConfig, synthesize
+from cxr.services.process import free_port
 
 BIN = Path(sys.executable).parent
 
@@ -36,20 +37,8 @@ def source(tmp_path_factory) -> Path:
 def test_kill_9_then_rerun_gives_the_clean_digest_and_latest_never_names_a_partial_version(source, tmp_path):
     clean = ingest(str(source), str(tmp_path / "clean"), IngestOptions(sizes=(96,), part_images=10)).digest
     out = tmp_path / "killed"
-    proc = cxr(
-        "ingest",
-        "--source",
-        str(source),
-        "--out",
-        str(out),
-        "--size",
-        "96",
-        "--part-images",
-        "10",
-        "--workers",
-        "1",
-        start_new_session=True,
-    )
+    ingest_args = ["ingest", "--source", str(source), "--out", str(out), "--size", "96", "--part-images", "10"]
+    proc = cxr(*ingest_args, "--workers", "1", start_new_session=True)
     parts = out / ".work" / "parts"
     deadline = time.monotonic() + 120
     done = 0
@@ -65,30 +54,11 @@ def test_kill_9_then_rerun_gives_the_clean_digest_and_latest_never_names_a_parti
     assert not (out / "LATEST").exists()
     assert not list(out.glob("*/dataset.json"))
 
-    rerun = cxr(
-        "ingest",
-        "--source",
-        str(source),
-        "--out",
-        str(out),
-        "--size",
-        "96",
-        "--part-images",
-        "10",
-        "--workers",
-        "1",
-        "--json",
-    )
+    rerun = cxr(*ingest_args, "--workers", "1", "--json")
     stdout, stderr = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, stderr
     assert json.loads(stdout)["digest"] == clean == (out / "LATEST").read_text().strip()
     assert len(list(parts.iterdir())) == len(list(parts.glob("*/records.parquet")))  # only finished parts are kept
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for_port(port: int, timeout: float = 60) -> None:
@@ -104,7 +74,7 @@ def _wait_for_port(port: int, timeout: float = 60) -> None:
 @pytest.fixture
 def dask_cluster(tmp_path) -> str:
     """``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1."""
-    port = _free_port()
+    port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     logs = [open(tmp_path / f"{n}.log", "w") for n in ("scheduler", "worker1", "worker2")]  # noqa: SIM115
     procs = [

@@ -88,8 +88,7 @@ def test_finding_labels_are_sorted_and_no_finding_is_empty():
 
 
 @pytest.mark.parametrize(
-    "labels",
-    ["cardiomegaly", " Cardiomegaly", "Cardiomegaly ", "Heart Failure", "Mass|nodule", "Infiltrate"],
+    "labels", ["cardiomegaly", " Cardiomegaly", "Cardiomegaly ", "Heart Failure", "Mass|nodule", "Infiltrate"]
 )
 def test_labels_are_matched_exactly(labels):
     result = read_label_table(table(GOOD_ROW, f"00000002_000.png,{labels},0,2,40,F,AP,10,10,0.1,0.1"), "t.csv")

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cxr.cli.console import announce, console, guarded, out, progress
 from cxr.cli.tables import rich_table, source_lines, source_table
 from cxr.data.splits import TEST_SHARE, VAL_SHARE
-from cxr.data.synth import SynthConfig, SynthResult, synthesize
-from cxr.data.synth_render import Acquisition
 from cxr.records import to_json
+
+if TYPE_CHECKING:
+    from cxr.data.synth import SynthConfig, SynthResult
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 DatasetOption = Annotated[str, typer.Option("--dataset", help="A dataset root (its LATEST) or a version folder.")]
@@ -40,6 +41,9 @@ def synth(
     as_json: JsonFlag = False,
 ) -> None:
     """Make a synthetic dataset in the exact NIH layout, with real NIH prevalence and co-occurrence."""
+    from cxr.data.synth import SynthConfig
+    from cxr.data.synth_render import Acquisition
+
     acquisition = guarded(Acquisition, contrast=contrast, noise=noise, zoom=zoom, offset=offset)
     config = guarded(
         SynthConfig,
@@ -68,6 +72,8 @@ def synth(
 
 def render_archive(config: SynthConfig) -> SynthResult:
     """:func:`cxr.data.synth.synthesize` with a progress bar (also used by the demo and the study)."""
+    from cxr.data.synth import synthesize
+
     with progress() as bar:
         task = bar.add_task("rendering", total=config.n_images)
         return guarded(synthesize, config, progress=lambda n: bar.advance(task, n))

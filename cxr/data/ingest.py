@@ -34,14 +34,7 @@ from cxr.data.decode import PIXEL_PIPELINE_VERSION
 from cxr.data.parts import PartResult, process_part
 from cxr.data.plan import IngestOptions, IngestPlan, plan_ingest
 from cxr.data.quarantine import QuarantineRecord, Reason, count_by_reason, quarantine_table
-from cxr.data.version import (
-    METADATA_SCHEMA,
-    SCHEMA_VERSION,
-    DatasetVersion,
-    content_digest,
-    open_version,
-    shard_url,
-)
+from cxr.data.version import METADATA_SCHEMA, SCHEMA_VERSION, DatasetVersion, content_digest, open_version, shard_url
 from cxr.records import to_plain
 
 

@@ -21,11 +21,7 @@ from cxr.data.parts import PartImage, PartSpec, part_key
 from cxr.data.quarantine import QuarantineRecord, Reason
 from cxr.data.source import NihSource, read_source
 from cxr.data.splits import TEST_SHARE, VAL_SHARE, assign_splits
-from cxr.data.version import (
-    SCHEMA_VERSION,
-    open_version,
-    read_latest,
-)
+from cxr.data.version import SCHEMA_VERSION, open_version, read_latest
 
 PART_BYTES = 64 * 2**20  # decoded pixels held by one part, all sizes together
 

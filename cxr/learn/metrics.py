@@ -100,11 +100,7 @@ class SplitMetrics:
 
 
 def evaluate_predictions(
-    labels: np.ndarray,
-    probs: np.ndarray,
-    thresholds: Sequence[float],
-    n_boot: int = 200,
-    seed: int = 0,
+    labels: np.ndarray, probs: np.ndarray, thresholds: Sequence[float], n_boot: int = 200, seed: int = 0
 ) -> SplitMetrics:
     """AUROC with its interval, AUPRC, prevalence, sensitivity and specificity per finding, and the mean AUROC."""
     rng = np.random.default_rng(seed)

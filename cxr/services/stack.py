@@ -20,16 +20,7 @@ from typing import Any
 from cxr import storage
 from cxr.offline import set_offline_defaults
 from cxr.services.mlflowserver import MlflowServer
-from cxr.services.process import (
-    LOOPBACK,
-    ServerProcess,
-    alive,
-    answers,
-    free_port,
-    spawn,
-    stop_group,
-    wait_until_ready,
-)
+from cxr.services.process import LOOPBACK, ServerProcess, alive, answers, free_port, spawn, stop_group, wait_until_ready
 from cxr.services.s3server import S3Server
 
 BUCKET = "cxr"
