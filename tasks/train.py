@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from cxr.learn.config import TrainConfig
 from cxr.learn.evaluate import Evaluation, evaluate_model
-from cxr.learn.launch import launch, run_name
+from cxr.learn.launch import launch, run_key
 from cxr.learn.result import TrainResult
 from cxr.reports import RetrainSummary
 from cxr.tracking.mlflow_run import log_to_run
@@ -20,8 +20,8 @@ from tasks.policy import RETRY
 
 
 def _train_key(_: Any, parameters: dict[str, Any]) -> str:
-    """The run's name: the manifest digest and every setting that decides the model (its folder is named so too)."""
-    return "train-" + run_name(parameters["config"], parameters["manifest_digest"], parameters["nproc"])
+    """The run's folder: the manifest digest and every setting that decides the model name it (run_key)."""
+    return "train-" + run_key(parameters["config"], parameters["manifest_digest"], parameters["nproc"])
 
 
 @task(name="train", cache_key_fn=_train_key, persist_result=True, **RETRY)

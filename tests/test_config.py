@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from cxr.learn.config import TrainConfig, get_args_parser, result_settings
-from cxr.learn.launch import in_runs_folder, run_name, torchrun_command
+from cxr.learn.launch import in_runs_folder, run_key, run_name, torchrun_command
 
 BASE = TrainConfig(manifest="m", output_dir="runs/x", model="small", epochs=2)
 
@@ -77,6 +77,14 @@ def test_a_run_folder_is_its_name_under_the_runs_root():
     placed = in_runs_folder(BASE, "/work/runs", "d1", 2)
     assert placed.output_dir == f"/work/runs/{run_name(BASE, 'd1', 2)}"
     assert dataclasses.replace(placed, output_dir=BASE.output_dir) == BASE
+
+
+def test_a_placed_run_is_cached_by_its_folder():
+    here, there = in_runs_folder(BASE, "/a/runs", "d1", 1), in_runs_folder(BASE, "/b/runs", "d1", 1)
+    assert run_key(here, "d1", 1) != run_key(there, "d1", 1)  # another workdir: another run
+    assert run_key(here, "d1", 1).startswith(run_name(BASE, "d1", 1))
+    with pytest.raises(ValueError, match="not named by its settings"):
+        run_key(dataclasses.replace(here, batch_size=64), "d1", 1)
 
 
 def test_torchrun_gets_the_config_as_flags():

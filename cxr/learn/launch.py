@@ -3,14 +3,16 @@
 
 A run is named by what decides its result: :func:`run_name` hashes the manifest digest, every
 setting that changes the model (:func:`cxr.learn.config.result_settings`) and the number of
-processes. The retrain flow uses that name both as the run's folder and as its cache key, so a
-rerun with any other setting trains into a new folder, and the same settings reuse the finished run.
+processes. The retrain flow names the run's folder so, and caches the run under that folder
+(:func:`run_key`): a rerun with any other setting trains into a new folder, the same settings in the
+same place reuse the finished run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import subprocess
 import sys
 from collections.abc import Callable
@@ -39,6 +41,17 @@ def run_name(config: TrainConfig, manifest_digest: str, nproc: int) -> str:
 def in_runs_folder(config: TrainConfig, runs_root: str, manifest_digest: str, nproc: int) -> TrainConfig:
     """``config`` with its output folder set to ``runs_root/<run name>``."""
     return replace(config, output_dir=storage.join(runs_root, run_name(config, manifest_digest, nproc)))
+
+
+def run_key(config: TrainConfig, manifest_digest: str, nproc: int) -> str:
+    """A placed run's identity for caching: its name and where its folder is (another workdir is another run).
+
+    Raises ``ValueError`` for a config whose output folder is not named by its settings.
+    """
+    name = run_name(config, manifest_digest, nproc)
+    if posixpath.basename(config.output_dir.rstrip("/")) != name:
+        raise ValueError(f"{config.output_dir} is not named by its settings ({name}): place it with in_runs_folder")
+    return f"{name}-{hashlib.sha256(config.output_dir.encode()).hexdigest()[:12]}"
 
 
 def launch(config: TrainConfig, nproc: int, on_line: Callable[[str], None] = print) -> TrainResult:
