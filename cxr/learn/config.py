@@ -19,10 +19,12 @@ from typing import Any
 from cxr.learn.augment import AugmentConfig
 from cxr.learn.models import MODEL_NAMES
 
+AMP_MODES = ("auto", "bf16", "off")
 
-def setting(default: Any, help: str, *, result: bool = True) -> Any:
-    """A field with its help text; ``result=False``: the field does not change the trained model."""
-    return field(default=default, metadata={"help": help, "result": result})
+
+def setting(default: Any, help: str, *, result: bool = True, choices: tuple[str, ...] | None = None) -> Any:
+    """A field with its help text (and its choices, if any); ``result=False``: it does not change the model."""
+    return field(default=default, metadata={"help": help, "result": result, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,11 @@ class TrainConfig:
     output_dir: str = setting(
         "runs/train", "where checkpoint.pt, model.pt, metrics.jsonl and result.json go (local or s3://)", result=False
     )
-    model: str = setting("densenet121", "densenet121 | resnet50 | efficientnet_b0 | small (CPU demos) | small-gn")
+    model: str = setting(
+        "densenet121",
+        "the architecture; small is a 5-layer CNN for CPU demos, small-gn the same with GroupNorm",
+        choices=MODEL_NAMES,
+    )
     weights: str | None = setting(
         None, "torchvision state-dict file for the backbone (transfer learning; head replaced)"
     )
@@ -54,7 +60,7 @@ class TrainConfig:
     brightness: float = setting(0.1, "multiplicative brightness change, 1 +- this")
     contrast: float = setting(0.1, "contrast change around the image mean, 1 +- this")
     hflip: bool = setting(False, "random horizontal flip; off because the heart sits on the left")
-    amp: str = setting("auto", "bf16 autocast on GPU (auto | bf16), never on CPU; off disables it")
+    amp: str = setting("auto", "bf16 autocast on GPU (auto or bf16), never on CPU; off disables it", choices=AMP_MODES)
     channels_last: bool = setting(True, "channels-last memory format on GPU (faster convolutions with bf16)")
     compile: bool = setting(False, "torch.compile the model (GPU runs; the first steps compile)")
     sync_bn: bool = setting(True, "SyncBatchNorm across GPUs, so BatchNorm sees the global batch (CPU has none)")
@@ -64,7 +70,7 @@ class TrainConfig:
     resume: bool = setting(False, "continue from OUTPUT_DIR/checkpoint.pt if it exists", result=False)
     deterministic: bool = setting(False, "torch.use_deterministic_algorithms: bitwise-repeatable runs and resumes")
     max_steps: int = setting(0, "stop after this many steps in total (0: no limit); for smoke runs")
-    device: str = setting("auto", "auto (this rank's GPU if there is one, else CPU) | cpu | cuda", result=False)
+    device: str = setting("auto", "auto (this rank's GPU if there is one, else the CPU), cpu or cuda", result=False)
     tracking: bool = setting(
         True, "log to MLflow (MLFLOW_TRACKING_URI, else .cxr/mlflow.db); off: metrics.jsonl only", result=False
     )
@@ -83,7 +89,7 @@ class TrainConfig:
             raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
-        if self.amp not in ("auto", "bf16", "off"):
+        if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be auto, bf16 or off, got {self.amp!r}")
         if self.weights and self.init_from:
             raise ValueError("give --weights or --init-from, not both")
@@ -133,7 +139,7 @@ def result_settings(config: TrainConfig) -> dict[str, Any]:
 def get_args_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The command line, one flag per :class:`TrainConfig` field, each with its meaning and default."""
     parser = argparse.ArgumentParser(
-        prog=prog,
+        prog=prog or "python -m cxr.learn.train",
         description="Train a 14-finding chest X-ray classifier on a manifest (DDP under torchrun).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -141,10 +147,10 @@ def get_args_parser(prog: str | None = None) -> argparse.ArgumentParser:
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata["help"]
         if f.default is dataclasses.MISSING:
-            parser.add_argument(flag, required=True, help=help_text)
+            parser.add_argument(flag, required=True, default=argparse.SUPPRESS, help=help_text + " (required)")
         elif f.type in ("bool", bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
         else:
             kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
-            parser.add_argument(flag, type=kind, default=f.default, help=help_text)
+            parser.add_argument(flag, type=kind, default=f.default, choices=f.metadata["choices"], help=help_text)
     return parser
