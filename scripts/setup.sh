@@ -2,9 +2,9 @@
 # Creates .venv (if missing) and installs the project with its pinned versions (constraints.txt).
 # Re-running is cheap: it reinstalls only when pyproject.toml or constraints.txt changed.
 #
-# The installer is uv (measured here: 56 s for the pinned set where pip took 298 s). uv is installed
-# with pip into .cache/uv-tool (a private folder of this checkout, nothing global); if that fails,
-# the script says so and falls back to pip with the same pins.
+# The installer is uv: 48 s for the pinned set where pip took 124 s (bench/setup_install.sh, no download
+# caches, docs/benchmarks.md). uv is installed with pip into .cache/uv-tool (a private folder of this
+# checkout, nothing global); if that fails, the script says so and falls back to pip with the same pins.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,7 +43,7 @@ if [ -x "$uv" ]; then
   # import parses the sources again when PYTHONDONTWRITEBYTECODE is set (measured: import torch 3.0 s vs 1.6 s)
   "$uv" pip install --quiet --compile-bytecode --python .venv/bin/python -c constraints.txt -e '.[test]'
 else
-  echo "setup: uv could not be installed; falling back to pip (first time: about 5 minutes)" >&2
+  echo "setup: uv could not be installed; falling back to pip (first time: a few minutes)" >&2
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]' \
     2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 fi
