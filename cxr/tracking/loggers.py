@@ -15,12 +15,12 @@ import json
 import sys
 import tempfile
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cxr import storage
-from cxr.tracking import tags
+from cxr.tracking import registry, tags
 from cxr.tracking.registry import Registration
 
 if TYPE_CHECKING:
@@ -163,26 +163,18 @@ class MlflowTrainLogger:
 
     def log_model(self, model: nn.Module, bundle: ModelBundle, url: str) -> TrackedModel:
         """Validation curves and heatmaps, the model, and (with ``register``) the registry and its gate."""
-        from cxr.tracking.registry import log_model, register_and_gate
-
         self._log_validation_figures(url)
-        holder: dict[str, Any] = {}
-        logged = self.run.attempt(
-            "log model", lambda: holder.update(uri=log_model(self.run, model, bundle.image_size, bundle.to_bytes()))
-        )
-        if not logged:
-            return TrackedModel(self.run.run_id)
-        if self.config.register:
-            c = self.config
-
-            def register() -> None:
-                holder["registration"] = register_and_gate(
-                    self.run.run_id, holder["uri"], c.register, c.gate_margin, c.gate_max_drop, self.run.uri
-                )
-
-            if self.run.attempt("register", register):
-                print(json.dumps({"registered": asdict(holder["registration"])}), flush=True)
-        return TrackedModel(self.run.run_id, holder["uri"], holder.get("registration"))
+        run, c = self.run, self.config
+        model_uri = run.call("log model", lambda: registry.log_model(run, model, bundle.image_size, bundle.to_bytes()))
+        registration = None
+        if model_uri is not None and c.register:
+            registration = run.call(
+                "register",
+                lambda: registry.register_and_gate(
+                    run.run_id, model_uri, c.register, c.gate_margin, c.gate_max_drop, run.uri
+                ),
+            )
+        return TrackedModel(run.run_id, model_uri, registration)
 
     def _log_validation_figures(self, model_url: str) -> None:
         from cxr.learn.evaluate import evaluate_model

@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -27,6 +27,8 @@ from cxr.offline import set_offline_defaults
 from cxr.tracking import tags
 
 LOCAL_DIR = Path(".cxr")
+T = TypeVar("T")
+_FAILED = object()  # what a failed call returned
 
 
 def tracking_uri() -> str:
@@ -157,8 +159,16 @@ class MlflowRun:
 
     def attempt(self, what: str, call: Callable[[], object]) -> bool:
         """Run one tracking call; on failure say so (once until it works again) and return False."""
+        return self._guarded(what, call) is not _FAILED
+
+    def call(self, what: str, call: Callable[[], T]) -> T | None:
+        """Like :meth:`attempt`, returning the call's value, or None when it failed."""
+        value = self._guarded(what, call)
+        return None if value is _FAILED else value
+
+    def _guarded(self, what: str, call: Callable[[], T]) -> T | object:
         try:
-            call()
+            value = call()
         except Exception as err:  # noqa: BLE001 - any tracking failure must not stop training
             if not self.failed:
                 print(
@@ -168,11 +178,11 @@ class MlflowRun:
                     flush=True,
                 )
             self.failed = True
-            return False
+            return _FAILED
         if self.failed:
             print(f"MLflow tracking at {self.uri} answers again", file=sys.stderr, flush=True)
             self.failed = False
-        return True
+        return value
 
     def _flush(self) -> None:
         from mlflow.entities import Metric
