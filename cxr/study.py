@@ -25,7 +25,7 @@ from cxr.data.synth_render import Acquisition
 from cxr.data.version import DatasetVersion, open_version
 from cxr.findings import FINDINGS
 from cxr.learn.config import TrainConfig
-from cxr.learn.inference import load_model, predict_split
+from cxr.learn.inference import load_model, predict_split, single_process
 from cxr.learn.metrics import (
     auroc,
     bootstrap_auroc,
@@ -54,6 +54,7 @@ class StudyConfig:
     floor: float = 0.05  # resample: least share of positive draws per finding
     n_boot: int = 200
     experiment: str = "cxr-study"
+    device: str = "auto"  # training and scoring: the GPU if there is one
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.strategies if s not in STRATEGIES]
@@ -82,9 +83,11 @@ def _metrics(labels: np.ndarray, probs: np.ndarray, n_boot: int, seed: int) -> d
     return {"findings": out, "mean_auroc": mean_defined([v["auroc"] for v in out.values()])}
 
 
-def score(model_url: str, version: DatasetVersion, split: str | None, n_boot: int, seed: int) -> dict[str, Any]:
+def score(
+    model_url: str, version: DatasetVersion, split: str | None, n_boot: int, seed: int, device: str = "cpu"
+) -> dict[str, Any]:
     """Metrics of a model on one split of a version (``None``: every row)."""
-    model, bundle = load_model(model_url)
+    model, bundle = load_model(model_url, single_process(device).device)
     rows, probs, labels = predict_split(model, bundle, version, split)
     return {"n": len(rows), **_metrics(labels, probs, n_boot, seed)}
 
@@ -127,6 +130,7 @@ def run_study(dataset: str, shifted: str, out: str, config: StudyConfig = StudyC
                     experiment=config.experiment,
                     run_name=f"{strategy}-seed{seed}",
                     parent_run_id=parent,
+                    device=config.device,
                 )
             )
             results.append(
@@ -136,8 +140,8 @@ def run_study(dataset: str, shifted: str, out: str, config: StudyConfig = StudyC
                     "run_id": trained.tracked.run_id if trained.tracked else None,
                     "model_url": trained.model_url,
                     "reuse": asdict(manifest.info.reuse),
-                    "in_distribution": score(trained.model_url, version, "test", config.n_boot, seed),
-                    "shifted": score(trained.model_url, shifted_version, None, config.n_boot, seed),
+                    "in_distribution": score(trained.model_url, version, "test", config.n_boot, seed, config.device),
+                    "shifted": score(trained.model_url, shifted_version, None, config.n_boot, seed, config.device),
                 }
             )
     report = write_report(results, config, version.digest, shifted_version.digest, out)

@@ -26,6 +26,7 @@ def study(
     floor: float = 0.05,
     n_boot: int = 200,
     workers: int | None = None,
+    device: str = "auto",
 ) -> StudyReport:
     """The report lands in ``<workdir>/study/imbalance-study.md`` and in MLflow under one parent run."""
     options = IngestOptions(sizes=tuple(sizes))
@@ -36,5 +37,7 @@ def study(
     shifted_plan = plan_ingest_task(shifted_src, storage.join(workdir, "shifted-datasets"), options)
     decode_parts_task(shifted_plan, None, workers)
     shifted = publish_task(shifted_plan)
-    config = StudyConfig(tuple(strategies), tuple(seeds), model=model, epochs=epochs, floor=floor, n_boot=n_boot)
+    config = StudyConfig(
+        tuple(strategies), tuple(seeds), model=model, epochs=epochs, floor=floor, n_boot=n_boot, device=device
+    )
     return study_task(version.path, shifted.path, storage.join(workdir, "study"), config)

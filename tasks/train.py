@@ -28,12 +28,14 @@ def _train_key(_: Any, parameters: dict[str, Any]) -> str:
 def train_task(config: TrainConfig, nproc: int, manifest_digest: str) -> TrainResult:
     """Run ``torchrun ... -m cxr.learn.train`` as a subprocess, stream its log, return its result.
 
-    The Prefect flow run id goes into the config (``--flow-run-id``), and from there into the MLflow
-    run's parameters and lineage tags.
+    Always with ``--resume``: the run folder is named by the settings, so a checkpoint there is this run's,
+    left by a failed try (a retry goes on from it, in the same MLflow run). The Prefect flow run id goes
+    into the config (``--flow-run-id``), and from there into the MLflow run's lineage tags.
     """
     from prefect.runtime import flow_run
 
-    return launch(replace(config, flow_run_id=flow_run.id or None), nproc, on_line=get_run_logger().info)
+    config = replace(config, flow_run_id=flow_run.id or None, resume=True)
+    return launch(config, nproc, on_line=get_run_logger().info)
 
 
 def _evaluate_key(_: Any, parameters: dict[str, Any]) -> str:

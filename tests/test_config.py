@@ -28,7 +28,12 @@ def test_the_help_printed_shows_the_meaning_and_the_default():
     )
     assert result.returncode == 0, result.stderr
     text = " ".join(result.stdout.split())
-    assert "images per process and step; the global batch is this times the number of processes (default: 32)" in text
+    assert "images per step over all processes; each takes an equal share, so 1 and 8 GPUs train the same way" in text
+    assert (
+        "(default: 32 on CPU, 128 per GPU, or --global-batch-size / processes)" in text
+        and "(default: None)" not in text
+    )
+    assert "AdamW learning rate for a global batch of --lr-batch images, scaled linearly" in text
     assert "random horizontal flip; off because the heart sits on the left (default: False)" in text
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,31 +33,24 @@ def manifest(tmp_path_factory) -> Path:
     return root / "m"
 
 
-def train_args(manifest: Path, out: Path, batch: int, *extra: str, model: str = "small") -> list[str]:
-    return [
-        "-m",
-        "cxr.learn.train",
-        "--manifest",
-        str(manifest),
-        "--output-dir",
-        str(out),
-        "--model",
-        model,
-        "--epochs",
-        "2",
-        "--batch-size",
-        str(batch),
-        "--seed",
-        "3",
-        *extra,
-    ]
+def train_args(manifest: Path, out: Path, batch: int | None, *extra: str, model: str = "small") -> list[str]:
+    """``-m cxr.learn.train`` flags for a 2-epoch run of ``model`` (``batch``: per process; None: not given)."""
+    per_process = ["--batch-size", str(batch)] if batch else []
+    command = ["-m", "cxr.learn.train", "--manifest", str(manifest), "--output-dir", str(out)]
+    settings = ["--model", model, "--epochs", "2", "--seed", "3", "--no-tracking"]
+    return [*command, *settings, *per_process, *extra]
 
 
-def run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+def run(cmd: list[str], timeout: int = 300, ok: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    if ok:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
+
+
+def two_processes(*args: str) -> list[str]:
+    return [*TORCHRUN, "--standalone", "--nproc-per-node=2", *args]
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -66,16 +60,10 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 def test_two_processes_end_with_identical_weights_and_match_one_process_with_the_same_global_batch(manifest, tmp_path):
     # Full global batches only: the sampler pads an uneven tail differently for 1 and 2 processes.
     n_train = read_manifest(str(manifest)).info.splits["train"].draws
-    steps = ["--epochs", "1", "--max-steps", str(n_train // 16)]
-    run(
-        [
-            *TORCHRUN,
-            "--standalone",
-            "--nproc-per-node=2",
-            *train_args(manifest, tmp_path / "ddp", 8, *steps, model="small-gn"),
-        ]
-    )
-    run([sys.executable, *train_args(manifest, tmp_path / "single", 16, *steps, model="small-gn")])
+    same = ["--epochs", "1", "--max-steps", str(n_train // 16), "--global-batch-size", "16", "--warmup-epochs", "0.5"]
+    # --global-batch-size: each of 2 processes takes 8, one process 16; the same learning rate and warmup
+    run(two_processes(*train_args(manifest, tmp_path / "ddp", None, *same, model="small-gn")))
+    run([sys.executable, *train_args(manifest, tmp_path / "single", None, *same, model="small-gn")])
     ddp = checkpoint.load(str(tmp_path / "ddp" / "model.pt"))
     single = checkpoint.load(str(tmp_path / "single" / "model.pt"))
     assert ddp["world_size"] == 2 and len(ddp["rank_fingerprints"]) == 2
@@ -149,3 +137,90 @@ def test_kill_9_mid_epoch_then_resume_gives_bitwise_the_uninterrupted_weights(ma
     whole, again = weights(tmp_path / "whole" / "model.pt"), weights(out / "model.pt")
     assert whole.keys() == again.keys()
     assert all(torch.equal(whole[k], again[k]) for k in whole)
+
+
+def test_a_frozen_backbone_trains_under_ddp_and_unfreezes(manifest, tmp_path):
+    # the backbone is frozen before DDP wraps the model, and the model is wrapped again when it thaws
+    run(two_processes(*train_args(manifest, tmp_path / "frozen", 8, "--freeze-epochs", "1")))
+    bundle = checkpoint.load(str(tmp_path / "frozen" / "model.pt"))
+    assert bundle["world_size"] == 2 and bundle["rank_fingerprints"][0] == bundle["rank_fingerprints"][1]
+
+
+def test_a_legacy_torchvision_densenet_file_loads_and_trains_under_ddp(manifest, tmp_path):
+    from torchvision.models import densenet121
+
+    from cxr.learn.models import modern_key
+
+    state = densenet121(num_classes=1000).state_dict()
+    legacy = {re.sub(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.", r"\1.\2.", k): v for k, v in state.items()}
+    assert "features.denseblock1.denselayer1.norm.1.weight" in legacy  # the names of torchvision's old files
+    torch.save(legacy, tmp_path / "densenet121-legacy.pth")
+    args = [
+        "--weights",
+        str(tmp_path / "densenet121-legacy.pth"),
+        "--freeze-epochs",
+        "1",
+        "--epochs",
+        "1",
+        "--max-steps",
+        "2",
+    ]
+    run(two_processes(*train_args(manifest, tmp_path / "dn", 8, *args, model="densenet121")))
+    model = checkpoint.load(str(tmp_path / "dn" / "model.pt"))["model"]
+    for key in (
+        "features.conv0.weight",
+        "features.denseblock1.denselayer1.norm.1.weight",
+        "features.denseblock4.denselayer16.conv.2.weight",
+    ):
+        assert torch.equal(model["body." + modern_key(key).removeprefix("features.")], legacy[key]), key  # frozen
+
+
+def test_a_resume_continues_an_epoch_stopped_by_max_steps_with_the_random_state(manifest, tmp_path):
+    # EfficientNet's stochastic depth draws from torch's generator: a resume must restore each rank's state
+    args = ["--deterministic", "--epochs", "2"]
+    run(two_processes(*train_args(manifest, tmp_path / "whole", 8, *args, model="efficientnet_b0")))
+    run(two_processes(*train_args(manifest, tmp_path / "parts", 8, *args, "--max-steps", "4", model="efficientnet_b0")))
+    state = checkpoint.load(str(tmp_path / "parts" / "checkpoint.pt"))
+    assert (state["epoch"], state["step_in_epoch"], state["step"]) == (0, 4, 4)  # mid-epoch, not the epoch's end
+    assert len(state["rng_states"]) == 2
+    resumed = run(
+        two_processes(*train_args(manifest, tmp_path / "parts", 8, *args, "--resume", model="efficientnet_b0"))
+    )
+    assert "resuming at epoch 0, step 4" in resumed.stdout
+    whole, parts = (checkpoint.load(str(tmp_path / d / "model.pt"))["model"] for d in ("whole", "parts"))
+    assert all(torch.equal(whole[k], parts[k]) for k in whole)
+
+
+def test_a_resume_with_other_processes_or_settings_is_refused(manifest, tmp_path):
+    run(two_processes(*train_args(manifest, tmp_path / "r", 8, "--max-steps", "3")))
+    one = run([sys.executable, *train_args(manifest, tmp_path / "r", 16, "--resume")], ok=False)
+    assert one.returncode != 0 and "cannot resume" in one.stderr and "processes 2 -> 1" in one.stderr
+    other_seed = run(two_processes(*train_args(manifest, tmp_path / "r", 8, "--resume", "--seed", "4")), ok=False)
+    assert other_seed.returncode != 0 and "seed 3 -> 4" in other_seed.stderr + other_seed.stdout
+
+
+SLOW_RANK_0 = """
+import sys, time
+from cxr.learn.config import TrainConfig
+from cxr.learn.train import main
+from cxr.tracking.loggers import JsonlLogger
+
+class SlowLogger(JsonlLogger):  # rank 0's post-training work, made longer than the process-group timeout
+    def log_model(self, model, bundle, url, validation=None):
+        time.sleep(float(sys.argv[1]))
+        self.lines.append('{"logged": "%s"}' % url)
+        return None
+
+config = TrainConfig.from_args(sys.argv[2:])
+main(config, SlowLogger(config.output_dir))
+"""
+
+
+def test_slow_work_on_rank_0_after_training_outlasts_a_short_process_group_timeout(manifest, tmp_path):
+    script = tmp_path / "slow_rank_0.py"
+    script.write_text(SLOW_RANK_0)
+    args = train_args(manifest, tmp_path / "slow", 8, "--epochs", "1", "--dist-timeout-s", "10")[2:]
+    started = time.monotonic()
+    run([*TORCHRUN, "--standalone", "--nproc-per-node=2", str(script), "20", *args], timeout=300)
+    assert time.monotonic() - started > 20  # rank 0 did sleep twice the timeout
+    assert '"logged"' in (tmp_path / "slow" / "metrics.jsonl").read_text()  # and logged the model at the end

@@ -1,27 +1,40 @@
-"""An injected failure: the S3 server stops for a moment under a running flow; the task is retried and
-the flow completes."""
+"""Injected failures under running flows: the S3 server stops for a moment, a training process is killed.
+Each time the task is retried and the flow completes."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 
 from cxr import storage
 from cxr.data.synth import SynthConfig, synthesize
+from cxr.learn import checkpoint
 from cxr.services.s3server import S3Server
 
-pytestmark = pytest.mark.s3
 
-
-def test_a_task_that_meets_a_stopped_s3_server_is_retried_and_the_flow_completes(
-    prefect_api, s3_server, tmp_path, monkeypatch
-):
+def task_run_counts(flow_run_id: object) -> dict[str, int]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    async def runs() -> dict[str, int]:
+        async with get_client() as client:
+            tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            return {t.name.rsplit("-", 1)[0]: t.run_count for t in tasks}
+
+    return asyncio.run(runs())
+
+
+@pytest.mark.s3
+def test_a_task_that_meets_a_stopped_s3_server_is_retried_and_the_flow_completes(
+    prefect_api, s3_server, tmp_path, monkeypatch
+):
     from flows.ingest import ingest
 
     server = S3Server(tmp_path / "s3").start()  # its own server: stopping it disturbs no other test
@@ -43,14 +56,66 @@ def test_a_task_that_meets_a_stopped_s3_server_is_retried_and_the_flow_completes
     assert state.is_completed()
     digest = state.result()
 
-    async def runs() -> dict[str, int]:
-        async with get_client() as client:
-            tasks = await client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
-            )
-            return {t.name.rsplit("-", 1)[0]: t.run_count for t in tasks}
-
-    counts = asyncio.run(runs())
+    counts = task_run_counts(state.state_details.flow_run_id)
     # failed against the stopped server, then succeeded on a retry (the first, or on a loaded machine the second)
     assert 2 <= counts["plan-ingest"] <= 3, counts
     assert len(digest) == 16
+
+
+def _kill_training_once_it_checkpointed(runs: Path, done: threading.Event, killed: list[int]) -> None:
+    """Wait for a checkpoint after the first epoch in ``runs``, then SIGKILL the training worker."""
+    import psutil
+
+    while not done.is_set():
+        for path in runs.glob("*/checkpoint.pt"):
+            try:
+                epoch = checkpoint.load(str(path))["epoch"]
+            except Exception:  # noqa: BLE001 - replaced atomically; an old handle may read a vanished file
+                continue
+            if epoch < 1:
+                continue
+            for proc in psutil.process_iter(["pid", "cmdline"]):
+                cmdline = " ".join(proc.info["cmdline"] or [])
+                if "cxr.learn.train" in cmdline and "torch.distributed.run" not in cmdline and str(runs) in cmdline:
+                    os.kill(proc.info["pid"], signal.SIGKILL)
+                    killed.append(proc.info["pid"])
+            if killed:
+                return
+        time.sleep(0.05)
+
+
+def test_a_killed_training_is_retried_resumes_from_its_checkpoint_in_one_mlflow_run(prefect_api, tmp_path):
+    from mlflow import MlflowClient
+
+    from flows.retrain import retrain
+
+    synthesize(SynthConfig(out=str(tmp_path / "src"), n_images=400, size=64, seed=5))
+    done, killed = threading.Event(), []
+    watcher = threading.Thread(
+        target=_kill_training_once_it_checkpointed, args=(tmp_path / "work" / "runs", done, killed)
+    )
+    watcher.start()
+    try:
+        state = retrain(
+            source=str(tmp_path / "src"),
+            workdir=str(tmp_path / "work"),
+            sizes=[64],
+            epochs=4,
+            registered_model="resumed",
+            experiment="killed-and-resumed",
+            workers=1,
+            return_state=True,
+        )
+    finally:
+        done.set()
+        watcher.join()
+    assert killed and state.is_completed()
+    summary = state.result()
+    assert task_run_counts(state.state_details.flow_run_id)["train"] == 2  # failed once, retried
+    trained = summary.trained
+    assert trained.resumed_at_step > 0 and trained.history[0].epoch >= 1  # went on from the checkpoint
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("killed-and-resumed").experiment_id])
+    assert [(r.info.run_id, r.info.status) for r in runs] == [(trained.tracked.run_id, "FINISHED")]
+    steps = [m.step for m in client.get_metric_history(trained.tracked.run_id, "val_mean_auroc")]
+    assert steps == sorted(steps) and len(steps) == 4  # one value per epoch, before and after the kill

@@ -14,6 +14,7 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON
 ModelOption = Annotated[
     str, typer.Option("--model", help="A model.pt (local or s3://) or an MLflow URI (models:/NAME@ALIAS).")
 ]
+DeviceOption = Annotated[str, typer.Option(help="auto (the GPU if there is one, else the CPU), cpu, cuda or cuda:N.")]
 NPROC_HELP = (
     "processes on this machine; more than 1 runs torchrun --standalone (DDP). Several machines: run torchrun yourself"
 )
@@ -54,6 +55,7 @@ def evaluate(
     out_dir: Annotated[
         str | None, typer.Option("--out", help="Write evaluation.json, curves.png, heatmaps/ here.")
     ] = None,
+    device: DeviceOption = "auto",
     as_json: JsonFlag = False,
 ) -> None:
     """Per-finding AUROC (95 % bootstrap interval), AUPRC, sensitivity and specificity, and CAM localization."""
@@ -61,7 +63,15 @@ def evaluate(
     from cxr.reports import evaluation_table
 
     result = guarded(
-        evaluate_model, model_uri, dataset, split, threshold_rule, specificity, n_boot=bootstrap, out_dir=out_dir
+        evaluate_model,
+        model_uri,
+        dataset,
+        split,
+        threshold_rule,
+        specificity,
+        bootstrap,
+        out_dir=out_dir,
+        device=device,
     )
     if as_json:
         out.print(result.to_json(), end="", highlight=False)
@@ -73,12 +83,13 @@ def predict(
     images: Annotated[list[str], typer.Argument(help="PNG files (local or s3://).")],
     model_uri: ModelOption,
     heatmaps: Annotated[str | None, typer.Option(help="Write heatmap overlays (PNG) to this folder.")] = None,
+    device: DeviceOption = "auto",
     as_json: JsonFlag = False,
 ) -> None:
     """The 14 probabilities per image; for findings above threshold, a box (1024 px frame) and the extent."""
     from cxr.learn.predict import predict_images
 
-    results = guarded(predict_images, images, model_uri, heatmaps)
+    results = guarded(predict_images, images, model_uri, heatmaps, device)
     if as_json:
         out.print(to_json(results), highlight=False)
         return

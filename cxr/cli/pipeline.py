@@ -120,6 +120,15 @@ def deploy(
     strategy: Annotated[str, typer.Option(help="Manifest strategy: none | weighted | resample.")] = DEFAULTS.strategy,
     registered_model: Annotated[str, typer.Option(help="Registry name.")] = DEFAULTS.registered_model,
     workers: Annotated[int | None, typer.Option(help="Dask LocalCluster workers for the data steps.")] = None,
+    nproc: Annotated[int, typer.Option(help="Training processes (GPUs) on the worker's machine.")] = 1,
+    global_batch_size: Annotated[
+        int | None, typer.Option(help="Images per step over all processes (default: the per-process default).")
+    ] = None,
+    weights: Annotated[str | None, typer.Option(help="torchvision weights file for the backbone.")] = None,
+    freeze_epochs: Annotated[int, typer.Option(help="Epochs with the backbone frozen after --weights.")] = 0,
+    init_from: Annotated[
+        str | None, typer.Option(help="Start each run from this model (e.g. models:/cxr-classifier@champion).")
+    ] = None,
 ) -> None:
     """Register the retrain flow as a cron deployment on the Prefect server at PREFECT_API_URL."""
     if not os.environ.get("PREFECT_API_URL"):
@@ -131,7 +140,11 @@ def deploy(
     settings = replace(
         DEFAULTS, model=model, epochs=epochs, size=size, strategy=strategy, registered_model=registered_model
     )
-    parameters = {"source": source, "workdir": workdir, "workers": workers, **settings.parameters()}
+    parameters = {"source": source, "workdir": workdir, "workers": workers, **settings.parameters(), "nproc": nproc}
+    optional = {"global_batch_size": global_batch_size, "weights": weights, "init_from": init_from}
+    parameters.update({k: v for k, v in optional.items() if v is not None})
+    if freeze_epochs:
+        parameters["freeze_epochs"] = freeze_epochs
     deployment_id = guarded(deploy_retrain, parameters, name, pool, cron)
     console.print(f"deployment retrain/{name} ({deployment_id}) on pool {pool}, cron '{cron}' UTC", highlight=False)
     console.print(f"start a worker: {BIN / 'prefect'} worker start --pool {pool}", highlight=False)
@@ -155,6 +168,7 @@ def study(
     model: Annotated[str, typer.Option(help="Model for every run.")] = "small",
     epochs: Annotated[int, typer.Option(help="Epochs of every run (the same budget for all).")] = 6,
     workers: Annotated[int | None, typer.Option(help="Dask LocalCluster workers.")] = None,
+    device: Annotated[str, typer.Option(help="Training and scoring: auto (the GPU if any), cpu or cuda.")] = "auto",
 ) -> None:
     """The imbalance study: every strategy and seed, in distribution and on a shifted source; a report."""
     from cxr.study import StudyConfig
@@ -178,6 +192,7 @@ def study(
         model=model,
         epochs=epochs,
         workers=workers,
+        device=device,
     )
     out.print("\n".join(f"- {line}" for line in report.verdict), highlight=False)
     console.print(f"report: {report.report}; MLflow parent run {report.parent_run_id}", highlight=False)

@@ -72,6 +72,7 @@ class ModelBundle:
     world_size: int = 1
     rank_fingerprints: tuple[str, ...] | list[str] = ()
     steps: int = 0
+    shard_size: int | None = None  # the shards it trained on; inputs are made from that size (None: older bundles)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -112,6 +113,11 @@ class TrainingCheckpoint:
     label_names: tuple[str, ...] | list[str]
     manifest_digest: str
     dataset_digest: str
+    world_size: int | None = None  # None: a checkpoint from before these were saved
+    batch_size: int | None = None  # per process
+    rng_states: list[torch.Tensor] | None = None  # torch's CPU generator state, one per rank
+    cuda_rng_states: list[torch.Tensor] | None = None  # and each rank's GPU generator, on GPU runs
+    tracking_run_id: str | None = None  # the MLflow run a resumed run goes on logging to
 
     def save(self, url: str) -> None:
         save({f.name: getattr(self, f.name) for f in fields(self)}, url)

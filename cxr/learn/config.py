@@ -20,6 +20,8 @@ from cxr.learn.augment import AugmentConfig
 from cxr.learn.models import MODEL_NAMES
 
 AMP_MODES = ("auto", "bf16", "off")
+CPU_BATCH = 32  # the demo's small CNN at 64 px; what the tests and docs/imbalance-study.md measured
+GPU_BATCH = 128  # DenseNet-121 at 224 px in bf16 takes about 20 GiB at this batch: fits 24 GiB cards and up
 
 
 def setting(default: Any, help: str, *, result: bool = True, choices: tuple[str, ...] | None = None) -> Any:
@@ -48,8 +50,21 @@ class TrainConfig:
     )
     freeze_epochs: int = setting(0, "epochs with the backbone frozen (only the head learns) after --weights")
     epochs: int = setting(10, "passes over the manifest's training draws")
-    batch_size: int = setting(32, "images per process and step; the global batch is this times the number of processes")
-    lr: float = setting(1e-3, "AdamW learning rate, decayed on a cosine over all steps")
+    batch_size: int | None = setting(
+        None,
+        "images per process and step; the global batch is this times the number of processes "
+        f"(default: {CPU_BATCH} on CPU, {GPU_BATCH} per GPU, or --global-batch-size / processes)",
+    )
+    global_batch_size: int | None = setting(
+        None, "images per step over all processes; each takes an equal share, so 1 and 8 GPUs train the same way"
+    )
+    lr: float = setting(
+        1e-3, "AdamW learning rate for a global batch of --lr-batch images, scaled linearly with the global batch"
+    )
+    lr_batch: int = setting(CPU_BATCH, "the global batch --lr is meant for (linear scaling: Goyal et al., 2017)")
+    warmup_epochs: float = setting(
+        0.0, "epochs over which the learning rate rises linearly from 0 (use ~1 with large global batches)"
+    )
     weight_decay: float = setting(1e-4, "AdamW weight decay (decoupled from the gradient step)")
     shard_size: int | None = setting(None, "which shards to read (px); default: the largest the dataset has")
     image_size: int | None = setting(None, "model input side (px); default: the shard size")
@@ -63,7 +78,9 @@ class TrainConfig:
     amp: str = setting("auto", "bf16 autocast on GPU (auto or bf16), never on CPU; off disables it", choices=AMP_MODES)
     channels_last: bool = setting(True, "channels-last memory format on GPU (faster convolutions with bf16)")
     compile: bool = setting(False, "torch.compile the model (GPU runs; the first steps compile)")
-    sync_bn: bool = setting(True, "SyncBatchNorm across GPUs, so BatchNorm sees the global batch (CPU has none)")
+    sync_bn: bool = setting(
+        False, "SyncBatchNorm across GPUs (BatchNorm over the global batch; two collectives per layer and step)"
+    )
     checkpoint_every: int = setting(
         0, "also checkpoint every N steps (0: at each epoch's end only); for preemptible machines", result=False
     )
@@ -71,6 +88,11 @@ class TrainConfig:
     deterministic: bool = setting(False, "torch.use_deterministic_algorithms: bitwise-repeatable runs and resumes")
     max_steps: int = setting(0, "stop after this many steps in total (0: no limit); for smoke runs")
     device: str = setting("auto", "auto (this rank's GPU if there is one, else the CPU), cpu or cuda", result=False)
+    dist_timeout_s: int = setting(
+        1800,
+        "seconds a rank waits in a collective before the run fails (torch's own default is 10-30 min)",
+        result=False,
+    )
     tracking: bool = setting(
         True, "log to MLflow (MLFLOW_TRACKING_URI, else .cxr/mlflow.db); off: metrics.jsonl only", result=False
     )
@@ -87,8 +109,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.model not in MODEL_NAMES:
             raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+        if self.epochs < 1 or self.lr <= 0 or self.lr_batch < 1:
+            raise ValueError("epochs and lr_batch must be >= 1 and lr > 0")
+        if any(b is not None and b < 1 for b in (self.batch_size, self.global_batch_size)):
+            raise ValueError("batch_size and global_batch_size must be >= 1")
+        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
+        if self.dist_timeout_s < 1:
+            raise ValueError(f"dist_timeout_s must be >= 1, got {self.dist_timeout_s}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be auto, bf16 or off, got {self.amp!r}")
         if self.weights and self.init_from:
@@ -121,6 +149,27 @@ class TrainConfig:
                 args += [flag, str(value)]
         return args
 
+    def batches(self, world_size: int, cuda: bool) -> tuple[int, int]:
+        """(per-process batch, global batch) for ``world_size`` processes; refuses a global batch they cannot share."""
+        if self.global_batch_size is not None:
+            per, rest = divmod(self.global_batch_size, world_size)
+            if rest or per < 1:
+                raise ValueError(
+                    f"--global-batch-size {self.global_batch_size} does not split evenly over {world_size} processes"
+                )
+            if self.batch_size is not None and self.batch_size != per:
+                raise ValueError(
+                    f"--batch-size {self.batch_size} and --global-batch-size {self.global_batch_size} disagree "
+                    f"for {world_size} processes; give one of them"
+                )
+            return per, self.global_batch_size
+        per = self.batch_size or (GPU_BATCH if cuda else CPU_BATCH)
+        return per, per * world_size
+
+    def scaled_lr(self, global_batch: int) -> float:
+        """--lr scaled linearly from --lr-batch to the global batch."""
+        return self.lr * global_batch / self.lr_batch
+
     def augment_config(self) -> AugmentConfig:
         return AugmentConfig(
             self.augment, self.crop_scale_min, self.rotation_deg, self.brightness, self.contrast, self.hflip
@@ -136,12 +185,22 @@ def result_settings(config: TrainConfig) -> dict[str, Any]:
     }
 
 
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """Each flag's help with its default, where it has one (a None default is explained in the help)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default is None or action.default is argparse.SUPPRESS or "%(default)" in text:
+            return text
+        return text + " (default: %(default)s)"
+
+
 def get_args_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The command line, one flag per :class:`TrainConfig` field, each with its meaning and default."""
     parser = argparse.ArgumentParser(
         prog=prog or "python -m cxr.learn.train",
         description="Train a 14-finding chest X-ray classifier on a manifest (DDP under torchrun).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpWithDefaults,
     )
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")

@@ -6,6 +6,7 @@ everything runs as a single process. The backend is NCCL when CUDA is used, gloo
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -28,8 +29,11 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
-    """Join the process group if torchrun started us; pick the device (``auto``: this rank's GPU, else CPU)."""
+def init_distributed(device: str = "auto", timeout_s: float | None = None) -> DistInfo:
+    """Join the process group if torchrun started us; pick the device (``auto``: this rank's GPU, else CPU).
+
+    ``timeout_s``: how long a rank waits in a collective before the run fails (None: torch's default).
+    """
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if "RANK" not in os.environ:
         dev = torch.device("cuda" if use_cuda else "cpu") if device == "auto" else torch.device(device)
@@ -42,7 +46,10 @@ def init_distributed(device: str = "auto") -> DistInfo:
     else:
         dev = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None)
+        timeout = None if timeout_s is None else datetime.timedelta(seconds=timeout_s)
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None, timeout=timeout
+        )
     return DistInfo(dev, rank, world, local_rank, distributed=True)
 
 

@@ -21,6 +21,8 @@ from cxr.charts import heatmap_overlay, roc_pr_chart
 from cxr.data.version import DatasetVersion, open_version
 from cxr.findings import FINDINGS
 from cxr.learn.augment import resize
+from cxr.learn.checkpoint import ModelBundle
+from cxr.learn.distributed import DistInfo
 from cxr.learn.inference import load_model, predict_rows, shard_store, single_process, to_device
 from cxr.learn.localize import LocalizationScore, class_activation_maps, heatmap_box, localization_accuracy
 from cxr.learn.metrics import FindingMetrics, evaluate_predictions, specificity_threshold, youden_threshold
@@ -63,6 +65,15 @@ def choose_thresholds(labels: np.ndarray, probs: np.ndarray, rule: str, specific
     raise ValueError(f"threshold rule must be one of {', '.join(THRESHOLD_RULES)}, got {rule!r}")
 
 
+@dataclass(frozen=True)
+class Predictions:
+    """A model's probabilities for rows of a split, with their labels (e.g. training's last validation)."""
+
+    rows: Rows
+    probs: np.ndarray
+    labels: np.ndarray
+
+
 def evaluate_model(
     model_uri: str,
     dataset: str,
@@ -73,17 +84,18 @@ def evaluate_model(
     seed: int = 0,
     out_dir: str | None = None,
     overlays: int = 8,
+    device: str = "cpu",
 ) -> Evaluation:
     """Metrics, curves and localization of ``model_uri`` on ``split`` of a dataset version."""
     if threshold_rule not in THRESHOLD_RULES:
         raise ValueError(f"threshold rule must be one of {', '.join(THRESHOLD_RULES)}, got {threshold_rule!r}")
-    info = single_process()
-    model, bundle = load_model(model_uri)
+    info = single_process(device)
+    model, bundle = load_model(model_uri, info.device)
     version = open_version(dataset)
     metadata = version.metadata()
     if split not in set(metadata["split"].to_pylist()):
         raise ValueError(f"dataset {version.digest} has no {split!r} rows")
-    store = shard_store(version, bundle.image_size)
+    store = shard_store(version, bundle)
     rows = split_rows(metadata, split, expand_repeats=False)
     probs, labels = predict_rows(model, store, rows, bundle.image_size, info)
     val = split_rows(metadata, "val", expand_repeats=False)
@@ -91,16 +103,55 @@ def evaluate_model(
         val_probs, val_labels = predict_rows(model, store, val, bundle.image_size, info)
         thresholds = choose_thresholds(val_labels, val_probs, threshold_rule, specificity)
     else:
-        thresholds = list(bundle.thresholds) or [0.5] * len(FINDINGS)
+        thresholds, threshold_rule = list(bundle.thresholds) or [0.5] * len(FINDINGS), "from the model bundle"
+    target = specificity if threshold_rule == "specificity" else None
+    return report(
+        model_uri,
+        model,
+        bundle,
+        version,
+        split,
+        Predictions(rows, probs, labels),
+        thresholds,
+        threshold_rule,
+        target,
+        n_boot,
+        seed,
+        out_dir,
+        overlays,
+        info,
+    )
+
+
+def report(
+    model_name: str,
+    model: Classifier,
+    bundle: ModelBundle,
+    version: DatasetVersion,
+    split: str,
+    predictions: Predictions,
+    thresholds: list[float],
+    threshold_rule: str,
+    specificity_target: float | None,
+    n_boot: int,
+    seed: int,
+    out_dir: str | None,
+    overlays: int,
+    info: DistInfo,
+) -> Evaluation:
+    """Metrics at ``thresholds`` and localization from probabilities in hand; evaluation.json, curves and
+    heatmap overlays into ``out_dir``. Training's MLflow plug-in reports its last validation this way."""
+    probs, labels, rows = predictions.probs, predictions.labels, predictions.rows
     metrics = evaluate_predictions(labels, probs, thresholds, n_boot=n_boot, seed=seed)
-    loc, loc_random, examples = _localize(model, version, store, rows, bundle.image_size, seed)
+    store = shard_store(version, bundle)
+    loc, loc_random, examples = _localize(model, version, store, rows, bundle.image_size, seed, info)
     result = Evaluation(
-        model=model_uri,
+        model=model_name,
         dataset=version.digest,
         split=split,
         n=len(rows),
-        threshold_rule=threshold_rule if len(val) else "from the model bundle",
-        specificity_target=specificity if threshold_rule == "specificity" else None,
+        threshold_rule=threshold_rule,
+        specificity_target=specificity_target,
         mean_auroc=metrics.mean_auroc,
         findings=metrics.findings,
         localization=loc,
@@ -108,9 +159,8 @@ def evaluate_model(
     )
     if out_dir:
         storage.write_text(storage.join(out_dir, "evaluation.json"), result.to_json())
-        storage.write_bytes(
-            storage.join(out_dir, "curves.png"), roc_pr_chart(labels, probs, f"{split}, n = {len(rows)}")
-        )
+        curves = roc_pr_chart(labels, probs, f"{split}, n = {len(rows)}")
+        storage.write_bytes(storage.join(out_dir, "curves.png"), curves)
         for name, png in examples[:overlays]:
             storage.write_bytes(storage.join(out_dir, "heatmaps", name), png)
     return result
@@ -121,13 +171,24 @@ def _random_heatmap(shape: tuple[int, int], rng: np.random.Generator) -> np.ndar
     return (noise - noise.min()) / max(noise.max() - noise.min(), 1e-12)
 
 
+CAM_BATCH = 32  # images per forward pass when drawing class activation maps
+
+
 def _localize(
-    model: Classifier, version: DatasetVersion, store: ShardStore, rows: Rows, image_size: int, seed: int
+    model: Classifier,
+    version: DatasetVersion,
+    store: ShardStore,
+    rows: Rows,
+    image_size: int,
+    seed: int,
+    info: DistInfo,
 ) -> tuple[dict[str, LocalizationScore], dict[str, LocalizationScore], list[tuple[str, bytes]]]:
+    """CAM boxes for every true box of the rows' images (one forward per batch of images), scored by T(IoBB),
+    beside the same procedure on random heatmaps; the first overlays as PNGs."""
     boxes = version.boxes()
     position = {image_id: i for i, image_id in enumerate(rows.image_ids)}
-    boxes = boxes.filter(pc.is_in(boxes["image_id"], pa.array(list(position))))
-    if boxes.num_rows == 0:
+    boxes = boxes.filter(pc.is_in(boxes["image_id"], pa.array(list(position)))).to_pylist()
+    if not boxes:
         return {}, {}, []
     scale = BOX_FRAME / image_size
     rng = np.random.default_rng(seed)
@@ -135,27 +196,29 @@ def _localize(
     predicted: dict[str, list] = {}
     random_pred: dict[str, list] = {}
     examples: list[tuple[str, bytes]] = []
-    for box in boxes.to_pylist():
-        i = position[box["image_id"]]
-        c = FINDINGS.index(box["finding"])
-        image = resize(to_device(gather(store, rows, np.array([i])), single_process()), image_size)
-        heatmap = class_activation_maps(model, image, [c])[0, 0].numpy()
-        x, y, w, h, _ = heatmap_box(heatmap)
-        rx, ry, rw, rh, _ = heatmap_box(_random_heatmap(heatmap.shape, rng))
-        true_box = (box["x"], box["y"], box["w"], box["h"])
-        truth.setdefault(box["finding"], []).append(true_box)
-        predicted.setdefault(box["finding"], []).append((x * scale, y * scale, w * scale, h * scale))
-        random_pred.setdefault(box["finding"], []).append((rx * scale, ry * scale, rw * scale, rh * scale))
-        if len(examples) < 16:
-            pixels = (image[0, 0].numpy() * 255).astype(np.uint8)
-            shown = [
-                (f"{box['finding']} (truth)", tuple(v / scale for v in true_box), "lime"),
-                ("CAM box", (x, y, w, h), "red"),
-            ]
-            examples.append(
-                (
-                    f"{box['image_id'][:-4]}_{box['finding']}.png",
-                    heatmap_overlay(pixels, heatmap, shown, f"{box['image_id']}: {box['finding']}"),
+    images = sorted({position[b["image_id"]] for b in boxes})
+    for start in range(0, len(images), CAM_BATCH):
+        batch = np.array(images[start : start + CAM_BATCH])
+        pixels = resize(to_device(gather(store, rows, batch), info), image_size)
+        maps = class_activation_maps(model, pixels).cpu().numpy()  # [n, 14, S, S]
+        where = {int(i): k for k, i in enumerate(batch)}
+        for box in (b for b in boxes if position[b["image_id"]] in where):
+            k, c = where[position[box["image_id"]]], FINDINGS.index(box["finding"])
+            heatmap = maps[k, c]
+            x, y, w, h, _ = heatmap_box(heatmap)
+            rx, ry, rw, rh, _ = heatmap_box(_random_heatmap(heatmap.shape, rng))
+            true_box = (box["x"], box["y"], box["w"], box["h"])
+            truth.setdefault(box["finding"], []).append(true_box)
+            predicted.setdefault(box["finding"], []).append((x * scale, y * scale, w * scale, h * scale))
+            random_pred.setdefault(box["finding"], []).append((rx * scale, ry * scale, rw * scale, rh * scale))
+            if len(examples) < 16:
+                gray = (pixels[k, 0].cpu().numpy() * 255).astype(np.uint8)
+                shown = [
+                    (f"{box['finding']} (truth)", tuple(v / scale for v in true_box), "lime"),
+                    ("CAM box", (x, y, w, h), "red"),
+                ]
+                title = f"{box['image_id']}: {box['finding']}"
+                examples.append(
+                    (f"{box['image_id'][:-4]}_{box['finding']}.png", heatmap_overlay(gray, heatmap, shown, title))
                 )
-            )
     return localization_accuracy(predicted, truth), localization_accuracy(random_pred, truth), examples

@@ -27,8 +27,15 @@ PREDICT_BATCH = 64  # images per forward pass when predicting; memory, not resul
 
 
 def single_process(device: str | torch.device = "cpu") -> DistInfo:
-    """The :class:`DistInfo` of a process that is not part of a process group."""
+    """The :class:`DistInfo` of a process that is not part of a process group (``auto``: the GPU if any)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     return DistInfo(torch.device(device))
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float in [0, 1], where they are (on the device: a quarter of the bytes travel)."""
+    return images.float().div_(255.0)
 
 
 def to_device(batch: np.ndarray, info: DistInfo) -> torch.Tensor:
@@ -36,7 +43,7 @@ def to_device(batch: np.ndarray, info: DistInfo) -> torch.Tensor:
     tensor = torch.from_numpy(batch).unsqueeze(1)
     if info.device.type == "cuda":
         tensor = tensor.pin_memory().to(info.device, non_blocking=True)
-    return tensor.float().div_(255.0)
+    return to_float(tensor)
 
 
 def autocast(info: DistInfo, amp: str = "auto") -> AbstractContextManager[object]:
@@ -56,10 +63,13 @@ def load_model(uri: str, device: str = "cpu") -> tuple[Classifier, ModelBundle]:
     return model.to(device).eval(), bundle
 
 
-def shard_store(version: DatasetVersion, image_size: int) -> ShardStore:
-    """The version's shards at the smallest size at least ``image_size`` (else its largest)."""
+def shard_store(version: DatasetVersion, bundle: ModelBundle) -> ShardStore:
+    """The version's shards a model reads: the size it trained on if the version has it (so its inputs are
+    made as in training), else the smallest at least its input size, else the largest."""
     sizes = sorted(version.sizes)
-    size = next((s for s in sizes if s >= image_size), sizes[-1])
+    if bundle.shard_size in sizes:
+        return ShardStore(version.path, version.digest, int(bundle.shard_size))
+    size = next((s for s in sizes if s >= bundle.image_size), sizes[-1])
     return ShardStore(version.path, version.digest, size)
 
 
@@ -99,7 +109,6 @@ def predict_split(
     """Rows, probabilities and labels of one split of a version (``None``: every row), in this process."""
     metadata = version.metadata()
     rows = split_rows(metadata, split, expand_repeats=False)
-    probs, labels = predict_rows(
-        model, shard_store(version, bundle.image_size), rows, bundle.image_size, single_process()
-    )
+    info = single_process(next(model.parameters()).device)
+    probs, labels = predict_rows(model, shard_store(version, bundle), rows, bundle.image_size, info)
     return rows, probs, labels

@@ -11,6 +11,7 @@ average-pooled features), which class activation maps need.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import torch
@@ -49,7 +50,10 @@ class Classifier(nn.Module):
         return torch.relu(self.body(self.stem(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+        pooled = torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1)
+        # the head in fp32 even under bf16 autocast: the probabilities, metrics and thresholds come from it
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self.classifier(pooled.float())
 
 
 def _small_body(group_norm: bool = False) -> nn.Sequential:
@@ -115,6 +119,19 @@ def build_model(name: str = "densenet121", num_classes: int = len(FINDINGS), wei
     return Classifier(name, GrayStem(), body(backbone), channels, num_classes)
 
 
+# DenseNet files from before torchvision 0.3 name a layer's parts "norm.1", "relu.1", "conv.1"; the
+# modules are "norm1", "relu1", "conv1" now. torchvision renames them when it loads its own files.
+_LEGACY_DENSENET_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12])\.(weight|bias|running_mean|running_var|num_batches_tracked)$"
+)
+
+
+def modern_key(key: str) -> str:
+    """A state-dict key in today's torchvision names (legacy DenseNet keys renamed, others as they are)."""
+    match = _LEGACY_DENSENET_KEY.match(key)
+    return f"{match.group(1)}{match.group(2)}.{match.group(3)}" if match else key
+
+
 def load_backbone_weights(backbone: nn.Module, path: str) -> None:
     """Load a torchvision state dict into ``backbone``, skipping its classification head."""
     import io
@@ -124,8 +141,8 @@ def load_backbone_weights(backbone: nn.Module, path: str) -> None:
     state = torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    head = {k for k in state if k.startswith(("classifier.", "fc."))}
-    missing, unexpected = backbone.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=False)
+    state = {modern_key(k): v for k, v in state.items() if not k.startswith(("classifier.", "fc."))}
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(("classifier.", "fc."))]
     if missing or unexpected:
         raise ValueError(

@@ -30,6 +30,7 @@ class TrainResult:
     model_url: str
     rank_fingerprints: tuple[str, ...]
     tracked: TrackedModel | None = None  # rank 0 with tracking on
+    resumed_at_step: int = 0  # where this process took over from checkpoint.pt (0: trained from the start)
 
     def write(self, output_dir: str) -> None:
         storage.write_text(storage.join(output_dir, RESULT_FILE), to_json(self) + "\n")

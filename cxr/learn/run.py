@@ -1,11 +1,21 @@
 """A training run's parts, built once: data, model, loss, optimizer, schedule and sampler, resumed from
 ``checkpoint.pt`` when asked. :mod:`cxr.learn.train` runs the epochs over them.
+
+- What trains is decided before the model is wrapped for DDP, and the wrapper is rebuilt when it
+  changes (``--freeze-epochs``): DDP's reducer expects a gradient for every parameter it was given.
+- Batches: ``--global-batch-size`` is shared equally by the processes (else ``--batch-size`` each);
+  the learning rate is ``--lr`` scaled linearly from ``--lr-batch`` to the global batch, after a linear
+  warmup of ``--warmup-epochs``, then a cosine decay to 0.
+- A resume continues exactly where the checkpoint stands, or refuses: the settings that decide the
+  model, the number of processes and the per-process batch must be the ones the checkpoint was made
+  with; each rank's random generators are restored.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,12 +28,15 @@ from cxr import storage
 from cxr.data.manifest import Manifest, read_manifest
 from cxr.findings import FINDINGS
 from cxr.learn.checkpoint import ModelBundle, TrainingCheckpoint
-from cxr.learn.config import TrainConfig
-from cxr.learn.distributed import DistInfo, barrier
+from cxr.learn.config import TrainConfig, result_settings
+from cxr.learn.distributed import DistInfo, all_gather_rows, barrier
 from cxr.learn.loss import WeightedBCE
-from cxr.learn.models import Classifier, build_model
+from cxr.learn.models import Classifier, build_model, set_backbone_trainable
 from cxr.learn.shards import Rows, ShardStore, split_rows
 from cxr.tracking.loggers import JsonlLogger, MlflowTrainLogger, NullLogger, TeeLogger, TrainLogger
+
+# May differ on a resume: they change neither the model nor the order of the samples.
+RESUMABLE_CHANGES = ("max_steps", "compile")
 
 
 @dataclass(frozen=True)
@@ -52,19 +65,38 @@ class Run:
     manifest: Manifest
     data: Data
     model: Classifier  # unwrapped: what is saved and evaluated
-    train_model: nn.Module  # DDP and/or compiled around ``model``: what takes the steps
     loss_fn: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     sampler: DistributedSampler
     logger: TrainLogger
+    batch_size: int  # per process
+    global_batch: int
+    train_model: nn.Module | None = None  # DDP and/or compiled around ``model``: what takes the steps
+    backbone_trainable: bool | None = None
+    tracking_run_id: str | None = None
 
     @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(self.sampler.num_samples / self.config.batch_size)
+        return math.ceil(self.sampler.num_samples / self.batch_size)
+
+    def set_backbone_trainable(self, trainable: bool) -> None:
+        """Freeze or unfreeze the backbone, and (re)wrap the model for what now trains."""
+        if trainable == self.backbone_trainable and self.train_model is not None:
+            return
+        set_backbone_trainable(self.model, trainable)
+        wrapped: nn.Module = self.model
+        if self.info.distributed:
+            device_ids = [self.info.local_rank] if self.info.device.type == "cuda" else None
+            wrapped = DistributedDataParallel(self.model, device_ids=device_ids)
+        if self.config.compile:
+            wrapped = torch.compile(wrapped)
+        self.train_model, self.backbone_trainable = wrapped, trainable
 
     def save_checkpoint(self, position: Position) -> None:
-        """``checkpoint.pt`` by rank 0 (atomically); every rank waits for it."""
+        """``checkpoint.pt`` by rank 0 (atomically), with every rank's random generators; all ranks wait for it."""
+        rng = _gather_rng(torch.get_rng_state(), self.info)
+        cuda_rng = _gather_rng(torch.cuda.get_rng_state(), self.info) if self.info.device.type == "cuda" else None
         if self.info.is_main:
             TrainingCheckpoint(
                 self.model.state_dict(),
@@ -77,8 +109,19 @@ class Run:
                 list(FINDINGS),
                 self.manifest.digest,
                 self.manifest.info.dataset.digest,
+                world_size=self.info.world_size,
+                batch_size=self.batch_size,
+                rng_states=rng,
+                cuda_rng_states=cuda_rng,
+                tracking_run_id=self.tracking_run_id,
             ).save(storage.join(self.config.output_dir, "checkpoint.pt"))
         barrier(self.info)
+
+
+def _gather_rng(state: torch.Tensor, info: DistInfo) -> list[torch.Tensor]:
+    """Every rank's generator state (uint8), in rank order."""
+    rows = all_gather_rows(state.to(info.device).unsqueeze(0), info)
+    return [row.cpu().clone() for row in rows]
 
 
 def load_data(manifest: Manifest, config: TrainConfig) -> Data:
@@ -93,12 +136,10 @@ def load_data(manifest: Manifest, config: TrainConfig) -> Data:
     return Data(ShardStore(dataset.path, dataset.digest, size), train, val, config.image_size or size)
 
 
-def open_logger(config: TrainConfig, manifest: Manifest, info: DistInfo) -> TrainLogger:
-    """Rank 0: metrics.jsonl, and MLflow unless tracking is off. Other ranks: nothing."""
-    if not info.is_main:
-        return NullLogger()
+def open_logger(config: TrainConfig, manifest: Manifest, resume_run_id: str | None) -> TrainLogger:
+    """Rank 0's loggers: metrics.jsonl, and MLflow unless tracking is off (the same MLflow run on a resume)."""
     jsonl = JsonlLogger(config.output_dir)
-    return TeeLogger(MlflowTrainLogger(config, manifest), jsonl) if config.tracking else jsonl
+    return TeeLogger(MlflowTrainLogger(config, manifest, resume_run_id), jsonl) if config.tracking else jsonl
 
 
 def init_head_bias(model: Classifier, labels: np.ndarray, weights: tuple[list[float], list[float]] | None) -> None:
@@ -134,40 +175,96 @@ def prepare_model(config: TrainConfig, manifest: Manifest, data: Data, info: Dis
     return model
 
 
-def resume(url: str, run: Run) -> Position:
-    """Load ``checkpoint.pt`` into the run's model, optimizer and scheduler; where to continue."""
-    state = TrainingCheckpoint.read(url)
+def lr_schedule(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """The factor on the scaled learning rate at each step: linear warmup, then a cosine to 0."""
+    total = steps_per_epoch * config.epochs
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+
+    return factor
+
+
+def check_resumable(state: TrainingCheckpoint, run: Run, url: str) -> None:
+    """Refuse a resume whose settings would give another model or another order of samples."""
     if state.manifest_digest != run.manifest.digest:
         raise ValueError(f"{url} was trained on manifest {state.manifest_digest}, not {run.manifest.digest}")
+    saved = {k: v for k, v in state.config.items() if k in result_settings(run.config)}
+    now = {k: v for k, v in result_settings(run.config).items() if k in saved and k not in RESUMABLE_CHANGES}
+    changed = [f"{k} {saved[k]!r} -> {v!r}" for k, v in now.items() if saved[k] != v]
+    if state.world_size is not None and state.world_size != run.info.world_size:
+        changed.append(f"processes {state.world_size} -> {run.info.world_size}")
+    if state.batch_size is not None and state.batch_size != run.batch_size:
+        changed.append(f"per-process batch {state.batch_size} -> {run.batch_size}")
+    if changed:
+        raise ValueError(
+            f"cannot resume {url}: {'; '.join(changed)}. A resume keeps the settings, the number of processes and "
+            "the per-process batch of the run it continues; train into another --output-dir to change them"
+        )
+
+
+def resume(url: str, run: Run) -> Position:
+    """Load ``checkpoint.pt`` into the run's model, optimizer, scheduler and random generators."""
+    state = TrainingCheckpoint.read(url)
+    check_resumable(state, run, url)
     run.model.load_state_dict(state.model)
     run.optimizer.load_state_dict(state.optimizer)
     run.scheduler.load_state_dict(state.scheduler)
+    if state.rng_states is not None:
+        torch.set_rng_state(state.rng_states[run.info.rank])
+    if state.cuda_rng_states is not None and run.info.device.type == "cuda":
+        torch.cuda.set_rng_state(state.cuda_rng_states[run.info.rank])
+    run.tracking_run_id = state.tracking_run_id
     if run.info.is_main:
         print(f"resuming at epoch {state.epoch}, step {state.step_in_epoch} of {run.steps_per_epoch}", flush=True)
     return Position(state.epoch, state.step_in_epoch, state.step)
 
 
 def build_run(config: TrainConfig, info: DistInfo, logger: TrainLogger | None) -> tuple[Run, Position]:
-    """Data, model, loss, optimizer, schedule and sampler; resumed from checkpoint.pt with --resume."""
+    """Data, model, loss, optimizer, schedule and sampler; resumed from checkpoint.pt with --resume.
+
+    ``logger`` (rank 0 only; default: :func:`open_logger`) receives what the run reports.
+    """
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
+    elif info.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels once
     torch.manual_seed(config.seed)
     manifest = read_manifest(config.manifest)
     data = load_data(manifest, config)
-    logger = logger or open_logger(config, manifest, info)
+    if data.store.remote:  # each node copies the shards it reads once, before the first step
+        if info.local_rank == 0:
+            data.store.fetch([*data.train.shards, *data.val.shards])
+        barrier(info)
+    batch_size, global_batch = config.batches(info.world_size, info.device.type == "cuda")
     model = prepare_model(config, manifest, data, info)
     loss_fn = WeightedBCE(*(manifest.info.loss_weights() or (None, None))).to(info.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    lr = config.scaled_lr(global_batch)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay)
     sampler = DistributedSampler(range(len(data.train)), info.world_size, info.rank, shuffle=True, seed=config.seed)
-    steps = math.ceil(sampler.num_samples / config.batch_size) * config.epochs
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    run = Run(config, info, manifest, data, model, model, loss_fn, optimizer, scheduler, sampler, logger)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_schedule(config, math.ceil(sampler.num_samples / batch_size))
+    )
+    run = Run(
+        config,
+        info,
+        manifest,
+        data,
+        model,
+        loss_fn,
+        optimizer,
+        scheduler,
+        sampler,
+        NullLogger(),
+        batch_size,
+        global_batch,
+    )
     ckpt = storage.join(config.output_dir, "checkpoint.pt")
     start = resume(ckpt, run) if config.resume and storage.exists(ckpt) else Position()
-    if info.distributed:
-        run.train_model = DistributedDataParallel(
-            model, device_ids=[info.local_rank] if info.device.type == "cuda" else None
-        )
-    if config.compile:
-        run.train_model = torch.compile(run.train_model)
+    if info.is_main:
+        run.logger = logger or open_logger(config, manifest, run.tracking_run_id)
+        run.tracking_run_id = run.logger.run_id
     return run, start

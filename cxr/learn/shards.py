@@ -8,6 +8,9 @@ shard by shard with numpy indexing: no per-image decoding, no Python work per pi
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,37 +22,73 @@ from cxr import storage
 from cxr.data.version import shard_url
 from cxr.findings import FINDING_COLUMNS
 
+# Each memory map holds a file descriptor; NIH has ~1,750 shards a size and `ulimit -n` is often 1024.
+MAX_OPEN_SHARDS = 256
+FETCH_THREADS = 8  # parallel copies of remote shards into the local cache
+
 
 def cache_root() -> Path:
     return Path(os.environ.get("CXR_CACHE", Path.home() / ".cache" / "cxr"))
 
 
 class ShardStore:
-    """The shards of one dataset version at one size, memory-mapped on first use."""
+    """The shards of one dataset version at one size, memory-mapped on use, at most ``max_open`` at once.
 
-    def __init__(self, version_path: str, digest: str, size: int) -> None:
+    Remote shards (S3) are read from a local copy in :func:`cache_root`; :meth:`fetch` makes those copies
+    ahead of time (training: once per node, by its local rank 0, before the first step).
+    """
+
+    def __init__(self, version_path: str, digest: str, size: int, max_open: int = MAX_OPEN_SHARDS) -> None:
         self.version_path = version_path
         self.digest = digest
         self.size = size
-        self._arrays: dict[str, np.ndarray] = {}
+        self.max_open = max_open
+        self._arrays: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    @property
+    def remote(self) -> bool:
+        return storage.is_remote(self.version_path)
+
+    def _cached(self, shard: str) -> Path:
+        return cache_root() / "shards" / self.digest / str(self.size) / f"{shard}.npy"
+
+    def _fetch_one(self, shard: str) -> bool:
+        local = self._cached(shard)
+        if local.exists():
+            return False
+        local.parent.mkdir(parents=True, exist_ok=True)
+        data = storage.read_bytes(shard_url(self.version_path, self.size, shard))
+        storage.write_bytes(str(local), data)  # atomic: a partial copy never shows
+        return True
+
+    def fetch(self, shards: Iterable[str], threads: int = FETCH_THREADS) -> int:
+        """Copy the shards not yet in the local cache (remote versions only); how many were copied."""
+        if not self.remote:
+            return 0
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            return sum(pool.map(self._fetch_one, sorted(set(shards))))
 
     def _local_path(self, shard: str) -> str:
-        url = shard_url(self.version_path, self.size, shard)
-        if not storage.is_remote(url):
-            return url
-        local = cache_root() / "shards" / self.digest / str(self.size) / f"{shard}.npy"
-        if not local.exists():
-            local.parent.mkdir(parents=True, exist_ok=True)
-            storage.write_bytes(str(local), storage.read_bytes(url))  # atomic: a partial copy never shows
-        return str(local)
+        if not self.remote:
+            return shard_url(self.version_path, self.size, shard)
+        self._fetch_one(shard)
+        return str(self._cached(shard))
 
     def array(self, shard: str) -> np.ndarray:
-        if shard not in self._arrays:
-            array = np.load(self._local_path(shard), mmap_mode="r", allow_pickle=False)
-            if array.ndim != 3 or array.shape[1:] != (self.size, self.size) or array.dtype != np.uint8:
-                raise ValueError(f"shard {shard} at {self.size} px has shape {array.shape} and dtype {array.dtype}")
-            self._arrays[shard] = array
-        return self._arrays[shard]
+        if shard in self._arrays:
+            self._arrays.move_to_end(shard)
+            return self._arrays[shard]
+        array = np.load(self._local_path(shard), mmap_mode="r", allow_pickle=False)
+        if array.ndim != 3 or array.shape[1:] != (self.size, self.size) or array.dtype != np.uint8:
+            raise ValueError(f"shard {shard} at {self.size} px has shape {array.shape} and dtype {array.dtype}")
+        self._arrays[shard] = array
+        if len(self._arrays) > self.max_open:
+            self._arrays.popitem(last=False)  # its map (and file descriptor) closes with the last reference
+        return array
+
+    @property
+    def open_shards(self) -> int:
+        return len(self._arrays)
 
 
 @dataclass(frozen=True)

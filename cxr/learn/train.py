@@ -30,21 +30,22 @@ from cxr.learn.augment import apply, epoch_parameters, resize
 from cxr.learn.checkpoint import ModelBundle
 from cxr.learn.config import TrainConfig
 from cxr.learn.distributed import DistInfo, all_gather_rows, barrier, broadcast_buffers, cleanup, init_distributed
-from cxr.learn.inference import autocast, predict_rows, to_device
+from cxr.learn.evaluate import Predictions
+from cxr.learn.inference import autocast, predict_rows, to_float
+from cxr.learn.loader import Prefetcher
 from cxr.learn.metrics import mean_defined, per_finding_auroc, youden_threshold
-from cxr.learn.models import set_backbone_trainable
 from cxr.learn.result import EpochRecord, TrainResult
 from cxr.learn.run import Data, Position, Run, build_run
-from cxr.learn.shards import gather
 from cxr.tracking.loggers import TrainLogger
 
-LOG_EVERY = 10  # steps between train-loss metrics
+LOG_EVERY = 10  # steps between train-loss metrics; the loss is read from the device only then
 
 
 @dataclass(frozen=True)
 class EpochStats:
     mean_loss: float
     steps: int  # taken in this call
+    end_step: int  # the step within the epoch it stopped before (steps_per_epoch: the epoch is done)
     images: int  # all ranks together
     seconds: float
     stopped: bool  # max_steps reached
@@ -58,49 +59,54 @@ class ValScores:
     labels: np.ndarray | None
 
 
-def train_one_epoch(run: Run, epoch: int, start: Position) -> EpochStats:
-    """This rank's share of one epoch, from ``start.step_in_epoch`` (a resumed epoch) to its end or max_steps."""
-    config, info, data = run.config, run.info, run.data
-    run.train_model.train()
+def epoch_plan(run: Run, epoch: int, first_step: int, last_step: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """This rank's batches of one epoch, steps ``first_step`` to ``last_step``: row positions and global places."""
     run.sampler.set_epoch(epoch)
     positions = np.fromiter(iter(run.sampler), dtype=np.int64)
     # the sample at this rank's j-th place holds global place rank + j * world in the epoch's order
-    global_places = info.rank + np.arange(len(positions)) * info.world_size
-    params = epoch_parameters(config.augment_config(), run.sampler.total_size, config.seed, epoch)
-    started, total, steps, step_count = time.perf_counter(), 0.0, 0, start.step
-    for step in range(start.step_in_epoch, run.steps_per_epoch):
-        take = slice(step * config.batch_size, (step + 1) * config.batch_size)
-        images = to_device(gather(data.store, data.train, positions[take]), info)
-        targets = torch.from_numpy(data.train.labels[positions[take]]).to(info.device, non_blocking=True)
-        if config.augment:
-            images = apply(images, torch.from_numpy(params[global_places[take]]), data.image_size)
-        else:
-            images = resize(images, data.image_size)
-        if config.channels_last and info.device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(info, config.amp):
-            logits = run.train_model(images)
-        loss = run.loss_fn(logits, targets)
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        run.optimizer.step()
-        run.scheduler.step()
-        total, steps, step_count = total + float(loss.detach()), steps + 1, step_count + 1
-        if config.checkpoint_every and step_count % config.checkpoint_every == 0 and step + 1 < run.steps_per_epoch:
-            run.save_checkpoint(Position(epoch, step + 1, step_count))
-        if info.is_main and step_count % LOG_EVERY == 0:
-            run.logger.log_metrics(
-                {"train_loss": float(loss.detach()), "lr": run.scheduler.get_last_lr()[0]}, step_count
-            )
-        if config.max_steps and step_count >= config.max_steps:
-            break
+    places = run.info.rank + np.arange(len(positions)) * run.info.world_size
+    b = run.batch_size
+    return [(positions[s * b : (s + 1) * b], places[s * b : (s + 1) * b]) for s in range(first_step, last_step)]
+
+
+def train_one_epoch(run: Run, epoch: int, start: Position) -> EpochStats:
+    """This rank's share of one epoch, from ``start.step_in_epoch`` (a resumed epoch) to its end or max_steps."""
+    config, info, data = run.config, run.info, run.data
+    last = run.steps_per_epoch
+    if config.max_steps:
+        last = min(last, start.step_in_epoch + max(config.max_steps - start.step, 0))
+    params = torch.from_numpy(epoch_parameters(config.augment_config(), run.sampler.total_size, config.seed, epoch))
+    run.train_model.train()
+    started, step_count = time.perf_counter(), start.step
+    total = torch.zeros((), device=info.device)
+    with Prefetcher(data.store, data.train, epoch_plan(run, epoch, start.step_in_epoch, last), info.device) as batches:
+        for step, batch in enumerate(batches, start=start.step_in_epoch):
+            images = resize(to_float(batch.images), data.image_size)  # the one resize path (eval and predict too)
+            if config.augment:
+                images = apply(images, params[batch.places], data.image_size)
+            if config.channels_last and info.device.type == "cuda":
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast(info, config.amp):
+                logits = run.train_model(images)
+            loss = run.loss_fn(logits, batch.targets)
+            run.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            run.optimizer.step()
+            run.scheduler.step()
+            total += loss.detach()
+            step_count += 1
+            if config.checkpoint_every and step_count % config.checkpoint_every == 0 and step + 1 < run.steps_per_epoch:
+                run.save_checkpoint(Position(epoch, step + 1, step_count))
+            if info.is_main and step_count % LOG_EVERY == 0:
+                run.logger.log_metrics({"train_loss": loss.item(), "lr": run.scheduler.get_last_lr()[0]}, step_count)
+    steps = step_count - start.step
     stopped = bool(config.max_steps) and step_count >= config.max_steps
-    images = steps * config.batch_size * info.world_size
-    return EpochStats(total / max(steps, 1), steps, images, time.perf_counter() - started, stopped)
+    seconds = time.perf_counter() - started
+    return EpochStats(total.item() / max(steps, 1), steps, last, steps * run.global_batch, seconds, stopped)
 
 
 def evaluate(model: nn.Module, data: Data, info: DistInfo, config: TrainConfig) -> ValScores:
-    """Validation AUROC per finding and their mean (findings with one class in val left out)."""
+    """Validation AUROC per finding and their mean (findings with one class in val left out), on every rank."""
     if len(data.val) == 0:
         return ValScores(None, {}, None, None)
     probs, labels = predict_rows(model, data.store, data.val, data.image_size, info, config.amp, config.channels_last)
@@ -122,25 +128,31 @@ def rank_fingerprints(model: nn.Module, info: DistInfo) -> list[str]:
     return [f"{a!r}/{b!r}" for a, b in gathered]
 
 
+@dataclass(frozen=True)
+class Trained:
+    """What the ranks agree on when training ends; rank 0 tracks it after leaving the process group."""
+
+    bundle: ModelBundle
+    model_url: str
+    history: tuple[EpochRecord, ...]
+    final: ValScores
+    resumed_at_step: int
+
+
 def main(config: TrainConfig, logger: TrainLogger | None = None) -> TrainResult:
-    info = init_distributed(config.device)
+    """Train; ``logger`` replaces rank 0's default loggers (metrics.jsonl and MLflow)."""
+    info = init_distributed(config.device, config.dist_timeout_s)
     try:
         run, start = build_run(config, info, logger)
         if info.is_main:
-            run.logger.log_params(
-                {
-                    **dataclasses.asdict(config),
-                    "world_size": info.world_size,
-                    "manifest_digest": run.manifest.digest,
-                    "dataset_digest": run.manifest.info.dataset.digest,
-                    "strategy": run.manifest.info.strategy,
-                }
-            )
-        history, position = [], start
+            run.logger.log_params(run_params(run))
+        history, position, val = [], start, None
         for epoch in range(start.epoch, config.epochs):
-            set_backbone_trainable(run.model, epoch >= config.freeze_epochs)
+            run.set_backbone_trainable(epoch >= config.freeze_epochs)  # wraps for DDP what now trains
             stats = train_one_epoch(run, epoch, position)
-            position = Position(epoch + 1, 0, position.step + stats.steps)
+            done = stats.end_step >= run.steps_per_epoch
+            step = position.step + stats.steps
+            position = Position(epoch + 1, 0, step) if done else Position(epoch, stats.end_step, step)
             broadcast_buffers(run.model, info)  # every rank evaluates and checkpoints the same model
             val = evaluate(run.model, run.data, info, config)
             record = EpochRecord(
@@ -158,18 +170,34 @@ def main(config: TrainConfig, logger: TrainLogger | None = None) -> TrainResult:
             run.save_checkpoint(position)
             if stats.stopped:
                 break
-        return finish(run, history, position.step)
+        trained = finish_training(run, history, position, val or evaluate(run.model, run.data, info, config), start)
     finally:
-        cleanup(info)
+        cleanup(info)  # leave the process group: rank 0's tracking below may take long, no rank waits for it
+    return track(run, trained)
 
 
-def finish(run: Run, history: list[EpochRecord], steps: int) -> TrainResult:
-    """Final validation, thresholds and ``model.pt``; the logger tracks the model; ``result.json``."""
+def run_params(run: Run) -> dict[str, object]:
+    manifest = run.manifest
+    return {
+        **dataclasses.asdict(run.config),
+        "world_size": run.info.world_size,
+        "per_process_batch": run.batch_size,
+        "global_batch": run.global_batch,
+        "lr_scaled": run.config.scaled_lr(run.global_batch),
+        "manifest_digest": manifest.digest,
+        "dataset_digest": manifest.info.dataset.digest,
+        "strategy": manifest.info.strategy,
+    }
+
+
+def finish_training(
+    run: Run, history: list[EpochRecord], position: Position, final: ValScores, start: Position
+) -> Trained:
+    """Thresholds from the last validation (already on every rank) and ``model.pt`` by rank 0; all ranks wait."""
     config, info = run.config, run.info
     fingerprints = rank_fingerprints(run.model, info)
     if info.is_main and len(set(fingerprints)) > 1:
         print(f"warning: the ranks' weights differ: {fingerprints}", file=sys.stderr, flush=True)
-    final = evaluate(run.model, run.data, info, config)
     thresholds = [0.5] * len(FINDINGS)
     if final.probs is not None and final.labels is not None:
         thresholds = [youden_threshold(final.labels[:, i], final.probs[:, i]) for i in range(len(FINDINGS))]
@@ -188,23 +216,40 @@ def finish(run: Run, history: list[EpochRecord], steps: int) -> TrainResult:
         final.mean_auroc,
         info.world_size,
         fingerprints,
-        steps,
+        position.step,
+        run.data.store.size,
     )
     model_url = storage.join(config.output_dir, "model.pt")
-    tracked = None
     if info.is_main:
         bundle.save(model_url)
-        final_metrics = {
-            "final_val_mean_auroc": final.mean_auroc,
-            **{f"final_val_auroc_{f}": v for f, v in final.auroc.items()},
-        }
-        run.logger.log_metrics({k: v for k, v in final_metrics.items() if v is not None}, steps)
-        tracked = run.logger.log_model(run.model, bundle, model_url)
-        run.logger.close()
     barrier(info)
-    result = TrainResult(tuple(history), final.mean_auroc, final.auroc, steps, model_url, tuple(fingerprints), tracked)
-    if info.is_main:
-        result.write(config.output_dir)
+    return Trained(bundle, model_url, tuple(history), final, start.step)
+
+
+def track(run: Run, trained: Trained) -> TrainResult:
+    """Rank 0, outside the process group: final metrics, the model to the logger (figures, registry), result.json."""
+    final, tracked = trained.final, None
+    if run.info.is_main:
+        final_metrics = {"final_val_mean_auroc": final.mean_auroc}
+        final_metrics.update({f"final_val_auroc_{f}": v for f, v in final.auroc.items()})
+        run.logger.log_metrics({k: v for k, v in final_metrics.items() if v is not None}, trained.bundle.steps)
+        validation = None
+        if final.probs is not None and final.labels is not None:
+            validation = Predictions(run.data.val, final.probs, final.labels)
+        tracked = run.logger.log_model(run.model, trained.bundle, trained.model_url, validation)
+        run.logger.close()
+    result = TrainResult(
+        trained.history,
+        final.mean_auroc,
+        final.auroc,
+        trained.bundle.steps,
+        trained.model_url,
+        tuple(trained.bundle.rank_fingerprints),
+        tracked,
+        trained.resumed_at_step,
+    )
+    if run.info.is_main:
+        result.write(run.config.output_dir)
     return result
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ if TYPE_CHECKING:
     from cxr.data.manifest import Manifest
     from cxr.learn.checkpoint import ModelBundle
     from cxr.learn.config import TrainConfig
+    from cxr.learn.evaluate import Predictions
     from cxr.tracking.mlflow_run import MlflowRun
 
 
@@ -42,20 +42,28 @@ class TrackedModel:
 
 
 class TrainLogger(Protocol):
+    run_id: str | None  # the tracking run, where there is one (a resumed run goes on logging to it)
+
     def log_params(self, params: Mapping[str, Any]) -> None: ...
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
-    def log_model(self, model: nn.Module, bundle: ModelBundle, url: str) -> TrackedModel | None: ...
+    def log_model(
+        self, model: nn.Module, bundle: ModelBundle, url: str, validation: Predictions | None = None
+    ) -> TrackedModel | None: ...
     def close(self) -> None: ...
 
 
 class NullLogger:
+    run_id: str | None = None
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         pass
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         pass
 
-    def log_model(self, model: nn.Module, bundle: ModelBundle, url: str) -> TrackedModel | None:
+    def log_model(
+        self, model: nn.Module, bundle: ModelBundle, url: str, validation: Predictions | None = None
+    ) -> TrackedModel | None:
         return None
 
     def close(self) -> None:
@@ -87,6 +95,7 @@ class TeeLogger:
 
     def __init__(self, *loggers: TrainLogger) -> None:
         self.loggers = loggers
+        self.run_id = next((logger.run_id for logger in loggers if logger.run_id), None)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         for logger in self.loggers:
@@ -96,8 +105,10 @@ class TeeLogger:
         for logger in self.loggers:
             logger.log_metrics(metrics, step)
 
-    def log_model(self, model: nn.Module, bundle: ModelBundle, url: str) -> TrackedModel | None:
-        tracked = [logger.log_model(model, bundle, url) for logger in self.loggers]
+    def log_model(
+        self, model: nn.Module, bundle: ModelBundle, url: str, validation: Predictions | None = None
+    ) -> TrackedModel | None:
+        tracked = [logger.log_model(model, bundle, url, validation) for logger in self.loggers]
         return next((t for t in tracked if t is not None), None)
 
     def close(self) -> None:
@@ -128,13 +139,17 @@ def lineage_tags(config: TrainConfig, manifest: Manifest) -> dict[str, str]:
 class MlflowTrainLogger:
     """A training run in MLflow; see the module docstring."""
 
-    def __init__(self, config: TrainConfig, manifest: Manifest) -> None:
+    def __init__(self, config: TrainConfig, manifest: Manifest, resume_run_id: str | None = None) -> None:
         from cxr.tracking.mlflow_run import MlflowRun
 
         self.config = config
         self.manifest = manifest
-        self.run: MlflowRun = MlflowRun(config.experiment, config.run_name, lineage_tags(config, manifest))
-        self._log_inputs()
+        tags_ = lineage_tags(config, manifest)
+        self.run: MlflowRun = MlflowRun(config.experiment, config.run_name, tags_, resume_run_id=resume_run_id)
+        self.run_id: str | None = self.run.run_id
+        self.resumed = resume_run_id is not None
+        if not self.resumed:
+            self._log_inputs()
 
     def _log_inputs(self) -> None:
         """The dataset version, stats and manifest as run inputs with our digests, and their charts."""
@@ -156,14 +171,19 @@ class MlflowTrainLogger:
                     self.run.log_input("stats", hashlib.sha256(data).hexdigest()[:16], url, "training")
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        self.run.log_params(params)
+        if not self.resumed:  # a resumed run keeps the parameters it started with (MLflow refuses changed ones)
+            self.run.log_params(params)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         self.run.log_metrics(metrics, step)
 
-    def log_model(self, model: nn.Module, bundle: ModelBundle, url: str) -> TrackedModel:
-        """Validation curves and heatmaps, the model, and (with ``register``) the registry and its gate."""
-        self._log_validation_figures(url)
+    def log_model(
+        self, model: nn.Module, bundle: ModelBundle, url: str, validation: Predictions | None = None
+    ) -> TrackedModel:
+        """Validation curves and heatmaps (from the probabilities training already has), the model, and (with
+        ``register``) the registry and its gate."""
+        if validation is not None:
+            self._log_validation(model, bundle, validation)
         run, c = self.run, self.config
         model_uri = run.call("log model", lambda: registry.log_model(run, model, bundle.image_size, bundle.to_bytes()))
         registration = None
@@ -176,17 +196,30 @@ class MlflowTrainLogger:
             )
         return TrackedModel(run.run_id, model_uri, registration)
 
-    def _log_validation_figures(self, model_url: str) -> None:
-        from cxr.learn.evaluate import evaluate_model
+    def _log_validation(self, model: nn.Module, bundle: ModelBundle, validation: Predictions) -> None:
+        from cxr.data.version import open_version
+        from cxr.learn.evaluate import report
+        from cxr.learn.inference import single_process
 
+        info = single_process(next(model.parameters()).device)
+        version = open_version(self.manifest.info.dataset.path)
         with tempfile.TemporaryDirectory() as tmp:
-            try:
-                evaluate_model(
-                    model_url, self.manifest.info.dataset.path, split="val", n_boot=100, out_dir=tmp, overlays=6
-                )
-            except ValueError as err:  # e.g. no val split: nothing to draw
-                print(f"no validation figures: {err}", file=sys.stderr)
-                return
+            report(
+                self.config.model,
+                model,
+                bundle,
+                version,
+                "val",
+                validation,
+                list(bundle.thresholds),
+                bundle.threshold_rule,
+                None,
+                100,
+                0,
+                tmp,
+                6,
+                info,
+            )
             self.run.log_file(f"{tmp}/evaluation.json", "val")
             self.run.log_file(f"{tmp}/curves.png", "val")
             for path in sorted(Path(tmp, "heatmaps").glob("*.png")):

@@ -90,12 +90,17 @@ class MlflowRun:
         run_name: str | None = None,
         run_tags: Mapping[str, str] | None = None,
         system_metrics: bool = True,
+        resume_run_id: str | None = None,
     ) -> None:
         self.uri = tracking_uri()
         self.client = client(self.uri)
-        self.experiment_id = experiment_id(self.client, self.uri, experiment)
-        all_tags = {**(run_tags or {}), tags.CODE_VERSION: __version__}
-        self.run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags).info.run_id
+        if resume_run_id:  # a resumed training run: the same MLflow run, running again
+            self.run_id = resume_run_id
+            self.client.update_run(resume_run_id, status="RUNNING")
+        else:
+            experiment_number = experiment_id(self.client, self.uri, experiment)
+            all_tags = {**(run_tags or {}), tags.CODE_VERSION: __version__}
+            self.run_id = self.client.create_run(experiment_number, run_name=run_name, tags=all_tags).info.run_id
         self.failed = False
         self.backlog: list[tuple[Mapping[str, float], int]] = []
         self.monitor = None
