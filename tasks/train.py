@@ -45,7 +45,7 @@ def _evaluate_key(_: Any, parameters: dict[str, Any]) -> str:
 @task(name="evaluate", cache_key_fn=_evaluate_key, persist_result=True, **RETRY)
 def evaluate_task(model_url: str, dataset: str, out_dir: str, run_id: str | None) -> Evaluation:
     """Test-split metrics and CAM localization; written to ``out_dir`` and logged to the model's MLflow run."""
-    evaluation = evaluate_model(model_url, dataset, split="test", out_dir=out_dir)
+    evaluation = evaluate_model(model_url, dataset, split="test", out_dir=out_dir, device="auto")
     if run_id:
         log_to_run(
             run_id, out_dir, ("evaluation.json", "curves.png"), "test", {"test_mean_auroc": evaluation.mean_auroc}

@@ -55,3 +55,18 @@ def test_identity_parameters_leave_the_image_as_it_is():
 def test_bad_settings_are_refused(kwargs):
     with pytest.raises(ValueError):
         AugmentConfig(**kwargs)
+
+
+def test_training_evaluation_and_prediction_make_the_same_input_from_an_image():
+    from cxr.data.decode import decode_image, resize_square
+    from cxr.learn.checkpoint import ModelBundle
+    from cxr.learn.inference import to_float
+    from cxr.learn.predict import model_input
+    from tests.conftest import NIH
+
+    png = next((NIH / "images").glob("*.png")).read_bytes()
+    gray = np.asarray(decode_image(png))
+    shard = torch.from_numpy(resize_square(gray, 256).copy())[None, None]  # what ingest stores
+    bundle = ModelBundle({}, "small", 224, [], shard_size=256)
+    from_shard = resize(to_float(shard), 224)  # training (before augmentation) and evaluation
+    assert torch.equal(model_input(gray, bundle, torch.device("cpu")), from_shard)  # prediction from the file

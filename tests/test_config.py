@@ -4,6 +4,7 @@ by exactly the settings that change its result."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import subprocess
 import sys
 
@@ -110,3 +111,35 @@ def test_bad_configs_are_refused():
         TrainConfig(manifest="m", weights="a", init_from="b")
     with pytest.raises(ValueError, match="crop_scale_min"):
         TrainConfig(manifest="m", crop_scale_min=0.0)
+
+
+def test_a_global_batch_is_shared_equally_and_refused_when_it_cannot_be():
+    config = dataclasses.replace(BASE, batch_size=None, global_batch_size=256)
+    assert config.batches(world_size=1, cuda=True) == (256, 256)
+    assert config.batches(world_size=8, cuda=True) == (32, 256)
+    with pytest.raises(ValueError, match="does not split evenly over 3 processes"):
+        config.batches(world_size=3, cuda=True)
+    with pytest.raises(ValueError, match="disagree"):
+        dataclasses.replace(config, batch_size=16).batches(world_size=8, cuda=False)
+
+
+def test_the_per_process_default_batch_suits_the_device():
+    config = dataclasses.replace(BASE, batch_size=None)
+    assert config.batches(world_size=2, cuda=False) == (32, 64)
+    assert config.batches(world_size=8, cuda=True) == (128, 1024)
+
+
+def test_the_learning_rate_scales_linearly_with_the_global_batch():
+    config = dataclasses.replace(BASE, lr=1e-3, lr_batch=256)
+    assert config.scaled_lr(256) == pytest.approx(1e-3) and config.scaled_lr(1024) == pytest.approx(4e-3)
+
+
+def test_the_schedule_warms_up_linearly_then_decays_on_a_cosine_to_zero():
+    from cxr.learn.run import lr_schedule
+
+    factor = lr_schedule(dataclasses.replace(BASE, epochs=4, warmup_epochs=1), steps_per_epoch=10)
+    assert [factor(s) for s in range(3)] == pytest.approx([0.1, 0.2, 0.3])
+    assert factor(9) == pytest.approx(1.0) and factor(10) == pytest.approx(1.0)
+    assert factor(25) == pytest.approx(0.5) and factor(39) == pytest.approx(0.5 * (1 + math.cos(math.pi * 29 / 30)))
+    no_warmup = lr_schedule(dataclasses.replace(BASE, epochs=2), steps_per_epoch=10)
+    assert no_warmup(0) == 1.0 and no_warmup(10) == pytest.approx(0.5)

@@ -209,44 +209,25 @@ def test_the_stack_is_healthy_and_keeps_its_credentials_out_of_the_output(chain)
     assert not any(secret in text for text in outputs)
 
 
-def test_a_cron_deployment_runs_through_the_api_on_a_process_worker(chain):
-    made = chain.cxr(
-        "deploy",
-        "--source",
-        str(chain.workdir / "source"),
-        "--workdir",
-        str(chain.root / "scheduled"),
-        "--cron",
-        "0 3 * * *",
-        "--name",
-        "deploy-test",
-        "--pool",
-        "test-pool",
-        "--model",
-        "small",
-        "--epochs",
-        "1",
-        "--size",
-        "32",
-        "--registered-model",
-        "deploy-test",
-        "--workers",
-        "1",
-        timeout=180,
-    )
+def test_a_cron_deployment_runs_through_the_api_on_a_process_worker_from_the_champion(chain):
+    where = ["--source", str(chain.workdir / "source"), "--workdir", str(chain.root / "scheduled")]
+    what = ["--model", "small", "--epochs", "1", "--size", "32", "--registered-model", "deploy-test", "--workers", "1"]
+    start = ["--init-from", "models:/cxr-demo@champion"]  # scheduled runs go on from the champion
+    deployment = ["--cron", "0 3 * * *", "--name", "deploy-test", "--pool", "test-pool"]
+    made = chain.cxr("deploy", *where, *what, *start, *deployment, timeout=180)
     assert made.returncode == 0, made.stderr[-3000:]
     assert chain.prefect("schedule", "retrain/deploy-test") == ["0 3 * * *"]
     run_id = chain.prefect("start", "retrain/deploy-test")
-    worker = subprocess.run(
-        [str(BIN / "prefect"), "worker", "start", "--pool", "test-pool", "--run-once"],
-        capture_output=True,
-        text=True,
-        env=chain.env,
-        timeout=600,
-    )
-    assert worker.returncode == 0, worker.stdout[-2000:] + worker.stderr[-2000:]
+    worker = [str(BIN / "prefect"), "worker", "start", "--pool", "test-pool", "--run-once"]
+    ran = subprocess.run(worker, capture_output=True, text=True, env=chain.env, timeout=600)
+    assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
     assert chain.prefect("state", "retrain/deploy-test", run_id) == {"state": "COMPLETED", "name": "Completed"}
-    assert list((chain.root / "scheduled" / "runs").glob("*/model.pt"))
+    [folder] = [path.parent for path in (chain.root / "scheduled" / "runs").glob("*/model.pt")]
+    from mlflow import MlflowClient
+
+    tracked = json.loads((folder / "result.json").read_text())["tracked"]
+    tags = MlflowClient(chain.env["MLFLOW_TRACKING_URI"]).get_run(tracked["run_id"]).data.tags
+    assert tags["cxr.parent_model"] == "models:/cxr-demo@champion"
 
 
 def test_stack_down_stops_every_process(chain):  # last: the chain ends here

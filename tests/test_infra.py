@@ -41,6 +41,7 @@ def test_the_pytorchjob_command_is_a_valid_cxr_train_command_line():
     assert command[:3] == ["torchrun", "-m", "cxr.learn.train"]
     config = TrainConfig.from_args(command[3:])
     assert config.model == "densenet121" and config.resume and config.register == "cxr-classifier"
+    assert config.batches(world_size=16, cuda=True) == (64, 1024)  # 2 nodes x 8 GPUs share the global batch
 
 
 def test_prefect_yaml_deploys_the_retrain_flow_with_parameters_it_takes():

@@ -117,9 +117,12 @@ def test_predict_reports_probabilities_boxes_and_overlays(archive, trained, tmp_
     assert [r.image for r in results] == [str(p) for p in images]
     for r in results:
         assert len(r.probabilities) == 14 and all(0 <= p <= 1 for p in r.probabilities.values())
+        width, height = r.size
         for f in r.findings:
             x, y, w, h = f.box_1024
             assert x >= 0 and y >= 0 and x + w <= 1024 and y + h <= 1024 and 0 < f.extent <= 1
+            px, py, pw, ph = f.box_px  # the same box in the image's own pixels (128 px files here)
+            assert px + pw <= width and py + ph <= height and px == pytest.approx(x * width / 1024, abs=0.2)
     assert len(list((tmp_path / "hm").glob("*.png"))) == sum(len(r.findings) for r in results)
 
 
