@@ -193,10 +193,9 @@ def test_a_resume_continues_an_epoch_stopped_by_max_steps_with_the_random_state(
 
 def test_a_resume_with_other_processes_or_settings_is_refused(manifest, tmp_path):
     run(two_processes(*train_args(manifest, tmp_path / "r", 8, "--max-steps", "3")))
-    one = run([sys.executable, *train_args(manifest, tmp_path / "r", 16, "--resume")], ok=False)
-    assert one.returncode != 0 and "cannot resume" in one.stderr and "processes 2 -> 1" in one.stderr
-    other_seed = run(two_processes(*train_args(manifest, tmp_path / "r", 8, "--resume", "--seed", "4")), ok=False)
-    assert other_seed.returncode != 0 and "seed 3 -> 4" in other_seed.stderr + other_seed.stdout
+    other = run([sys.executable, *train_args(manifest, tmp_path / "r", 8, "--resume", "--seed", "4")], ok=False)
+    assert other.returncode != 0 and "cannot resume" in other.stderr
+    assert "seed 3 -> 4" in other.stderr and "processes 2 -> 1" in other.stderr  # every change is named
 
 
 SLOW_RANK_0 = """

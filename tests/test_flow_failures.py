@@ -106,10 +106,13 @@ def _kill_training_once_it_checkpointed(runs: Path, done: threading.Event, kille
         time.sleep(0.05)
 
 
-def test_a_killed_training_is_retried_resumes_from_its_checkpoint_in_one_mlflow_run(prefect_api, tmp_path):
+def test_a_killed_training_is_retried_resumes_from_its_checkpoint_in_one_mlflow_run(prefect_api, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
     from flows.retrain import retrain
+    from tasks.train import train_task
+
+    monkeypatch.setattr(train_task, "retry_delay_seconds", [1])  # the policy's 5 s wait proves nothing more here
 
     synthesize(SynthConfig(out=str(tmp_path / "src"), n_images=400, size=64, seed=5))
     done, killed = threading.Event(), []
