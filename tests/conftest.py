@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from cxr.offline import set_offline_defaults
+from tests import reliability
 
 set_offline_defaults()  # before any library reads them
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="cxr-test-prefect-")
@@ -20,6 +21,7 @@ os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{_MLFLOW_DIR}/mlflow.db
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 FIXTURES = Path(__file__).parent / "fixtures"
+_FAULTS: list[reliability.Fault] = []
 NIH = FIXTURES / "nih"
 
 
@@ -69,3 +71,26 @@ def prefect_api() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture
+def reliability_record(request: pytest.FixtureRequest) -> Iterator[reliability.Recorder]:
+    """Record the fault a test injects and what the pipeline did; kept only if the test passes."""
+    recorder = reliability.Recorder(request.node.nodeid)
+    yield recorder
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.passed:
+        _FAULTS.extend(recorder.pending)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    report = yield
+    if report.when == "call":
+        item.rep_call = report  # type: ignore[attr-defined]
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _FAULTS:
+        reliability.write(_FAULTS)

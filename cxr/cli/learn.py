@@ -51,14 +51,14 @@ def evaluate(
     split: Annotated[str, typer.Option(help="The split to evaluate.")] = "test",
     threshold_rule: Annotated[str, typer.Option(help="youden | specificity (thresholds chosen on val).")] = "youden",
     specificity: Annotated[float, typer.Option(help="Target specificity for --threshold-rule specificity.")] = 0.9,
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the AUROC interval.")] = 200,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples (of patients) for the AUROC interval.")] = 200,
     out_dir: Annotated[
         str | None, typer.Option("--out", help="Write evaluation.json, curves.png, heatmaps/ here.")
     ] = None,
     device: DeviceOption = "auto",
     as_json: JsonFlag = False,
 ) -> None:
-    """Per-finding AUROC (95 % bootstrap interval), AUPRC, sensitivity and specificity, and CAM localization."""
+    """Per-finding AUROC (95 % interval over patients), AUPRC, sensitivity and specificity, and CAM localization."""
     from cxr.learn.evaluate import evaluate_model
     from cxr.reports import evaluation_table
 

@@ -142,7 +142,7 @@ def report(
     """Metrics at ``thresholds`` and localization from probabilities in hand; evaluation.json, curves and
     heatmap overlays into ``out_dir``. Training's MLflow plug-in reports its last validation this way."""
     probs, labels, rows = predictions.probs, predictions.labels, predictions.rows
-    metrics = evaluate_predictions(labels, probs, thresholds, n_boot=n_boot, seed=seed)
+    metrics = evaluate_predictions(labels, probs, thresholds, n_boot=n_boot, seed=seed, groups=rows.patient_ids)
     store = shard_store(version, bundle)
     loc, loc_random, examples = _localize(model, version, store, rows, bundle.image_size, seed, info)
     result = Evaluation(

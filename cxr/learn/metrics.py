@@ -1,4 +1,4 @@
-"""Per-finding metrics with scikit-learn: AUROC (with a bootstrap interval), AUPRC, thresholds chosen on
+"""Per-finding metrics with scikit-learn: AUROC (with a patient-level bootstrap interval), AUPRC, thresholds chosen on
 validation (Youden's J, or a fixed specificity), and sensitivity and specificity at a threshold.
 
 A finding whose labels hold a single class in the evaluated split has no AUROC: it is reported as
@@ -14,6 +14,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from cxr.findings import FINDINGS
+from cxr.learn.bootstrap import LEVEL, cluster_index, percentile_interval, resample_weights, weighted_auroc
 
 
 def _defined(y: np.ndarray) -> bool:
@@ -34,21 +35,20 @@ def mean_defined(values: Sequence[float | None]) -> float | None:
 
 
 def bootstrap_auroc(
-    y: np.ndarray, p: np.ndarray, n_boot: int, rng: np.random.Generator, level: float = 0.95
+    y: np.ndarray,
+    p: np.ndarray,
+    n_boot: int,
+    rng: np.random.Generator,
+    groups: np.ndarray | None = None,
+    level: float = LEVEL,
 ) -> tuple[float, float] | None:
-    """Percentile interval of AUROC over ``n_boot`` resamples (resamples with one class are skipped)."""
+    """Percentile interval of AUROC over ``n_boot`` resamples of patients (``groups``: a patient key per row;
+    None resamples images). Resamples that hold one class only are left out."""
     if not _defined(y):
         return None
-    values = []
-    n = len(y)
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        if _defined(y[idx]):
-            values.append(roc_auc_score(y[idx], p[idx]))
-    if not values:
-        return None
-    lo, hi = np.percentile(values, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
-    return float(lo), float(hi)
+    clusters = cluster_index(groups, len(y))
+    values = np.concatenate([weighted_auroc(y, p, w) for w in resample_weights(clusters, n_boot, rng)])
+    return percentile_interval(values, level)
 
 
 def youden_threshold(y: np.ndarray, p: np.ndarray) -> float:
@@ -99,11 +99,31 @@ class SplitMetrics:
     mean_auroc: float | None  # over the findings with an AUROC
 
 
-def evaluate_predictions(
-    labels: np.ndarray, probs: np.ndarray, thresholds: Sequence[float], n_boot: int = 200, seed: int = 0
-) -> SplitMetrics:
-    """AUROC with its interval, AUPRC, prevalence, sensitivity and specificity per finding, and the mean AUROC."""
+def auroc_intervals(
+    labels: np.ndarray, probs: np.ndarray, groups: np.ndarray | None, n_boot: int, seed: int, level: float = LEVEL
+) -> list[tuple[float, float] | None]:
+    """Each finding's AUROC interval, all findings on the same patient resamples (one draw serves 14)."""
     rng = np.random.default_rng(seed)
+    clusters = cluster_index(groups, len(labels))
+    values: list[list[np.ndarray]] = [[] for _ in FINDINGS]
+    for w in resample_weights(clusters, n_boot, rng):
+        for i in range(len(FINDINGS)):
+            if _defined(labels[:, i]):
+                values[i].append(weighted_auroc(labels[:, i], probs[:, i], w))
+    return [percentile_interval(np.concatenate(v), level) if v else None for v in values]
+
+
+def evaluate_predictions(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    thresholds: Sequence[float],
+    n_boot: int = 200,
+    seed: int = 0,
+    groups: np.ndarray | None = None,
+) -> SplitMetrics:
+    """AUROC with its interval (resampling patients when ``groups`` gives each row's patient), AUPRC,
+    prevalence, sensitivity and specificity per finding, and the mean AUROC."""
+    intervals = auroc_intervals(labels, probs, groups, n_boot, seed) if n_boot else [None] * len(FINDINGS)
     findings: dict[str, FindingMetrics] = {}
     for i, f in enumerate(FINDINGS):
         y, p = labels[:, i], probs[:, i]
@@ -112,7 +132,7 @@ def evaluate_predictions(
             n_pos=int(y.sum()),
             n=len(y),
             auroc=auroc(y, p),
-            auroc_ci95=bootstrap_auroc(y, p, n_boot, rng) if n_boot else None,
+            auroc_ci95=intervals[i],
             auprc=float(average_precision_score(y, p)) if y.sum() > 0 else None,
             threshold=float(thresholds[i]),
             sensitivity=sens,

@@ -100,6 +100,7 @@ class Rows:
     shard_index: np.ndarray  # int64 row within the shard
     labels: np.ndarray  # float32 [n, 14]
     shards: list[str]
+    patient_ids: np.ndarray  # int64 [n]: the unit the bootstrap resamples
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -123,6 +124,7 @@ def split_rows(table: pa.Table, split: str | None, expand_repeats: bool) -> Rows
         shard_index=part["shard_index"].to_numpy(zero_copy_only=False).astype(np.int64),
         labels=labels.reshape(part.num_rows, len(FINDING_COLUMNS)),
         shards=shards,
+        patient_ids=part["patient_id"].to_numpy(zero_copy_only=False).astype(np.int64),
     )
 
 
