@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # types only: the command line imports this module and must s
     from cxr.data.version import DatasetVersion
     from cxr.learn.evaluate import Evaluation
     from cxr.learn.result import TrainResult
-    from cxr.tracking.registry import Registration
+    from cxr.tracking.gate import Registration
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,9 @@ evaluate + localize -> register -> gate. Every setting is a typed parameter; the
     # or as a deployment: prefect.yaml (a cron schedule), `cxr deploy`
 
 Defaults fit a laptop CPU (the small model at 64 px); a deployment's defaults are in flows/deploy.py.
-A run trains into ``<workdir>/runs/<run name>``, named by the manifest digest and every setting that
-decides the model (:func:`cxr.learn.launch.run_name`), which is also the train task's cache key.
+A run trains into ``<workdir>/runs/<run name>/<flow run id>``: the run name (the manifest digest and every
+setting that decides the model, :func:`cxr.learn.launch.run_name`) is the train task's cache key, and each
+flow run has a folder of its own under it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from cxr.data.manifest import ManifestConfig
 from cxr.data.plan import IngestOptions
 from cxr.data.splits import TEST_SHARE, VAL_SHARE
 from cxr.learn.config import TrainConfig
+from cxr.learn.gate_rule import GATE_LEVEL, GATE_MARGIN, GATE_MAX_DROP, GateRule
 from cxr.learn.launch import in_runs_folder
 from cxr.reports import RetrainSummary
 from tasks.ingest import decode_parts_task, ingest_summary_artifact, plan_ingest_task, publish_task
@@ -44,8 +46,9 @@ def retrain(
     nproc: int = 1,
     seed: int = 0,
     registered_model: str = "cxr-classifier",
-    gate_margin: float = 0.0,
-    gate_max_drop: float = 0.02,
+    gate_margin: float = GATE_MARGIN,
+    gate_max_drop: float = GATE_MAX_DROP,
+    gate_level: float = GATE_LEVEL,
     experiment: str = "cxr-retrain",
     dask_address: str | None = None,
     workers: int | None = None,
@@ -78,9 +81,10 @@ def retrain(
     config = in_runs_folder(config, storage.join(workdir, "runs"), manifest.digest, nproc)
     trained = train_task(config, nproc, manifest.digest)
     run_id = trained.tracked.run_id if trained.tracked else None
-    evaluation = evaluate_task(trained.model_url, ingested.path, storage.join(config.output_dir, "evaluation"), run_id)
+    evaluation = evaluate_task(trained.model_url, ingested.path, storage.join(trained.output_dir, "evaluation"), run_id)
     model_uri = trained.tracked.model_uri if trained.tracked else None
-    registration = register_task(run_id, model_uri, registered_model, gate_margin, gate_max_drop)
+    rule = GateRule(gate_margin, gate_max_drop, gate_level, seed=seed)
+    registration = register_task(run_id, model_uri, registered_model, ingested.path, rule)
     summary = RetrainSummary(ingested, decoded, manifest, trained, evaluation, registration)
     summary_artifact(summary)
     return summary

@@ -110,14 +110,19 @@ def test_a_clearly_better_model_is_promoted_and_a_clearly_worse_one_is_not():
     assert not verdict.promoted and any("regresses" in r for r in verdict.reasons)
 
 
-def test_a_drop_on_a_rare_finding_inside_the_noise_does_not_block():
+def test_a_drop_inside_the_noise_does_not_block_and_a_finding_with_few_positive_patients_is_not_compared():
     rng = np.random.default_rng(11)
     labels, challenger, champion, patients = two_models(rng, 150, 4, (2.0, 2.0))
-    hernia = FINDINGS.index("Hernia")
-    challenger[:, hernia] = np.clip(challenger[:, hernia] + rng.normal(0, 0.15, len(labels)), 0, 1)
+    mass = FINDINGS.index("Mass")
+    challenger[:, mass] = np.clip(challenger[:, mass] + rng.normal(0, 0.03, len(labels)), 0, 1)  # a little worse
     rule = GateRule(n_boot=300)
-    d = compare(labels, challenger, champion, patients, rule).findings["Hernia"]
-    assert d.n_pos < 30 and d.gain is not None and not d.regression and d.upper > -rule.max_drop
+    comparison = compare(labels, challenger, champion, patients, rule)
+    d = comparison.findings["Mass"]
+    # a point drop beyond max_drop (the old rule blocked on that), but not significantly beyond it
+    assert d.compared and d.gain < -rule.max_drop and not d.regression and d.upper > -rule.max_drop
+    hernia = comparison.findings["Hernia"]  # 2 % prevalence: a handful of positive patients
+    assert hernia.n_pos_patients < rule.min_patients and not hernia.compared and hernia.upper is None
+    assert "not compared, fewer than 10 positive patients: Hernia" in decide(comparison, rule).reasons[-1]
 
 
 def test_percentile_interval_ignores_undefined_resamples():

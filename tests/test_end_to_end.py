@@ -222,7 +222,7 @@ def test_a_cron_deployment_runs_through_the_api_on_a_process_worker_from_the_cha
     ran = subprocess.run(worker, capture_output=True, text=True, env=chain.env, timeout=600)
     assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
     assert chain.prefect("state", "retrain/deploy-test", run_id) == {"state": "COMPLETED", "name": "Completed"}
-    [folder] = [path.parent for path in (chain.root / "scheduled" / "runs").glob("*/model.pt")]
+    [folder] = [path.parent for path in (chain.root / "scheduled" / "runs").glob("*/*/model.pt")]
     from mlflow import MlflowClient
 
     tracked = json.loads((folder / "result.json").read_text())["tracked"]

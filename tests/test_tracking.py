@@ -21,12 +21,14 @@ from cxr.data.plan import IngestOptions
 from cxr.data.stats import dataset_stats, write_stats
 from cxr.data.synth import SynthConfig, synthesize
 from cxr.data.version import open_version
+from cxr.findings import FINDINGS
 from cxr.learn.config import TrainConfig
 from cxr.learn.result import TrainResult
 from cxr.learn.train import main
 from cxr.services.mlflowserver import MlflowServer
 from cxr.services.process import free_port
-from cxr.tracking.registry import ProbabilityModel, ValAurocs, decide, register_and_gate
+from cxr.tracking.gate import register_and_gate
+from cxr.tracking.registry import ProbabilityModel
 
 pytestmark = pytest.mark.s3
 BIN = Path(sys.executable).parent
@@ -61,6 +63,16 @@ def prepared(tmp_path_factory) -> dict:
     write_stats(version, dataset_stats(version))
     write_manifest(build_manifest(version, ManifestConfig("weighted")), str(root / "m"))
     return {"root": root, "digest": result.digest, "manifest": root / "m"}
+
+
+@pytest.fixture(scope="module")
+def gate_dataset(tmp_path_factory) -> str:
+    """Another synthetic archive with most patients in validation: enough positive patients per finding
+    for the gate to compare on (it compares a finding only with 10 positive patients)."""
+    root = tmp_path_factory.mktemp("gate")
+    synthesize(SynthConfig(out=str(root / "src"), n_images=800, size=64, seed=5))
+    ingest(str(root / "src"), str(root / "ds"), IngestOptions(sizes=(32,), test_share=0.05, val_share=0.9))
+    return str(root / "ds")
 
 
 @pytest.fixture(scope="module")
@@ -138,40 +150,100 @@ def test_the_model_loads_back_by_alias_and_predicts_like_the_model_in_memory(ser
     )
 
 
-def test_the_gate_promotes_a_better_challenger_and_keeps_a_worse_one_out(server, trained):
+def log_untrained_model(prepared, seed: int = 1) -> tuple[str, str]:
+    """A real model that learned nothing (fresh weights), logged to a new run like training logs one."""
+    import dataclasses
+
+    from cxr.learn.checkpoint import ModelBundle
+    from cxr.learn.models import build_model
+    from cxr.tracking.mlflow_run import MlflowRun
+    from cxr.tracking.registry import log_model
+
+    bundle = ModelBundle.read(str(prepared["root"] / "run" / "model.pt"))
+    torch.manual_seed(seed)
+    model = build_model(bundle.model_name)
+    untrained = dataclasses.replace(bundle, model=model.state_dict())
+    run = MlflowRun("tracking-test", f"untrained-{seed}", system_metrics=False)
+    model_uri = log_model(run, model, bundle.image_size, untrained.to_bytes())
+    run.close()
+    return run.run_id, model_uri
+
+
+def test_the_gate_compares_on_the_same_images_keeps_a_worse_model_out_and_promotes_a_better_one(
+    server, prepared, trained, gate_dataset
+):
     from mlflow import MlflowClient
 
     client = MlflowClient(server.url)
-    champion = client.get_run(trained.tracked.run_id).data.metrics["final_val_mean_auroc"]
-    experiment = client.get_experiment_by_name("tracking-test").experiment_id
-
-    def candidate(mean: float) -> str:
-        run = client.create_run(experiment)
-        client.log_metric(run.info.run_id, "final_val_mean_auroc", mean)
-        client.set_terminated(run.info.run_id)
-        return run.info.run_id
-
-    worse = candidate(champion - 0.05)
-    decision = register_and_gate(worse, trained.tracked.model_uri, "cxr-tracked", margin=0.0, max_drop=0.02)
-    version = decision.version
-    assert not decision.promoted and "<" in decision.reasons[0]
+    dataset = gate_dataset
+    untrained_run, untrained_uri = log_untrained_model(prepared)
+    worse = register_and_gate(untrained_run, untrained_uri, "cxr-tracked", dataset)
+    assert not worse.promoted and worse.champion_version == trained.tracked.registration.version
+    assert "not a significant improvement" in worse.reasons[0]
     assert client.get_model_version_by_alias("cxr-tracked", "champion").version == trained.tracked.registration.version
-    assert client.get_model_version_by_alias("cxr-tracked", "challenger").version == version
-    assert client.get_model_version("cxr-tracked", version).tags["cxr.gate.decision"] == "stays challenger"
-    better = candidate(champion + 0.05)
-    decision = register_and_gate(better, trained.tracked.model_uri, "cxr-tracked", margin=0.01)
-    assert (
-        decision.promoted and client.get_model_version_by_alias("cxr-tracked", "champion").version == decision.version
+    assert client.get_model_version_by_alias("cxr-tracked", "challenger").version == worse.version
+    tags = client.get_model_version("cxr-tracked", worse.version).tags
+    assert tags["cxr.gate.decision"] == "stays challenger" and float(tags["cxr.gate.mean_gain"]) < 0
+    gate = json.loads(Path(client.download_artifacts(untrained_run, "gate.json")).read_text())
+    assert gate["comparison"]["n_patients"] > 1 and gate["rule"]["level"] == 0.95
+    assert gate["champion_run_id"] == trained.tracked.run_id and set(gate["comparison"]["findings"]) == set(FINDINGS)
+
+    again = register_and_gate(untrained_run, untrained_uri, "cxr-tracked", dataset)  # a retried registration
+    assert again.version == worse.version and not again.promoted
+    assert len(client.search_model_versions("name = 'cxr-tracked'")) == 2
+
+    # an untrained champion: the trained model is clearly better, on the same validation images
+    first = register_and_gate(untrained_run, untrained_uri, "cxr-gate-better", dataset)
+    assert first.promoted and first.reasons == ("no champion yet",)
+    better = register_and_gate(trained.tracked.run_id, trained.tracked.model_uri, "cxr-gate-better", dataset)
+    assert better.promoted, better.reasons
+    assert client.get_model_version_by_alias("cxr-gate-better", "champion").version == better.version
+    assert "lower bound" in client.get_run(trained.tracked.run_id).data.tags["cxr.gate.reasons"]
+
+
+def test_the_gate_fails_closed_when_the_champion_cannot_be_read(server, prepared, trained, reliability_record):
+    from mlflow import MlflowClient
+
+    from tests.faultproxy import FaultProxy
+
+    client = MlflowClient(server.url)
+    dataset = str(prepared["root"] / "ds")
+    champion_run, champion_uri = log_untrained_model(prepared, seed=2)
+    assert register_and_gate(champion_run, champion_uri, "cxr-closed", dataset).promoted
+    client.delete_run(champion_run)
+    try:
+        deleted = register_and_gate(trained.tracked.run_id, trained.tracked.model_uri, "cxr-closed", dataset)
+    finally:
+        client.restore_run(champion_run)
+    assert not deleted.promoted and deleted.failed_closed and "deleted" in deleted.reasons[0]
+    assert client.get_model_version_by_alias("cxr-closed", "champion").version == "1"
+
+    proxy = FaultProxy(server.url).start()
+    saved = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # one 503 reaches the gate, not MLflow's retry
+    try:
+        proxy.fail("/api/2.0/mlflow/registered-models/get", status=503, times=1)
+        unavailable = register_and_gate(
+            trained.tracked.run_id, trained.tracked.model_uri, "cxr-closed", dataset, uri=proxy.url
+        )
+    finally:
+        proxy.stop()
+        if saved is None:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
+        else:
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = saved
+    assert len(proxy.failed) == 1
+    assert not unavailable.promoted and unavailable.failed_closed and "503" in unavailable.reasons[0]
+    assert client.get_model_version_by_alias("cxr-closed", "champion").version == "1"
+    assert len(client.search_model_versions("name = 'cxr-closed'")) == 2  # the retry reused its version
+    reliability_record.record(
+        "registry", "the champion's run deleted", "gate failed closed: not promoted, reason recorded"
     )
-    assert ">=" in client.get_run(better).data.tags["cxr.gate.reasons"]
-
-
-def test_gate_rules():
-    base = ValAurocs(0.80, {"Hernia": 0.70, "Mass": 0.90})
-    assert decide(base, None, 0.0, 0.02).promoted
-    assert not decide(ValAurocs(0.85, {"Hernia": 0.60, "Mass": 0.95}), base, 0.0, 0.02).promoted  # Hernia drops 0.10
-    assert decide(ValAurocs(0.85, {"Hernia": 0.69, "Mass": 0.95}), base, 0.0, 0.02).promoted
-    assert not decide(ValAurocs(0.805, {}), base, 0.01, 0.02).promoted  # below the margin
+    reliability_record.record(
+        "registry",
+        "one HTTP 503 from the MLflow server while the gate reads the champion",
+        "gate failed closed: not promoted; the flow's task raises so it is retried, not cached",
+    )
 
 
 def test_cxr_lineage_prints_the_digest_ingest_produced(server, prepared, trained):

@@ -6,6 +6,10 @@ patients with replacement and computes both models' AUROC per finding on it; the
 differences gives the intervals. Per resample the mean difference is taken over the findings defined in
 that resample.
 
+A finding takes part only when the validation images hold at least ``min_patients`` positive and as
+many negative patients (default 10): with fewer, a bootstrap over patients says nothing reliable (one
+positive patient can make any difference look "significant"), so the finding is listed as not compared.
+
 The rule (:func:`decide`), at ``level`` (default 0.95):
 
 - promote only if the one-sided lower bound of the mean AUROC gain is above ``margin``;
@@ -24,31 +28,8 @@ import numpy as np
 
 from cxr.findings import FINDINGS
 from cxr.learn.bootstrap import cluster_index, resample_weights, weighted_auroc
+from cxr.learn.gate_rule import GateRule
 from cxr.learn.metrics import auroc, mean_defined
-
-GATE_LEVEL = 0.95  # the confidence of every gate decision
-GATE_MARGIN = 0.0  # the mean AUROC gain the challenger must show beyond noise
-GATE_MAX_DROP = 0.02  # a finding may fall this much (or any amount within noise) without blocking
-GATE_BOOTSTRAP = 1000  # patient resamples
-
-
-@dataclass(frozen=True)
-class GateRule:
-    """What the gate asks of a challenger; the defaults are the project's."""
-
-    margin: float = GATE_MARGIN
-    max_drop: float = GATE_MAX_DROP
-    level: float = GATE_LEVEL
-    n_boot: int = GATE_BOOTSTRAP
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0.5 < self.level < 1:
-            raise ValueError(f"the gate's level must be in (0.5, 1), got {self.level}")
-        if self.max_drop < 0:
-            raise ValueError(f"max_drop must be >= 0, got {self.max_drop}")
-        if self.n_boot < 100:
-            raise ValueError(f"the gate needs at least 100 bootstrap resamples, got {self.n_boot}")
 
 
 @dataclass(frozen=True)
@@ -56,6 +37,8 @@ class FindingDifference:
     """One finding: both AUROCs on the same images, the challenger's gain, and its bounds."""
 
     n_pos: int
+    n_pos_patients: int
+    compared: bool  # enough positive and negative patients to take part
     challenger: float | None
     champion: float | None
     gain: float | None  # challenger - champion
@@ -84,8 +67,10 @@ def compare(
     n = len(labels)
     if challenger.shape != champion.shape or challenger.shape != labels.shape:
         raise ValueError(f"probabilities {challenger.shape} and {champion.shape} do not match labels {labels.shape}")
-    defined = [i for i in range(len(FINDINGS)) if 0 < labels[:, i].sum() < n]
     clusters = cluster_index(patients, n)
+    pos_patients = [len(np.unique(clusters[labels[:, i] > 0])) for i in range(len(FINDINGS))]
+    neg_patients = [len(np.unique(clusters[labels[:, i] == 0])) for i in range(len(FINDINGS))]
+    defined = [i for i in range(len(FINDINGS)) if min(pos_patients[i], neg_patients[i]) >= rule.min_patients]
     rng = np.random.default_rng(rule.seed)
     gains: list[np.ndarray] = []  # [b, defined findings] per block
     for w in resample_weights(clusters, rule.n_boot, rng):
@@ -107,9 +92,11 @@ def compare(
             column = column[~np.isnan(column)]
             upper = float(np.percentile(column, 100 * (1 - per_finding_alpha))) if len(column) else None
         regression = upper is not None and upper < -rule.max_drop
-        findings[f] = FindingDifference(int(labels[:, i].sum()), new, old, gain, upper, regression)
-    challenger_mean = mean_defined([d.challenger for d in findings.values()])
-    champion_mean = mean_defined([d.champion for d in findings.values()])
+        findings[f] = FindingDifference(
+            int(labels[:, i].sum()), pos_patients[i], i in defined, new, old, gain, upper, regression
+        )
+    challenger_mean = mean_defined([d.challenger for d in findings.values() if d.compared])
+    champion_mean = mean_defined([d.champion for d in findings.values() if d.compared])
     mean_gain = lower = interval = None
     if defined:
         with warnings.catch_warnings():
@@ -144,11 +131,20 @@ class Verdict:
 def decide(comparison: PairedComparison, rule: GateRule) -> Verdict:
     """The gate's rule on a paired comparison (see the module docstring)."""
     c = comparison
+    compared = [f for f, d in c.findings.items() if d.compared]
+    left_out = ", ".join(f"{f} ({d.n_pos_patients})" for f, d in c.findings.items() if not d.compared)
     if c.mean_gain is None or c.mean_gain_lower is None:
-        return Verdict(False, ("no finding has both classes in the validation images: nothing to compare on",))
+        return Verdict(
+            False,
+            (
+                f"no finding has {rule.min_patients} positive and negative patients in the validation images: "
+                f"nothing to compare on (positive patients: {left_out})",
+            ),
+        )
     better = c.mean_gain_lower > rule.margin
     reasons = [
-        f"mean val AUROC {c.challenger_mean:.4f} vs champion {c.champion_mean:.4f} on the same "
+        f"mean val AUROC over {len(compared)} findings {c.challenger_mean:.4f} vs champion {c.champion_mean:.4f} "
+        "on the same "
         f"{c.n_images} images of {c.n_patients} patients: gain {c.mean_gain:+.4f}, one-sided {c.level:.0%} lower "
         f"bound {c.mean_gain_lower:+.4f} {'>' if better else '<='} margin {rule.margin:+.4f}"
         + ("" if better else " (not a significant improvement)")
@@ -161,4 +157,6 @@ def decide(comparison: PairedComparison, rule: GateRule) -> Verdict:
         )
     if not regressions:
         reasons.append(f"no finding regresses significantly by more than {rule.max_drop:.4f}")
+    if left_out:
+        reasons.append(f"not compared, fewer than {rule.min_patients} positive patients: {left_out}")
     return Verdict(better and not regressions, tuple(reasons))

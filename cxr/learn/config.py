@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from cxr.learn.augment import AugmentConfig
+from cxr.learn.gate_rule import GATE_MARGIN, GATE_MAX_DROP
 from cxr.learn.models import MODEL_NAMES
 
 AMP_MODES = ("auto", "bf16", "off")
@@ -99,8 +100,12 @@ class TrainConfig:
     experiment: str = setting("cxr", "the MLflow experiment the run is logged under")
     run_name: str | None = setting(None, "a name for the MLflow run (default: MLflow makes one up)", result=False)
     register: str | None = setting(None, "register the model under this name as challenger, then gate champion")
-    gate_margin: float = setting(0.0, "champion needs a mean val AUROC at least the champion's plus this")
-    gate_max_drop: float = setting(0.02, "and no finding's val AUROC more than this below the champion's")
+    gate_margin: float = setting(
+        GATE_MARGIN, "promote only if the mean val AUROC gain over the champion is above this, beyond noise"
+    )
+    gate_max_drop: float = setting(
+        GATE_MAX_DROP, "and no finding's val AUROC significantly more than this below the champion's"
+    )
     flow_run_id: str | None = setting(None, "the Prefect flow run that launched this run (lineage tag)", result=False)
     parent_run_id: str | None = setting(
         None, "an MLflow run to nest this run under (the imbalance study)", result=False

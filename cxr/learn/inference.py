@@ -53,14 +53,19 @@ def autocast(info: DistInfo, amp: str = "auto") -> AbstractContextManager[object
     return nullcontext()
 
 
-def load_model(uri: str, device: str = "cpu") -> tuple[Classifier, ModelBundle]:
+def load_model(uri: str, device: str | torch.device = "cpu") -> tuple[Classifier, ModelBundle]:
     """A ``model.pt`` bundle (local, ``s3://`` or an MLflow model URI) as an eval-mode model and its bundle."""
     bundle = ModelBundle.read(uri)
+    return bundle_model(bundle, device, uri), bundle
+
+
+def bundle_model(bundle: ModelBundle, device: str | torch.device = "cpu", source: str = "the bundle") -> Classifier:
+    """The eval-mode model a bundle holds."""
     if list(bundle.label_names) != list(FINDINGS):
-        raise ValueError(f"{uri} predicts {list(bundle.label_names)}, not the 14 findings")
+        raise ValueError(f"{source} predicts {list(bundle.label_names)}, not the 14 findings")
     model = build_model(bundle.model_name)
     model.load_state_dict(bundle.model)
-    return model.to(device).eval(), bundle
+    return model.to(device).eval()
 
 
 def shard_store(version: DatasetVersion, bundle: ModelBundle) -> ShardStore:

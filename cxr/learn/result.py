@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -31,6 +32,11 @@ class TrainResult:
     rank_fingerprints: tuple[str, ...]
     tracked: TrackedModel | None = None  # rank 0 with tracking on
     resumed_at_step: int = 0  # where this process took over from checkpoint.pt (0: trained from the start)
+
+    @property
+    def output_dir(self) -> str:
+        """The run's folder: where ``model.pt`` and ``result.json`` are."""
+        return posixpath.dirname(self.model_url)
 
     def write(self, output_dir: str) -> None:
         storage.write_text(storage.join(output_dir, RESULT_FILE), to_json(self) + "\n")

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cxr import storage
+from cxr.learn.gate_rule import GateRule
 from cxr.tracking import registry, tags
-from cxr.tracking.registry import Registration
+from cxr.tracking.gate import Registration, register_and_gate
 
 if TYPE_CHECKING:
     from torch import nn
@@ -190,8 +191,13 @@ class MlflowTrainLogger:
         if model_uri is not None and c.register:
             registration = run.call(
                 "register",
-                lambda: registry.register_and_gate(
-                    run.run_id, model_uri, c.register, c.gate_margin, c.gate_max_drop, run.uri
+                lambda: register_and_gate(
+                    run.run_id,
+                    model_uri,
+                    c.register,
+                    self.manifest.info.dataset.path,
+                    GateRule(c.gate_margin, c.gate_max_drop),
+                    run.uri,
                 ),
             )
         return TrackedModel(run.run_id, model_uri, registration)

@@ -22,6 +22,9 @@ SHIFTED_DATASET_DIGEST = PREFIX + "shifted_dataset_digest"  # the imbalance stud
 RUN_ID = PREFIX + "run_id"
 GATE_DECISION = PREFIX + "gate.decision"
 GATE_REASONS = PREFIX + "gate.reasons"
+GATE_CHAMPION = PREFIX + "gate.champion_version"  # the version the gate compared against
+GATE_MEAN_GAIN = PREFIX + "gate.mean_gain"  # challenger - champion, mean val AUROC on the same images
+GATE_MEAN_GAIN_LOWER = PREFIX + "gate.mean_gain_lower"  # its one-sided lower bound at the gate's level
 
 # MLflow's own: nests a run under another (the study's child runs)
 MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"
