@@ -89,7 +89,7 @@ def _kill_training_once_it_checkpointed(runs: Path, done: threading.Event, kille
     import psutil
 
     while not done.is_set():
-        for path in runs.glob("*/checkpoint.pt"):
+        for path in runs.glob("*/*/checkpoint.pt"):
             try:
                 epoch = checkpoint.load(str(path))["epoch"]
             except Exception:  # noqa: BLE001 - replaced atomically; an old handle may read a vanished file
@@ -144,3 +144,100 @@ def test_a_killed_training_is_retried_resumes_from_its_checkpoint_in_one_mlflow_
     assert [(r.info.run_id, r.info.status) for r in runs] == [(trained.tracked.run_id, "FINISHED")]
     steps = [m.step for m in client.get_metric_history(trained.tracked.run_id, "val_mean_auroc")]
     assert steps == sorted(steps) and len(steps) == 4  # one value per epoch, before and after the kill
+
+
+def small_retrain(tmp_path: Path, name: str) -> dict[str, object]:
+    """The retrain flow's parameters for a one-epoch run at 32 px on ``tmp_path/src``."""
+    return {
+        "source": str(tmp_path / "src"),
+        "workdir": str(tmp_path / "work"),
+        "sizes": [32],
+        "epochs": 1,
+        "workers": 1,
+        "registered_model": name,
+        "experiment": name,
+    }
+
+
+@pytest.fixture
+def mlflow_behind_a_proxy(tmp_path, monkeypatch):
+    """A real MLflow server (local artifacts) reached through a fault proxy: MLFLOW_TRACKING_URI is the proxy."""
+    from cxr.services.mlflowserver import MlflowServer
+    from tests.faultproxy import FaultProxy
+
+    server = MlflowServer(tmp_path / "mlflow", str(tmp_path / "mlflow" / "artifacts")).start()
+    proxy = FaultProxy(server.url).start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", proxy.url)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+        server.stop()
+
+
+def test_mlflow_failing_at_the_end_of_training_is_not_cached_and_the_rerun_registers_one_version(
+    prefect_api, tmp_path, monkeypatch, mlflow_behind_a_proxy, reliability_record
+):
+    from mlflow import MlflowClient
+
+    from cxr.tracking.gate import register_and_gate
+    from flows.retrain import retrain
+    from tasks.train import train_task
+
+    proxy = mlflow_behind_a_proxy
+    monkeypatch.setattr(train_task, "retries", 0)  # the flow fails at once; retries are shown above
+    synthesize(SynthConfig(out=str(tmp_path / "src"), n_images=120, size=64, seed=6))
+    settings = small_retrain(tmp_path, "outage")
+    proxy.fail("/api/2.0/mlflow/logged-models", status=503, times=None)  # models cannot be logged
+    failed = retrain(**settings, return_state=True)
+    assert failed.is_failed() and "was not logged to MLflow" in str(failed.result(raise_on_failure=False))
+    assert proxy.failed  # the outage was met
+    proxy.heal()
+    state = retrain(**settings, return_state=True)
+    assert state.is_completed(), state
+    summary = state.result()
+    assert task_run_counts(state.state_details.flow_run_id)["train"] == 1  # trained again: nothing was cached
+    client = MlflowClient(proxy.url)
+    versions = client.search_model_versions("name = 'outage'")
+    assert [v.version for v in versions] == [summary.registration.version] == ["1"]
+    again = register_and_gate(
+        summary.trained.tracked.run_id, summary.trained.tracked.model_uri, "outage", summary.ingest.path
+    )
+    assert again.version == "1" and len(client.search_model_versions("name = 'outage'")) == 1
+    reliability_record.record(
+        "training",
+        "MLflow refuses to log the model at the end of training (HTTP 503)",
+        "the train task fails instead of caching a result without a model; the rerun trains, logs and registers "
+        "exactly one version; a retried registration reuses it",
+        lost="the first try's training time (its checkpoint stays in its run folder)",
+    )
+
+
+def test_two_retrain_flows_at_once_each_evaluate_their_own_model(prefect_api, tmp_path, reliability_record):
+    from flows.retrain import retrain
+
+    synthesize(SynthConfig(out=str(tmp_path / "src"), n_images=120, size=64, seed=7))
+    settings = small_retrain(tmp_path, "twins")
+    states: list = [None, None]
+
+    def run(k: int) -> None:
+        states[k] = retrain(**settings, return_state=True)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    summaries = [s.result() for s in states]
+    for summary in summaries:
+        evaluation = summary.evaluation
+        assert evaluation.model == summary.trained.model_url  # each flow evaluated the model it trained
+        bundle = checkpoint.load(summary.trained.model_url)
+        assert tuple(bundle["rank_fingerprints"]) == summary.trained.rank_fingerprints
+    folders = {s.trained.output_dir for s in summaries}
+    assert len(folders) == 2 or summaries[0].trained == summaries[1].trained  # own folders, or one cached result
+    reliability_record.record(
+        "orchestration",
+        "two retrain flows with the same settings at once",
+        "each trains in its own run folder and evaluates its own model",
+    )
