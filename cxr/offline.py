@@ -7,6 +7,8 @@ Each is a default (``setdefault``): a user's own setting wins. The reasons:
 - ``mlflow server`` starts seven extra job-runner processes unless job execution is off.
 - MLflow's HTTP client retries a dead server for minutes by default; training should notice within
   seconds and go on (:mod:`cxr.tracking.mlflow_run` keeps the backlog and retries it itself).
+- MLflow writes "View run ... at: <tracking URI>" straight to stdout when a run ends, past every
+  redaction (:mod:`cxr.redact`): a URI with credentials in it would be printed as it is.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ OFFLINE_ENV: dict[str, str] = {
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
 

@@ -1,21 +1,40 @@
-"""What every command shares: the two consoles, one error line with exit code 2, progress bars."""
+"""What every command shares: the two consoles, one error line with exit code 2, progress bars.
+
+Both consoles redact what they print (:func:`cxr.redact.redact`): a URL with credentials in it (a tracking
+URI ``http://user:password@host``, a ``?token=`` query) never reaches the terminal as it is, whichever
+command prints it.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from cxr.redact import redact
 
 T = TypeVar("T")
 
-console = Console(stderr=True, soft_wrap=True)  # progress, notes, errors
-out = Console(soft_wrap=True)  # results: tables, JSON, digests
+
+class RedactingConsole(Console):
+    """A rich console whose ``print`` redacts credentials in every string it is given."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        for o in objects:
+            if isinstance(o, Table) and isinstance(o.title, str):  # e.g. a source archive's URL
+                o.title = redact(o.title)
+        super().print(*(redact(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
+console = RedactingConsole(stderr=True, soft_wrap=True)  # progress, notes, errors
+out = RedactingConsole(soft_wrap=True)  # results: tables, JSON, digests
 if not out.is_terminal:  # piped or captured: tables at 80 columns would wrap every row
-    out = Console(soft_wrap=True, width=140)
+    out = RedactingConsole(soft_wrap=True, width=140)
 
 
 def announce(line: str) -> None:

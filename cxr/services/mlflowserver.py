@@ -11,15 +11,17 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from cxr.offline import set_offline_defaults
-from cxr.services.process import LOOPBACK, ServerProcess, answers, free_port, start_server
+from cxr.services.process import LOOPBACK, ServerProcess, answers, free_port, spawn
 
 
 @dataclass
 class MlflowServer(ServerProcess):
     """``mlflow server`` with one worker; ``artifacts`` is a folder or an ``s3://`` URL."""
 
+    name: ClassVar[str] = "mlflow server"
     data_dir: Path
     artifacts: str
     host: str = LOOPBACK
@@ -31,7 +33,8 @@ class MlflowServer(ServerProcess):
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self, timeout_s: float = 90.0) -> MlflowServer:
+    def launch(self) -> MlflowServer:
+        """Spawn the server without waiting for it (:meth:`wait_ready` waits, :meth:`start` does both)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port(self.host)
         env = set_offline_defaults(dict(os.environ))
@@ -52,9 +55,15 @@ class MlflowServer(ServerProcess):
             "1",
         ]
         self.log_path = self.log_path or self.data_dir / "mlflow-server.log"
-
-        def ready() -> bool:
-            return answers(self.url + "/health", healthy_status=200)
-
-        self.process = start_server("mlflow server", args, self.log_path, ready, timeout_s, env)
+        self.process = spawn(args, self.log_path, env)
         return self
+
+    @property
+    def health_url(self) -> str:
+        return self.url + "/health"
+
+    def ready(self) -> bool:
+        return answers(self.health_url, healthy_status=200)
+
+    def start(self, timeout_s: float = 90.0) -> MlflowServer:
+        return self.launch().wait_ready(timeout_s)

@@ -24,6 +24,7 @@ from typing import Any
 
 from cxr.learn.compare import GateRule, PairedComparison, compare, decide
 from cxr.records import to_plain
+from cxr.redact import redact
 from cxr.tracking import tags
 from cxr.tracking.mlflow_run import client, tracking_uri
 
@@ -100,7 +101,7 @@ def _champion(mlflow_client: Any, name: str) -> tuple[str | None, str | None]:
     except _ChampionUnreadable:
         raise
     except Exception as err:
-        raise _ChampionUnreadable(f"{type(err).__name__}: {str(err)[:300]}") from err
+        raise _ChampionUnreadable(f"{type(err).__name__}: {redact(str(err))[:300]}") from err
 
 
 def _model_of_run(run_id: str, uri: str, device: Any) -> tuple[Any, Any]:
@@ -130,7 +131,9 @@ def _compare_on_val(
     try:
         champion, champion_bundle = _model_of_run(champion_run, uri, info.device)
     except Exception as err:
-        raise _ChampionUnreadable(f"its model could not be loaded: {type(err).__name__}: {str(err)[:300]}") from err
+        raise _ChampionUnreadable(
+            f"its model could not be loaded: {type(err).__name__}: {redact(str(err))[:300]}"
+        ) from err
     probs = []
     for model, bundle in ((challenger, challenger_bundle), (champion, champion_bundle)):
         p, labels = predict_rows(model, shard_store(version, bundle), rows, bundle.image_size, info)

@@ -24,6 +24,7 @@ import numpy as np
 
 from cxr import __version__, storage
 from cxr.offline import set_offline_defaults
+from cxr.redact import redact
 from cxr.tracking import tags
 
 LOCAL_DIR = Path(".cxr")
@@ -113,7 +114,7 @@ class MlflowRun:
                 )
                 self.monitor.start()
             except Exception as err:  # noqa: BLE001 - system metrics are optional (psutil, GPU drivers)
-                print(f"MLflow system metrics off: {err}", file=sys.stderr)
+                print(f"MLflow system metrics off: {redact(str(err))}", file=sys.stderr)
                 self.monitor = None
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -156,7 +157,7 @@ class MlflowRun:
         self.attempt("end run", lambda: self.client.set_terminated(self.run_id, status))
         if self.backlog:
             print(
-                f"MLflow: {len(self.backlog)} metric batches could not be sent to {self.uri}; "
+                f"MLflow: {len(self.backlog)} metric batches could not be sent to {redact(self.uri)}; "
                 "they are in metrics.jsonl",
                 file=sys.stderr,
                 flush=True,
@@ -177,7 +178,8 @@ class MlflowRun:
         except Exception as err:  # noqa: BLE001 - any tracking failure must not stop training
             if not self.failed:
                 print(
-                    f"\n*** MLflow tracking at {self.uri} failed ({what}: {type(err).__name__}: {str(err)[:200]}); "
+                    f"\n*** MLflow tracking at {redact(self.uri)} failed "
+                    f"({what}: {type(err).__name__}: {redact(str(err))[:200]}); "
                     "training goes on, metrics stay in metrics.jsonl and are retried ***\n",
                     file=sys.stderr,
                     flush=True,
@@ -185,7 +187,7 @@ class MlflowRun:
             self.failed = True
             return _FAILED
         if self.failed:
-            print(f"MLflow tracking at {self.uri} answers again", file=sys.stderr, flush=True)
+            print(f"MLflow tracking at {redact(self.uri)} answers again", file=sys.stderr, flush=True)
             self.failed = False
         return value
 
