@@ -6,25 +6,40 @@ translates remote errors into Python exceptions (``FileNotFoundError``, ``Permis
 is written beside its target and renamed over it; an object is put whole, so a reader sees the old
 object or the new one, never a part.
 
+Temporary files are named ``.<name>.cxr-tmp.<host>.<pid>.<random>``; the first write into a local
+folder in a process removes the ones a killed write left there (older than this process, and their
+writer no longer running). A full disk raises :class:`StorageFullError` naming the file.
+
+Compare-and-swap (:func:`create_exclusive`, :func:`read_versioned`, :func:`replace_if`,
+:func:`remove_if`): on S3 conditional requests (``If-None-Match: *``, ``If-Match: <ETag>``), locally
+a hard link (create) or an ``flock`` on a sidecar ``.<name>.lock`` (replace, remove); a version token
+is the ETag on S3 and the content's sha256 locally.
+
 Credentials come from the environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
 ``AWS_ENDPOINT_URL``, ...) as boto reads them; nothing here logs or stores them.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import io
 import logging
 import os
 import posixpath
+import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.asyn import sync
 from fsspec.implementations.local import LocalFileSystem
 
 log = logging.getLogger(__name__)
@@ -40,6 +55,10 @@ class StorageError(OSError):
 
 class StorageUnavailableError(StorageError):
     """The store could not be reached, or kept failing, after all retries."""
+
+
+class StorageFullError(StorageError):
+    """No space left (or quota exceeded) while writing a file; the file is named, nothing partial is left."""
 
 
 class UnsafePathError(ValueError):
@@ -198,32 +217,286 @@ def read_bytes(url: str) -> bytes:
     return _call("read", url, lambda: fs.cat_file(path))
 
 
+_TEMP_MARK = ".cxr-tmp."
+_PROCESS_START = time.time()  # temp files older than this, of a writer that is gone, are a killed write's
+FOREIGN_TEMP_AGE_S = 3600.0  # another host's temp file (a shared filesystem) counts as stale after this
+_SWEPT: set[str] = set()  # folders this process has cleaned of stale temp files
+
+
+def is_temp_name(url: str) -> bool:
+    """Whether a file is one of this module's temporary files (never a finished file)."""
+    return _TEMP_MARK in posixpath.basename(url)
+
+
+def _temp_path(path: str) -> str:
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}{_TEMP_MARK}{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:12]}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_stale_temp(path: str) -> bool:
+    """A local temp file a killed write left: older than this process and its writer no longer running."""
+    name = os.path.basename(path)
+    if _TEMP_MARK not in name:
+        return False
+    try:
+        mtime = os.stat(path).st_mtime
+    except FileNotFoundError:
+        return False
+    if mtime >= _PROCESS_START:
+        return False
+    writer = name.split(_TEMP_MARK, 1)[1].rsplit(".", 2)  # host, pid, random
+    if len(writer) == 3 and writer[0] == socket.gethostname() and writer[1].isdigit():
+        return not _pid_alive(int(writer[1]))
+    return time.time() - mtime > FOREIGN_TEMP_AGE_S
+
+
+def remove_stale_temps(url: str, recursive: bool = False) -> list[str]:
+    """Remove the stale temp files in a local folder (and below it with ``recursive``); their paths.
+
+    See :func:`is_stale_temp`. Object stores have no temp files: nothing to do there.
+    """
+    fs, folder = filesystem(url)
+    if not isinstance(fs, LocalFileSystem):
+        return []
+    if recursive:
+        found = [os.path.join(d, name) for d, _, names in os.walk(folder) for name in names if _TEMP_MARK in name]
+    else:
+        try:
+            found = [os.path.join(folder, name) for name in os.listdir(folder) if _TEMP_MARK in name]
+        except (FileNotFoundError, NotADirectoryError):
+            found = []
+    removed = []
+    for path in found:
+        if is_stale_temp(path):
+            with suppress(FileNotFoundError):
+                os.unlink(path)
+                removed.append(path)
+    if removed:
+        log.info("removed %d temporary file(s) of killed writes in %s", len(removed), folder)
+    return removed
+
+
+def _sweep_once(folder: str) -> None:
+    if folder not in _SWEPT:
+        _SWEPT.add(folder)
+        remove_stale_temps(folder)
+
+
+def _fsync_dir(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _raise_if_full(err: OSError, url: str) -> None:
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise StorageFullError(err.errno, f"no space left on the device writing {url}") from err
+
+
+def _write_temp(path: str, data: bytes, durable: bool) -> str:
+    """``data`` in a new temp file beside ``path`` (flushed to disk when ``durable``); its path."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    _sweep_once(folder)
+    tmp = _temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
 def write_bytes(url: str, data: bytes, durable: bool = False) -> None:
     """Write ``data`` atomically: readers see the old content or the new, never a part.
 
-    ``durable`` also flushes a local file to disk before the rename (for markers such as LATEST).
+    ``durable`` (for markers such as LATEST and ``dataset.json``) flushes the file to disk before the
+    rename and the folder after it, so a power loss cannot leave the marker empty or missing.
     """
     fs, path = filesystem(url)
-    if isinstance(fs, LocalFileSystem):
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                if durable:
-                    f.flush()
-                    os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    if not isinstance(fs, LocalFileSystem):
+        _call("write", url, lambda: fs.pipe_file(path, data))
         return
-    _call("write", url, lambda: fs.pipe_file(path, data))
+    tmp = None
+    try:
+        tmp = _write_temp(path, data, durable)
+        os.replace(tmp, path)
+        if durable:
+            _fsync_dir(os.path.dirname(path) or ".")
+    except OSError as err:
+        _raise_if_full(err, url)
+        raise
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
 
 
-def write_text(url: str, text: str) -> None:
-    """Write UTF-8 text atomically."""
-    write_bytes(url, text.encode("utf-8"))
+@dataclass(frozen=True)
+class Versioned:
+    """A file's content and its version token (the ETag on S3, the content's sha256 locally)."""
+
+    data: bytes
+    token: str
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """An S3 answer saying a conditional request's condition did not hold (412), or lost a race (409)."""
+    if isinstance(exc, FileExistsError):
+        return True
+    for err in (exc, exc.__cause__):
+        response = getattr(err, "response", None)
+        if isinstance(response, dict):
+            code = response.get("Error", {}).get("Code", "")
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+                return True
+    return False
+
+
+def _conditional(op: str, url: str, fn: Callable[[], T]) -> T | None:
+    """Run a conditional S3 request; None when its condition did not hold."""
+
+    def run() -> T | None:
+        try:
+            return fn()
+        except Exception as exc:
+            if _precondition_failed(exc):
+                return None
+            raise
+
+    return _call(op, url, run)
+
+
+@contextmanager
+def _local_cas_lock(path: str) -> Iterator[None]:
+    """Serialises local compare-and-swap writers of one file (a sidecar ``.<name>.lock``, never removed)."""
+    folder, name = os.path.split(path)
+    os.makedirs(folder or ".", exist_ok=True)
+    fd = os.open(os.path.join(folder, f".{name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _local_token(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def create_exclusive(url: str, data: bytes, durable: bool = False) -> str | None:
+    """Create a file only if nothing is there yet, whole or not at all; its token, or None if it existed."""
+    fs, path = filesystem(url)
+    if not isinstance(fs, LocalFileSystem):
+        bucket, key, _ = fs.split_path(path)
+        put = _conditional(
+            "create", url, lambda: fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        )
+        return None if put is None else str(put["ETag"])
+    tmp = None
+    try:
+        tmp = _write_temp(path, data, durable)
+        try:
+            os.link(tmp, path)  # atomic, and refuses an existing name
+        except FileExistsError:
+            return None
+        if durable:
+            _fsync_dir(os.path.dirname(path) or ".")
+    except OSError as err:
+        _raise_if_full(err, url)
+        raise
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_versioned(url: str) -> Versioned | None:
+    """A file's content and version token, or None if there is none."""
+    fs, path = filesystem(url)
+    if isinstance(fs, LocalFileSystem):
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        return Versioned(data, hashlib.sha256(data).hexdigest())
+    bucket, key, _ = fs.split_path(path)
+
+    async def get() -> Versioned:
+        response = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+        try:
+            return Versioned(await response["Body"].read(), str(response["ETag"]))
+        finally:
+            response["Body"].close()
+
+    try:
+        return _call("read", url, lambda: sync(fs.loop, get))
+    except FileNotFoundError:
+        return None
+
+
+def replace_if(url: str, data: bytes, token: str | None, durable: bool = False) -> str | None:
+    """Write ``data`` only if the file still has version ``token`` (None: only if there is no file).
+
+    Returns the new token, or None when the file changed (or appeared) since ``token`` was read.
+    """
+    if token is None:
+        return create_exclusive(url, data, durable)
+    fs, path = filesystem(url)
+    if not isinstance(fs, LocalFileSystem):
+        bucket, key, _ = fs.split_path(path)
+        put = _conditional(
+            "write", url, lambda: fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfMatch=token)
+        )
+        return None if put is None else str(put["ETag"])
+    with _local_cas_lock(path):
+        if _local_token(path) != token:
+            return None
+        write_bytes(url, data, durable)
+    return hashlib.sha256(data).hexdigest()
+
+
+def remove_if(url: str, token: str) -> bool:
+    """Delete a file only if it still has version ``token``; whether it was deleted."""
+    fs, path = filesystem(url)
+    if not isinstance(fs, LocalFileSystem):
+        bucket, key, _ = fs.split_path(path)
+        deleted = _conditional(
+            "remove", url, lambda: fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=token)
+        )
+        return deleted is not None
+    with _local_cas_lock(path):
+        if _local_token(path) != token:
+            return False
+        os.unlink(path)
+    return True
+
+
+def write_text(url: str, text: str, durable: bool = False) -> None:
+    """Write UTF-8 text atomically (``durable``: see :func:`write_bytes`)."""
+    write_bytes(url, text.encode("utf-8"), durable)
 
 
 def read_text(url: str) -> str:
@@ -268,7 +541,8 @@ def list_files(url: str, recursive: bool = False) -> list[str]:
 
 
 def list_files_detail(url: str, recursive: bool = False) -> list[dict[str, Any]]:
-    """Like :func:`list_files`, with ``size`` and ``version`` (local mtime in ns, or the object's ETag)."""
+    """Like :func:`list_files`, with ``size``, ``version`` (local mtime, or the object's ETag) and
+    ``modified`` (seconds since the epoch)."""
     fs, path = filesystem(url)
 
     def run() -> list[dict[str, Any]]:
@@ -280,7 +554,16 @@ def list_files_detail(url: str, recursive: bool = False) -> list[dict[str, Any]]
     out = []
     for e in _call("list", url, run):
         version = e.get("ETag") or e.get("etag") or e.get("mtime") or e.get("LastModified") or ""
-        out.append({"url": _unstrip(fs, e["name"]), "size": int(e.get("size") or 0), "version": str(version)})
+        modified = e.get("mtime") or e.get("LastModified") or 0.0
+        modified = modified.timestamp() if hasattr(modified, "timestamp") else float(modified)
+        out.append(
+            {
+                "url": _unstrip(fs, e["name"]),
+                "size": int(e.get("size") or 0),
+                "version": str(version),
+                "modified": modified,
+            }
+        )
     return sorted(out, key=lambda e: e["url"])
 
 
@@ -294,6 +577,23 @@ def list_dirs(url: str) -> list[str]:
         return sorted(e["name"].rstrip("/") for e in fs.ls(path, detail=True) if e.get("type") == "directory")
 
     return [_unstrip(fs, p) for p in _call("list", url, run)]
+
+
+def list_links(url: str) -> list[str]:
+    """Symbolic links directly under a local folder, sorted, never followed (object stores have none).
+
+    :func:`list_files` and :func:`list_dirs` leave links out: fsspec types a link neither file nor folder.
+    """
+    fs, path = filesystem(url)
+    if not isinstance(fs, LocalFileSystem):
+        return []
+
+    def run() -> list[str]:
+        if not fs.exists(path):
+            return []
+        return sorted(e["name"] for e in fs.ls(path, detail=True) if e.get("islink"))
+
+    return _call("list", url, run)
 
 
 def makedirs(url: str) -> None:
@@ -314,12 +614,22 @@ def remove(url: str, recursive: bool = False) -> None:
     _call("remove", url, run)
 
 
-def write_parquet(table: pa.Table, url: str, **kwargs: Any) -> None:
-    """Write a Parquet file atomically (zstd compression unless told otherwise)."""
+def parquet_bytes(table: pa.Table, **kwargs: Any) -> bytes:
+    """A table as the bytes of a Parquet file (zstd compression unless told otherwise)."""
     buf = io.BytesIO()
     kwargs.setdefault("compression", "zstd")
     pq.write_table(table, buf, **kwargs)
-    write_bytes(url, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_parquet(table: pa.Table, url: str, **kwargs: Any) -> None:
+    """Write a Parquet file atomically (zstd compression unless told otherwise)."""
+    write_bytes(url, parquet_bytes(table, **kwargs))
+
+
+def parquet_table(data: bytes, columns: list[str] | None = None) -> pa.Table:
+    """A table from Parquet bytes already in memory (single-threaded: see :func:`read_parquet`)."""
+    return pq.read_table(pa.BufferReader(data), columns=columns, use_threads=False)
 
 
 def read_parquet(url: str, columns: list[str] | None = None) -> pa.Table:
@@ -334,5 +644,4 @@ def read_parquet(url: str, columns: list[str] | None = None) -> pa.Table:
         if not os.path.exists(path):
             raise FileNotFoundError(path)
         return pq.read_table(path, columns=columns)
-    data = read_bytes(url)
-    return pq.read_table(pa.BufferReader(data), columns=columns, use_threads=False)
+    return parquet_table(read_bytes(url), columns)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import struct
+import tracemalloc
 import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from cxr.data.decode import DecodeLimits, ImageRejected, decode, resize_square
+from cxr.data.decode import DecodeLimits, ImageRejected, decode, decode_bytes, resize_square, to_gray8
 from cxr.data.quarantine import Reason
 from tests.conftest import NIH
 
@@ -112,3 +113,45 @@ def test_resize_gives_the_side_asked_for_and_keeps_a_flat_image_flat():
     flat = np.full((1024, 1000), 77, np.uint8)
     out = resize_square(flat, 224)
     assert out.shape == (224, 224) and out.dtype == np.uint8 and (out == 77).all()
+
+
+def with_chunk_after_pixels(data: bytes, kind: bytes, payload: bytes) -> bytes:
+    """The PNG with one more chunk between its pixel data and IEND (Pillow reads those in ``load()``)."""
+    end = data.index(b"IEND") - 4
+    chunk = struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    return data[:end] + chunk + data[end:]
+
+
+def test_an_unexpected_decoder_exception_is_a_decode_error_that_names_its_type():
+    # An empty ICC profile chunk after the pixels: Pillow 13 raises IndexError, none of its usual errors.
+    data = with_chunk_after_pixels(png(np.zeros((100, 100), np.uint8)), b"iCCP", b"")
+    with pytest.raises(ImageRejected) as err:
+        decode(data)
+    assert err.value.reason == Reason.DECODE_ERROR and err.value.detail.startswith("IndexError"), err.value
+
+
+def test_an_image_over_the_memory_budget_is_refused_before_its_pixels_are_decoded():
+    sixteen = png(np.zeros((512, 512), np.uint16))
+    need = decode_bytes("I;16", 512, 512)
+    with pytest.raises(ImageRejected) as err:
+        decode(sixteen, DecodeLimits(max_image_bytes=need - 1))
+    assert err.value.reason == Reason.OVER_MEMORY_BUDGET and "512 x 512 px in mode I;16" in err.value.detail
+    assert decode(sixteen, DecodeLimits(max_image_bytes=need)).shape == (512, 512)
+    # the default budget takes a 16-bit 8192 x 8192 image and refuses an RGBA one
+    assert decode_bytes("I;16", 8192, 8192) <= DecodeLimits().max_image_bytes < decode_bytes("RGBA", 8192, 8192)
+
+
+def test_the_16_bit_conversion_holds_one_strip_beside_its_result():
+    side = 2048
+    values = np.random.default_rng(0).integers(0, 4096, (side, side), dtype=np.uint16)
+    image = Image.fromarray(values)
+    tracemalloc.start()
+    try:
+        gray = np.asarray(to_gray8(image))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    expected = (values.astype(np.int64) * 510 + 4095) // (2 * 4095)  # the 12-bit rule over the whole image
+    assert np.array_equal(gray, expected)
+    # the result (4 MiB, and its copy as an array) and one strip; converting at once took 68 MiB here
+    assert peak < 16 * 2**20, peak / 2**20

@@ -118,6 +118,9 @@ def test_labels_are_matched_exactly(labels):
         ("images/x.png,Mass,0,2,40,F,PA,10,10,0.1,0.1", Reason.UNSAFE_PATH, "would leave the image folder"),
         ("00000002_000.jpg,Mass,0,2,40,F,PA,10,10,0.1,0.1", Reason.BAD_ROW, "is not a .png file name"),
         ("00000001_000.png,Mass,0,2,40,F,PA,10,10,0.1,0.1", Reason.DUPLICATE_IMAGE_ID, "already on line 2"),
+        # rows the csv module itself rejects: they used to stop the whole ingest with csv.Error
+        ("00000002_000.png,Ma\rss,0,2,40,F,PA,10,10,0.1,0.1", Reason.MALFORMED_ROW, "carriage return (CR)"),
+        ("00000002_000.png," + "M" * 200_000 + ",0,2,40,F,PA,10,10,0.1,0.1", Reason.FIELD_TOO_LARGE, "131072"),
     ],
 )
 def test_a_bad_row_is_quarantined_with_its_reason_and_the_rest_is_kept(row, reason, detail):
@@ -125,6 +128,7 @@ def test_a_bad_row_is_quarantined_with_its_reason_and_the_rest_is_kept(row, reas
     assert result.rows["image_id"].to_pylist() == ["00000001_000.png", "00000003_000.png"]
     [record] = result.quarantine
     assert record.reason == reason and detail in record.detail, record
+    assert record.image_id == row.split(",")[0] and len(record.detail) < 200
     assert result.n_input_rows == result.rows.num_rows + len(result.quarantine) == 3
 
 
@@ -154,6 +158,7 @@ def test_original_edition_rows_with_trailing_commas_parse():
         (b"Image Index,Finding Labels\xe9\n", "header is not UTF-8"),
         (table(GOOD_ROW, header=HEADER_V2020.replace("Patient Age,", "")), "missing column(s) 'Patient Age'"),
         (table(header=HEADER_V2020.replace("OriginalImage[Width,Height]", "Size")), "'OriginalImage[Width,Height]'"),
+        (table(GOOD_ROW, header=HEADER_V2020.replace("Patient ID", "Patient\rID")), "header does not parse"),
     ],
 )
 def test_an_unreadable_table_raises_a_specific_error(data, message):

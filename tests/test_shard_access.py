@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from cxr.data.ingest import ingest
+from cxr.data.integrity import hash_file
 from cxr.data.manifest import ManifestConfig, build_manifest, write_manifest
 from cxr.data.plan import IngestOptions
 from cxr.data.synth import SynthConfig, synthesize
@@ -28,10 +29,12 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
 
 def test_a_store_keeps_at_most_max_open_shards_mapped_and_reads_them_all(tmp_path):
+    hashes = {}
     for i in range(10):
         (tmp_path / "v" / "shards" / "8").mkdir(parents=True, exist_ok=True)
         np.save(tmp_path / "v" / "shards" / "8" / f"shard-{i:05d}.npy", np.full((2, 8, 8), i, np.uint8))
-    store = ShardStore(str(tmp_path / "v"), "d", 8, max_open=3)
+        hashes[f"shard-{i:05d}"] = hash_file(str(tmp_path / "v" / "shards" / "8" / f"shard-{i:05d}.npy"))
+    store = ShardStore(str(tmp_path / "v"), "d", 8, max_open=3, hashes=hashes)
     for i in list(range(10)) * 2:
         assert store.array(f"shard-{i:05d}")[1, 0, 0] == i
         assert store.open_shards <= 3

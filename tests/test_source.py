@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import replace
 
 import pytest
 
 from cxr.data.labels import NihFormatError
+from cxr.data.plan import plan_ingest
 from cxr.data.quarantine import Reason
 from cxr.data.source import discover, read_source, summarize
 from cxr.data.synth import SynthConfig, synthesize
@@ -58,3 +60,41 @@ def test_an_archive_on_s3_reads_like_the_same_archive_on_disk(tmp_path, s3_bucke
     assert remote.root == f"{s3_bucket}/nih"
     assert replace(local, root="", label_table="") == replace(remote, root="", label_table="")
     assert remote.image_files == 40
+
+
+def test_symlinks_are_listed_and_quarantined_and_never_followed(tmp_path):
+    src = tmp_path / "nih"
+    synthesize(SynthConfig(out=str(src), n_images=8, size=32, per_folder=4))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    images = src / "images_001" / "images"
+    (images / "00000001_000.png").rename(outside / "00000001_000.png")
+    (images / "00000001_000.png").symlink_to(outside / "00000001_000.png")  # a labelled image, out of the root
+    (images / "notes.png").symlink_to("/nonexistent")  # no row names it, and it points nowhere
+    (src / "images_003").symlink_to(outside, target_is_directory=True)  # a linked image folder
+    plan = plan_ingest(str(src), str(tmp_path / "out"))
+    links = {(q.image_id, q.source_uri) for q in plan.quarantine if q.reason == Reason.SYMLINK}
+    assert links == {
+        ("00000001_000.png", f"{src}/Data_Entry_2017_v2020.csv#line=2"),
+        ("notes.png", str(images / "notes.png")),
+        (None, str(src / "images_003")),
+    }
+    assert plan.quarantine and all(q.reason == Reason.SYMLINK for q in plan.quarantine)
+    assert "00000001_000.png" not in plan.candidates["image_id"].to_pylist()
+    assert plan.counts["image_files"] == 8 + 2 and plan.counts["inputs"] == 8 + 2
+    assert plan.candidates.num_rows + len(plan.quarantine) == plan.counts["inputs"]
+
+
+def test_a_file_name_that_is_not_utf8_is_quarantined_under_a_printable_name(tmp_path):
+    synthesize(SynthConfig(out=str(tmp_path), n_images=4, size=32))
+    folder = tmp_path / "images_001" / "images"
+    try:
+        with open(os.fsencode(folder) + b"/caf\xe9.png", "wb") as f:  # Latin-1 bytes in the name
+            f.write((folder / "00000001_000.png").read_bytes())
+    except OSError as err:
+        pytest.skip(f"this filesystem refuses names that are not UTF-8: {err}")
+    plan = plan_ingest(str(tmp_path), str(tmp_path / "out"))
+    [record] = plan.quarantine
+    assert record.reason == Reason.NON_UTF8_NAME and record.image_id == "caf\\xe9.png"
+    assert record.source_uri == f"{folder}/caf\\xe9.png"
+    assert plan.counts["inputs"] == 4 + 1 == plan.candidates.num_rows + len(plan.quarantine)

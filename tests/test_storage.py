@@ -116,3 +116,31 @@ def test_copy_within_s3_and_from_s3_to_disk(s3_bucket, tmp_path):
     storage.copy(f"{s3_bucket}/a/x.npy", f"{s3_bucket}/b/x.npy")
     storage.copy(f"{s3_bucket}/a/x.npy", str(tmp_path / "x.npy"))
     assert storage.read_bytes(f"{s3_bucket}/b/x.npy") == (tmp_path / "x.npy").read_bytes() == b"shard bytes"
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def store_root(request, tmp_path):
+    return str(tmp_path) if request.param == "local" else f"{request.getfixturevalue('s3_bucket')}/root"
+
+
+def test_compare_and_swap_writes_refuse_a_stale_version_and_one_of_racing_creators_wins(store_root):
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = storage.join(store_root, "LATEST")
+    assert storage.read_versioned(url) is None
+    first = storage.create_exclusive(url, b"a")
+    assert first and storage.create_exclusive(url, b"b") is None
+    assert storage.read_versioned(url) == storage.Versioned(b"a", first)
+    second = storage.replace_if(url, b"c", first)
+    assert second and storage.replace_if(url, b"d", first) is None and storage.replace_if(url, b"e", None) is None
+    assert storage.read_bytes(url) == b"c"
+    assert not storage.remove_if(url, first) and storage.remove_if(url, second) and not storage.exists(url)
+
+    race = storage.join(store_root, "race")
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(lambda i: storage.create_exclusive(race, str(i).encode() * 1000), range(8)))
+    assert sum(w is not None for w in won) == 1
+    token = next(w for w in won if w)
+    with ThreadPoolExecutor(8) as pool:
+        swapped = list(pool.map(lambda i: storage.replace_if(race, str(i).encode(), token), range(8)))
+    assert sum(s is not None for s in swapped) == 1

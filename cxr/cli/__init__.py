@@ -1,6 +1,6 @@
 """The ``cxr`` command line: thin shells over the library, one module per group of commands.
 
-- :mod:`cxr.cli.data`: synth, inspect, ingest, stats, manifest
+- :mod:`cxr.cli.data`: synth, inspect, ingest, stats, manifest, gc
 - :mod:`cxr.cli.learn`: train, evaluate, predict, lineage
 - :mod:`cxr.cli.pipeline`: demo, deploy, study (the Prefect flows)
 - :mod:`cxr.cli.stack`: stack up, down, status, env
@@ -12,6 +12,7 @@ import typer
 
 from cxr.cli import data, learn, pipeline, stack
 from cxr.offline import set_offline_defaults
+from cxr.redact import install_log_redaction
 
 app = typer.Typer(
     name="cxr",
@@ -24,11 +25,13 @@ app = typer.Typer(
 
 @app.callback()
 def _offline_defaults() -> None:
-    """Quiet, offline defaults for the services cxr starts (each can still be overridden by the user)."""
+    """Quiet, offline defaults for the services cxr starts (each can still be overridden by the user);
+    credentials in URLs redacted in every log record (Prefect's and MLflow's included)."""
     set_offline_defaults()
+    install_log_redaction()
 
 
-for command in (data.synth, data.inspect, data.ingest, data.stats, data.manifest):
+for command in (data.synth, data.inspect, data.ingest, data.stats, data.manifest, data.gc):
     app.command()(command)
 app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},

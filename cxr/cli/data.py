@@ -8,9 +8,12 @@ import time
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.table import Table
 
 from cxr.cli.console import announce, console, guarded, out, progress
 from cxr.cli.tables import rich_table, source_lines, source_table
+from cxr.data.cluster import WORKER_MEMORY_LIMIT, format_memory
+from cxr.data.gc import KEEP_NEWEST
 from cxr.data.splits import TEST_SHARE, VAL_SHARE
 from cxr.records import to_json
 
@@ -104,6 +107,13 @@ def ingest(
         str | None, typer.Option(help="A running Dask scheduler (tcp://host:8786); default: a LocalCluster.")
     ] = None,
     workers: Annotated[int | None, typer.Option(help="LocalCluster worker processes (default: all cores).")] = None,
+    worker_memory: Annotated[
+        str | None,
+        typer.Option(
+            help="Memory per LocalCluster worker, e.g. 2GiB; Dask restarts a worker above 95 % of it "
+            f"(default: {format_memory(WORKER_MEMORY_LIMIT)})."
+        ),
+    ] = None,
     test_share: Annotated[
         float, typer.Option(help="Share of patients for test when no official list names them.")
     ] = TEST_SHARE,
@@ -118,7 +128,7 @@ def ingest(
     Prints the new version's digest; OUT/LATEST names it. Rerunning on an unchanged source adds nothing;
     a killed run, rerun, resumes from the parts it finished.
     """
-    from cxr.data.cluster import dask_client
+    from cxr.data.cluster import dask_client, parse_memory
     from cxr.data.ingest import publish, run_parts
     from cxr.data.plan import IngestOptions, plan_ingest
     from cxr.reports import accounting_table
@@ -126,6 +136,7 @@ def ingest(
     options = guarded(
         IngestOptions, sizes=tuple(size), test_share=test_share, val_share=val_share, part_images=part_images
     )
+    memory = guarded(parse_memory, worker_memory) if worker_memory else WORKER_MEMORY_LIMIT
     plan = guarded(plan_ingest, source, out_root, options)
     if plan.existing:
         console.print(f"unchanged source: version {plan.existing} already holds it; nothing to do")
@@ -135,7 +146,7 @@ def ingest(
             f"{plan.counts['label_rows']} label rows, {plan.counts['image_files']} image files; "
             f"decoding {total} images in {len(plan.parts)} parts"
         )
-        with dask_client(dask_address, workers, announce=announce) as client, progress() as bar:
+        with dask_client(dask_address, workers, announce=announce, memory_limit=memory) as client, progress() as bar:
             task = bar.add_task("decoding", total=total)
             guarded(run_parts, plan, client, lambda n: bar.advance(task, n))
     summary = guarded(publish, plan)
@@ -212,3 +223,58 @@ def manifest(
     out.print(manifest_lines(built.info), highlight=False)
     console.print(f"wrote {out_dir}: manifest.parquet, manifest.json, charts/balance.png", highlight=False)
     out.print(built.info.digest)
+
+
+def gc(
+    root: Annotated[str, typer.Argument(help="A datasets root (the --out of cxr ingest): folder or s3:// prefix.")],
+    keep: Annotated[
+        int, typer.Option(help="Newest complete versions kept, besides LATEST and every version a model needs.")
+    ] = KEEP_NEWEST,
+    apply: Annotated[bool, typer.Option("--apply", help="Remove. Without it: a dry run that only reports.")] = False,
+    cache: Annotated[
+        str | None, typer.Option(help="The local shard cache to clean as well (default: CXR_CACHE or ~/.cache/cxr).")
+    ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(help="MLflow store whose registered models say what is needed (default: MLFLOW_TRACKING_URI)."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Remove dataset versions, parts and cached shards that no registered model needs (a dry run unless --apply).
+
+    Kept: LATEST, the --keep newest, what a model or running training needs, LATEST's parts, recent work.
+    """
+    from cxr.data.gc import collect_garbage
+    from cxr.learn.shards import cache_root
+    from cxr.redact import redact
+    from cxr.tracking.mlflow_run import tracking_uri as default_uri
+    from cxr.tracking.needed import needed_versions
+
+    uri = tracking_uri or default_uri()
+    needed = guarded(needed_versions, uri)
+    report = guarded(collect_garbage, root, needed, keep, cache or str(cache_root()), apply)
+    if as_json:
+        out.print(to_json(report), highlight=False)
+        return
+    console.print(
+        f"models read from {redact(uri)}: {sum(len(v) for v in needed.by.values())} need "
+        f"{len(needed.by)} dataset version(s)",
+        highlight=False,
+    )
+    kept = Table(title="kept", title_justify="left")
+    for column in ("version", "why"):
+        kept.add_column(column)
+    for version in report.kept:
+        kept.add_row(version.digest, "; ".join(version.reasons))
+    out.print(kept)
+    if report.removals:
+        removed = Table(title="removed" if report.applied else "would remove", title_justify="left")
+        for column in ("kind", "what", "bytes", "why"):
+            removed.add_column(column, justify="right" if column == "bytes" else "left")
+        for r in report.removals:
+            removed.add_row(r.kind, r.url, f"{r.bytes:,}", r.reason)
+        out.print(removed)
+    counts = ", ".join(f"{n} {kind}{'s' if n != 1 else ''}" for kind, n in report.counts().items()) or "nothing"
+    verb = "freed" if report.applied else "would free"
+    tail = "" if report.applied else " (dry run: nothing removed; --apply removes)"
+    out.print(f"{verb} {report.bytes:,} bytes: {counts}{tail}", highlight=False)

@@ -1,4 +1,9 @@
-"""Dask clients: a LocalCluster by default, any running cluster by its address."""
+"""Dask clients: a LocalCluster by default, any running cluster by its address.
+
+The defaults for a LocalCluster's workers live here, once: :data:`WORKER_MEMORY_LIMIT` and
+:data:`ALLOWED_FAILURES`. Dask and distributed are imported when a client is made, so that the CLI can
+show these defaults in ``--help`` without loading them.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +11,58 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-import dask
-from distributed import Client, LocalCluster
+if TYPE_CHECKING:
+    from distributed import Client
+
+# Memory per worker process. Dask's nanny restarts a worker that goes above 95 % of it (and pauses one
+# above 80 %), so one image that would take a machine's memory kills one worker, not the machine. It holds
+# a worker's own ~200 MB, one part's shards (PART_BYTES, 64 MiB), one file (DecodeLimits.max_bytes, 64 MiB)
+# and one image at its full decoding budget (DecodeLimits.max_image_bytes, 256 MiB), with room to spare.
+WORKER_MEMORY_LIMIT = 2**30
+# A task whose worker dies is tried on this many more workers before Dask reports KilledWorker; ingest then
+# isolates the image that kills its worker (cxr/data/isolate.py). Dask's own default, 3, restarts 4 workers.
+ALLOWED_FAILURES = 1
+
+
+def format_memory(n_bytes: int) -> str:
+    """``1073741824`` -> ``1 GiB``."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n_bytes >= size and n_bytes % size == 0:
+            return f"{n_bytes // size} {unit}"
+    return f"{n_bytes} B"
+
+
+def parse_memory(text: str) -> int:
+    """A memory size such as ``2GiB``, ``500MB`` or ``1073741824``, in bytes."""
+    from dask.utils import parse_bytes
+
+    try:
+        n_bytes = int(parse_bytes(text))
+    except (ValueError, TypeError):
+        raise ValueError(f"a memory size must look like 2GiB, 500MB or a number of bytes, got {text!r}") from None
+    if n_bytes < 64 * 2**20:
+        raise ValueError(f"a worker needs at least 64 MiB of memory, got {text!r}")
+    return n_bytes
 
 
 @contextmanager
 def dask_client(
-    address: str | None = None, workers: int | None = None, announce: Callable[[str], None] | None = None
+    address: str | None = None,
+    workers: int | None = None,
+    announce: Callable[[str], None] | None = None,
+    memory_limit: int = WORKER_MEMORY_LIMIT,
 ) -> Iterator[Client]:
     """A client on ``address``, or on a new LocalCluster of ``workers`` single-threaded processes.
 
-    A LocalCluster binds to 127.0.0.1 and serves its dashboard there on a free port; ``announce`` gets
-    a line with the dashboard address (and the scheduler's, for a cluster given by address).
+    A LocalCluster binds to 127.0.0.1 and serves its dashboard there on a free port; each worker may use
+    ``memory_limit`` bytes. ``announce`` gets a line with the dashboard address (and the scheduler's, for
+    a cluster given by address; its workers keep the memory limits they were started with).
     """
+    import dask
+    from distributed import Client, LocalCluster
+
     if address:
         client = Client(address, timeout="30s")
         try:
@@ -42,20 +85,24 @@ def dask_client(
     worker_config = {
         "distributed.worker.profile.enabled": False,
         "distributed.nanny.pre-spawn-environ": {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1},
+        "distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
     }
-    with dask.config.set(worker_config):  # read when the worker processes are spawned
+    with dask.config.set(worker_config):  # read when the scheduler and the worker processes start
         cluster = LocalCluster(
             n_workers=n,
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
             dashboard_address="127.0.0.1:0",
-            memory_limit=0,  # leave memory to the OS; parts are sized to stay small
+            memory_limit=memory_limit,
         )
     client = Client(cluster)
     try:
         if announce:
-            announce(f"Dask LocalCluster: {n} worker processes, dashboard {client.dashboard_link}")
+            announce(
+                f"Dask LocalCluster: {n} worker processes of {format_memory(memory_limit)} each, "
+                f"dashboard {client.dashboard_link}"
+            )
         yield client
     finally:
         client.close()

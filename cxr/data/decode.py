@@ -37,6 +37,9 @@ class DecodeLimits:
     max_bytes: int = 64 * 2**20  # a PNG this big is not a chest film
     max_pixels: int = 8192 * 8192  # larger claimed dimensions: refused as a decompression bomb
     min_side: int = 64  # px; smaller is not a usable radiograph
+    # Memory one image may take to decode and convert (decode_bytes), checked from the header before any
+    # pixel is decoded: a 16-bit 8192 x 8192 image needs 192 MiB, an RGB(A) one 320 MiB (refused).
+    max_image_bytes: int = 256 * 2**20
 
 
 class ImageRejected(Exception):
@@ -60,6 +63,29 @@ def _what_is_it(data: bytes) -> str:
     return f"unknown data starting {data[:8]!r}"
 
 
+_STRIP_PIXELS = 2**18  # 16-bit images are converted this many pixels at a time (2 MiB of int64 each)
+
+
+def _stored_bytes(mode: str) -> int:
+    """Bytes per pixel Pillow holds an image of ``mode`` in (three or four channels take four)."""
+    if mode in ("1", "L", "P"):
+        return 1
+    return 2 if mode.startswith("I;16") else 4
+
+
+def decode_bytes(mode: str, width: int, height: int) -> int:
+    """Peak memory to decode an image and convert it to 8-bit gray by :func:`to_gray8`, about.
+
+    The decoded image, plus the gray copy (and for palettes the RGB step between), plus one strip of the
+    16-bit conversion.
+    """
+    per_pixel = _stored_bytes(mode)
+    if mode != "L":
+        per_pixel += 1 + (4 if mode in ("P", "PA") else 0)
+    strip = _STRIP_PIXELS * 8 if mode.startswith("I") else 0
+    return width * height * per_pixel + strip
+
+
 def to_gray8(image: Image.Image) -> Image.Image:
     """A loaded image as an 8-bit gray (mode ``L``) image, by the rule in the module docstring."""
     mode = image.mode
@@ -70,17 +96,39 @@ def to_gray8(image: Image.Image) -> Image.Image:
     if mode in ("1", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La"):
         return image.convert("L")
     if mode.startswith("I;16") or mode == "I":
-        values = np.asarray(image).astype(np.int64)
-        if values.min() < 0:
-            raise ImageRejected(Reason.UNREADABLE_IMAGE, f"negative pixel values in mode {mode}")
-        bits = max(8, int(values.max()).bit_length())
-        scaled = (values * 255 * 2 + (2**bits - 1)) // (2 * (2**bits - 1))  # round half up, integers only
-        return Image.fromarray(scaled.astype(np.uint8), mode="L")
+        return _scale_to_gray8(image)
     raise ImageRejected(Reason.UNREADABLE_IMAGE, f"unsupported pixel mode {mode}")
 
 
+def _scale_to_gray8(image: Image.Image) -> Image.Image:
+    """16- or 32-bit gray to 8 bits by the effective bit depth, in strips: the only full-size copy is the result.
+
+    Converting the whole array at once took 8 bytes a pixel twice over (1.3 GB for 8192 x 8192).
+    """
+    low, high = image.getextrema()
+    if low < 0:
+        raise ImageRejected(Reason.UNREADABLE_IMAGE, f"negative pixel values in mode {image.mode}")
+    bits = max(8, int(high).bit_length())
+    full = 2**bits - 1
+    width, height = image.size
+    out = np.empty((height, width), np.uint8)
+    rows = max(1, _STRIP_PIXELS // max(width, 1))
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        values = np.asarray(image.crop((0, top, width, bottom))).astype(np.int64)
+        values *= 255 * 2  # (v * 255 * 2 + full) // (2 * full): round half up, integers only, in place
+        values += full
+        values //= 2 * full
+        out[top:bottom] = values
+    return Image.fromarray(out)
+
+
 def decode(data: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
-    """Validate and decode PNG bytes into a 2-D uint8 gray array, or raise :class:`ImageRejected`."""
+    """Validate and decode PNG bytes into a 2-D uint8 gray array, or raise :class:`ImageRejected`.
+
+    Every failure is an :class:`ImageRejected` with a quarantine reason: Pillow's usual errors are
+    ``unreadable_image``; any other exception from the decoder is ``decode_error`` with its type.
+    """
     return np.asarray(decode_image(data, limits))
 
 
@@ -101,18 +149,27 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Im
                 raise ImageRejected(
                     Reason.TOO_LARGE, f"{width} x {height} px claimed, more than {limits.max_pixels} pixels"
                 )
+            need = decode_bytes(probe.mode, width, height)
+            if need > limits.max_image_bytes:
+                raise ImageRejected(
+                    Reason.OVER_MEMORY_BUDGET,
+                    f"{width} x {height} px in mode {probe.mode} need {need / 2**20:.0f} MiB to decode and "
+                    f"convert, more than the {limits.max_image_bytes / 2**20:.0f} MiB one image may use",
+                )
             probe.verify()  # chunk CRCs and structure, without decoding pixels
             image = Image.open(io.BytesIO(data))
             image.load()
+            if min(width, height) < limits.min_side:
+                raise ImageRejected(Reason.BAD_DIMENSIONS, f"{width} x {height} px, smaller than {limits.min_side} px")
+            return to_gray8(image)
     except ImageRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageRejected(Reason.TOO_LARGE, str(err)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:  # Pillow's ways of saying "broken"
         raise ImageRejected(Reason.UNREADABLE_IMAGE, f"{type(err).__name__}: {err}") from None
-    if min(width, height) < limits.min_side:
-        raise ImageRejected(Reason.BAD_DIMENSIONS, f"{width} x {height} px, smaller than {limits.min_side} px")
-    return to_gray8(image)
+    except Exception as err:  # anything else a malformed file makes the decoder raise, e.g. an IndexError
+        raise ImageRejected(Reason.DECODE_ERROR, f"{type(err).__name__}: {err}") from err
 
 
 def resize_square(gray: np.ndarray | Image.Image, side: int) -> np.ndarray:

@@ -18,8 +18,6 @@ or for a file that no row names. So ``inputs = label rows + files no row names =
 from __future__ import annotations
 
 import datetime as dt
-import json
-import posixpath
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -30,11 +28,13 @@ import pyarrow.compute as pc
 
 from cxr import __version__, storage
 from cxr.data.accounting import Accounting, BoxAccounting, SplitListAccounting
+from cxr.data.commit import ShardSource, VersionDraft, commit_version
 from cxr.data.decode import PIXEL_PIPELINE_VERSION
-from cxr.data.parts import PartResult, process_part
+from cxr.data.part_files import parts_root, read_finished_part
+from cxr.data.parts import PartResult, PartSpec, process_part
 from cxr.data.plan import IngestOptions, IngestPlan, plan_ingest
 from cxr.data.quarantine import QuarantineRecord, Reason, count_by_reason, quarantine_table
-from cxr.data.version import METADATA_SCHEMA, SCHEMA_VERSION, DatasetVersion, content_digest, open_version, shard_url
+from cxr.data.version import METADATA_SCHEMA, SCHEMA_VERSION, DatasetVersion, content_digest, open_version
 from cxr.records import to_plain
 
 
@@ -83,6 +83,8 @@ def run_parts(
         return DecodeSummary.of(results)
     from distributed import as_completed
 
+    from cxr.data.isolate import isolate_crashes, worker_died
+
     # One Dask task per part, never one per image, submitted largest first (part sizes vary:
     # content-defined boundaries) so that each worker's last task is a small one. A bag over the
     # same parts ran 2 workers at 1.79x of one; these priorities at 1.91x (bench/ingest.py).
@@ -90,12 +92,20 @@ def run_parts(
         client.submit(process_part, spec, key=f"process_part-{spec.key}", priority=len(spec.images), pure=False)
         for spec in plan.parts
     ]
-    size_of = {f.key: len(spec.images) for f, spec in zip(futures, plan.parts, strict=True)}
+    spec_of = {f.key: spec for f, spec in zip(futures, plan.parts, strict=True)}
     results: list[PartResult] = []
+    crashed: list[PartSpec] = []  # parts whose workers died: isolated image by image once the rest is done
     for future in as_completed(futures):
+        if worker_died(future):
+            crashed.append(spec_of[future.key])
+            continue
         results.append(future.result())
         if progress:
-            progress(size_of[future.key])
+            progress(len(spec_of[future.key].images))
+    for spec in crashed:
+        results.append(isolate_crashes(client, spec))
+        if progress:
+            progress(len(spec.images))
     return DecodeSummary.of(results)
 
 
@@ -108,42 +118,51 @@ class IngestSummary:
     created: bool  # False when an identical version already existed
     splits: Mapping[str, int]
     accounting: Accounting
+    latest: bool = True  # False: LATEST names a version of a source observed later than this one
 
     @property
     def path(self) -> str:
         return storage.join(self.root, self.digest)
 
     @classmethod
-    def of(cls, version: DatasetVersion, created: bool) -> IngestSummary:
-        return cls(version.digest, version.root, created, dict(version.info["splits"]), version.accounting)
+    def of(cls, version: DatasetVersion, created: bool, latest: bool = True) -> IngestSummary:
+        return cls(version.digest, version.root, created, dict(version.info["splits"]), version.accounting, latest)
 
 
 def publish(plan: IngestPlan) -> IngestSummary:
-    """Assemble the version from the finished parts, write it, then LATEST."""
+    """Assemble the version from the finished parts, write it, then move LATEST forward.
+
+    Every part must be finished and whole (:func:`cxr.data.part_files.read_finished_part`); writing,
+    LATEST and the cleanup of idle parts are safe beside other ingests (:mod:`cxr.data.commit`). Temp
+    files that killed writes left in the output are removed first.
+    """
+    storage.remove_stale_temps(plan.out, recursive=True)
     if plan.existing:
         return IngestSummary.of(open_version(storage.join(plan.out, plan.existing)), created=False)
+    listing = {e["url"]: e["size"] for e in storage.list_files_detail(parts_root(plan.out), recursive=True)}
     # Parts hold the candidates in order, so records line up with candidate rows one to one.
-    shard_names: dict[str, str] = {}
+    shards: list[ShardSource] = []
     columns: dict[str, list] = {n: [] for n in ("png_width", "png_height", "sha256", "shard", "shard_index")}
     keep: list[bool] = []
     quarantine = list(plan.quarantine)
     for spec in plan.parts:
-        records = storage.read_parquet(spec.records_url).to_pylist()
+        part = read_finished_part(spec, listing)
+        records = part.records.to_pylist()
         if [r["image_id"] for r in records] != [image.image_id for image in spec.images]:
             raise RuntimeError(f"part {spec.work_dir} does not hold the images it was planned with")
-        if any(r["reason"] is None for r in records):
-            shard_names[spec.key] = f"shard-{len(shard_names):05d}"
+        name = f"shard-{len({s.name for s in shards}):05d}"
+        shards += [ShardSource(size, name, spec.shard_url(size), h) for size, h in sorted(part.hashes.items())]
         for r, image in zip(records, spec.images, strict=True):
             keep.append(r["reason"] is None)
             if r["reason"] is not None:
                 quarantine.append(QuarantineRecord(image.url, image.image_id, Reason(r["reason"]), r["detail"]))
                 continue
-            for name in ("png_width", "png_height", "sha256", "shard_index"):
-                columns[name].append(r[name])
-            columns["shard"].append(shard_names[spec.key])
+            for column in ("png_width", "png_height", "sha256", "shard_index"):
+                columns[column].append(r[column])
+            columns["shard"].append(name)
     metadata = plan.candidates.filter(pa.array(keep, pa.bool_()))
-    for name, values in columns.items():
-        metadata = metadata.append_column(name, pa.array(values, METADATA_SCHEMA.field(name).type))
+    for column, values in columns.items():
+        metadata = metadata.append_column(column, pa.array(values, METADATA_SCHEMA.field(column).type))
     metadata = metadata.select(METADATA_SCHEMA.names).cast(METADATA_SCHEMA)
 
     accepted_ids = metadata["image_id"]
@@ -165,42 +184,26 @@ def publish(plan: IngestPlan) -> IngestSummary:
     digest = content_digest(
         metadata, boxes, q_table, list(plan.options.sizes), PIXEL_PIPELINE_VERSION, plan.source_root
     )
-    target = storage.join(plan.out, digest)
-    if storage.exists(storage.join(target, "dataset.json")):
-        version = open_version(target)
-        created = False
-    else:
-        for spec in plan.parts:
-            if spec.key in shard_names:
-                for size in plan.options.sizes:
-                    storage.copy(spec.shard_url(size), shard_url(target, size, shard_names[spec.key]))
-        storage.write_parquet(metadata, storage.join(target, "metadata.parquet"))
-        storage.write_parquet(q_table, storage.join(target, "quarantine.parquet"))
-        storage.write_parquet(boxes, storage.join(target, "boxes.parquet"))
-        info = {
-            "digest": digest,
-            "schema_version": SCHEMA_VERSION,
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "code_version": __version__,
-            "source": plan.source_info,
-            "source_fingerprint": plan.fingerprint,
-            "sizes": list(plan.options.sizes),
-            "pixel_pipeline_version": PIXEL_PIPELINE_VERSION,
-            "limits": asdict(plan.options.limits),
-            "splits": dict(sorted(Counter(metadata["split"].to_pylist()).items())),
-            "shards": len(shard_names),
-            "accounting": to_plain(accounting),
-        }
-        storage.write_text(storage.join(target, "dataset.json"), json.dumps(info, indent=2) + "\n")
-        version = DatasetVersion(plan.out, digest, info)
-        created = True
-    storage.write_text(storage.join(plan.out, "LATEST"), digest + "\n")
-    # Keep this version's parts (the next ingest of a grown archive reuses them); drop all others.
-    keep = {spec.key for spec in plan.parts}
-    for folder in storage.list_dirs(storage.join(plan.out, ".work", "parts")):
-        if posixpath.basename(folder.rstrip("/")) not in keep:
-            storage.remove(folder, recursive=True)
-    return IngestSummary.of(version, created)
+    info = {
+        "digest": digest,
+        "schema_version": SCHEMA_VERSION,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "code_version": __version__,
+        "source": plan.source_info,
+        "source_fingerprint": plan.fingerprint,
+        "sizes": list(plan.options.sizes),
+        "pixel_pipeline_version": PIXEL_PIPELINE_VERSION,
+        "limits": asdict(plan.options.limits),
+        "splits": dict(sorted(Counter(metadata["split"].to_pylist()).items())),
+        "shards": len({s.name for s in shards}),
+        "accounting": to_plain(accounting),
+    }
+    tables = {"metadata.parquet": metadata, "quarantine.parquet": q_table, "boxes.parquet": boxes}
+    draft = VersionDraft(
+        plan.out, digest, tables, tuple(shards), info, plan.observed_at, tuple(spec.key for spec in plan.parts)
+    )
+    committed = commit_version(draft)
+    return IngestSummary.of(committed.version, committed.created, committed.latest)
 
 
 def _accounting(

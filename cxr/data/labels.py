@@ -138,7 +138,23 @@ def _decode_lines(data: bytes, source_uri: str) -> Iterator[tuple[int, str | Non
 
 
 def _split_csv(line: str) -> list[str]:
-    return next(csv.reader([line]))
+    """One line's fields; a line the csv module rejects raises :class:`_RowError` with the reason."""
+    try:
+        return next(csv.reader([line]))
+    except csv.Error as err:
+        # csv's own message, stable across CPython versions: "field larger than field limit (131072)"
+        if "field larger than field limit" in str(err):
+            limit = csv.field_size_limit()
+            raise _RowError(Reason.FIELD_TOO_LARGE, f"a field is longer than {limit} characters") from None
+        if "\r" in line:
+            raise _RowError(Reason.MALFORMED_ROW, "a carriage return (CR) inside an unquoted field") from None
+        raise _RowError(Reason.MALFORMED_ROW, f"the csv parser rejects the line: {err}") from None
+
+
+def _leading_image_id(line: str) -> str | None:
+    """The text before the first comma, if it is a plausible image name (for a row that does not parse)."""
+    first = line.split(",", 1)[0].strip()
+    return first if _IMAGE_ID.fullmatch(first) else None
 
 
 def _is_safe_name(name: str) -> bool:
@@ -216,7 +232,10 @@ def _header(lines: Iterator[tuple[int, str | None, bytes]], source_uri: str) -> 
         raise NihFormatError(f"{source_uri}: the file is empty") from None
     if text is None:
         raise NihFormatError(f"{source_uri}: the header is not UTF-8 text: {raw[:60]!r}")
-    return _split_csv(text)
+    try:
+        return _split_csv(text)
+    except _RowError as err:
+        raise NihFormatError(f"{source_uri}: the header does not parse: {err.detail}") from None
 
 
 def _field_count_ok(fields: list[str], n_header: int, trailing_comma: bool) -> bool:
@@ -246,7 +265,11 @@ def read_label_table(data: bytes, source_uri: str) -> LabelTable:
         try:
             if text is None:
                 raise _RowError(Reason.BAD_ROW, f"not UTF-8 text: {raw[:60]!r}")
-            fields = _split_csv(text)
+            try:
+                fields = _split_csv(text)
+            except _RowError:
+                image_id = _leading_image_id(text) if pos["image_id"][0] == 0 else None
+                raise
             image_id = fields[pos["image_id"][0]].strip() if len(fields) > pos["image_id"][0] else None
             if not _field_count_ok(fields, n_header, trailing_comma):
                 raise _RowError(Reason.BAD_ROW, f"expected {n_header} fields, got {len(fields)}")
@@ -306,7 +329,11 @@ def read_box_list(data: bytes, source_uri: str) -> BoxList:
         try:
             if text is None:
                 raise _RowError(Reason.BAD_ROW, f"not UTF-8 text: {raw[:60]!r}")
-            fields = _split_csv(text)
+            try:
+                fields = _split_csv(text)
+            except _RowError:
+                image_id = _leading_image_id(text)
+                raise
             while fields and fields[-1].strip() == "" and len(fields) > 6:
                 fields.pop()  # the header's trailing commas appear on some copies' rows too
             if len(fields) != 6:

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cxr import storage
+from cxr.data.integrity import IntegrityError
 from cxr.data.splits import SPLITS
 from cxr.data.stats import finding_stats
 from cxr.data.version import DatasetVersion
@@ -238,7 +239,7 @@ def build_manifest(version: DatasetVersion, config: ManifestConfig) -> Manifest:
         if weights is None
         else {f: {"w_pos": w.w_pos, "w_neg": w.w_neg} for f, w in weights.items()},
     }
-    digest = canonical_digest(settings, [("manifest", table, ["split", "image_id"])])
+    digest = _digest(settings, table)
     splits = {}
     for name in SPLITS:
         mask = pc.equal(table["split"], name)
@@ -280,13 +281,38 @@ def build_manifest(version: DatasetVersion, config: ManifestConfig) -> Manifest:
     return Manifest(table, info)
 
 
+def _digest(settings: Mapping[str, object], table: pa.Table) -> str:
+    """The manifest digest: its settings and its rows (the pair ``manifest.json`` + ``manifest.parquet``)."""
+    return canonical_digest(dict(settings), [("manifest", table, ["split", "image_id"])])
+
+
+def _settings(info: ManifestInfo) -> dict[str, object]:
+    """The settings the digest covers, as :func:`build_manifest` hashed them, from ``manifest.json``."""
+    return {
+        "schema_version": info.schema_version,
+        "strategy": info.strategy,
+        "target": info.target,
+        "mode": info.mode,
+        "floor": info.floor,
+        "seed": info.seed,
+        "dataset_digest": info.dataset_digest,
+        "class_weights": None
+        if info.class_weights is None
+        else {f: {"w_pos": w.w_pos, "w_neg": w.w_neg} for f, w in info.class_weights.items()},
+    }
+
+
 def write_manifest(manifest: Manifest, out: str) -> None:
-    """``charts/balance.png``, ``manifest.parquet``, then ``manifest.json`` (written last: it marks completion)."""
+    """``charts/balance.png``, ``manifest.parquet``, then ``manifest.json`` (written last: it marks completion).
+
+    The two are a pair bound by the manifest digest, which :func:`read_manifest` checks: a reader between
+    the two writes (or after a rewrite that was killed half way) gets an error, never a mixed pair.
+    """
     from cxr.charts import balance_chart
 
     storage.write_bytes(storage.join(out, "charts", "balance.png"), balance_chart(manifest.info))
     storage.write_parquet(manifest.table, storage.join(out, "manifest.parquet"))
-    storage.write_text(storage.join(out, "manifest.json"), manifest.info.to_json())
+    storage.write_text(storage.join(out, "manifest.json"), manifest.info.to_json(), durable=True)
 
 
 def read_manifest_info(url: str) -> ManifestInfo:
@@ -294,6 +320,20 @@ def read_manifest_info(url: str) -> ManifestInfo:
     return from_json(ManifestInfo, storage.read_text(storage.join(url, "manifest.json")))
 
 
+class ManifestMismatchError(IntegrityError):
+    """``manifest.parquet`` is not the table ``manifest.json``'s digest was made from."""
+
+
 def read_manifest(url: str) -> Manifest:
-    """A manifest folder written by :func:`write_manifest`."""
-    return Manifest(storage.read_parquet(storage.join(url, "manifest.parquet")), read_manifest_info(url))
+    """A manifest folder written by :func:`write_manifest`, its pair checked against the manifest digest."""
+    info = read_manifest_info(url)
+    table_url = storage.join(url, "manifest.parquet")
+    table = storage.read_parquet(table_url)
+    actual = _digest(_settings(info), table)
+    if actual != info.digest:
+        raise ManifestMismatchError(
+            table_url,
+            f"its rows and the settings in manifest.json give digest {actual}, manifest.json says {info.digest}: "
+            "the pair is incomplete or was edited; write the manifest again",
+        )
+    return Manifest(table, info)

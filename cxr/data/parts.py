@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,8 @@ import pyarrow as pa
 
 from cxr import storage
 from cxr.data.decode import DecodeLimits, ImageRejected, decode_image, resize_square
+from cxr.data.integrity import FileHash, with_part_hashes
+from cxr.data.part_files import reuse_finished_part
 from cxr.data.quarantine import Reason
 
 RECORD_SCHEMA = pa.schema(
@@ -80,11 +83,45 @@ class PartResult:
     skipped: bool  # finished by an earlier run: nothing decoded now
 
 
-def process_part(spec: PartSpec) -> PartResult:
-    """Decode a part's images once and write its shards and records; a finished part is skipped."""
-    if storage.exists(spec.records_url):
+def decode_one(
+    image: PartImage, limits: DecodeLimits, sizes: tuple[int, ...]
+) -> tuple[str, int, int, list[np.ndarray]]:
+    """Read and decode one image: its sha256, its size in px and its pixels at each size, or raise ImageRejected.
+
+    A read that is refused (no permission) is a reason; a store that cannot be reached is not (it raises).
+    """
+    if image.size > limits.max_bytes:
+        raise ImageRejected(Reason.TOO_LARGE, f"{image.size} bytes > {limits.max_bytes}")
+    try:
+        data = storage.read_bytes(image.url)
+    except FileNotFoundError:
+        raise ImageRejected(Reason.MISSING_IMAGE, "the file disappeared after it was listed") from None
+    except PermissionError as err:
+        raise ImageRejected(Reason.PERMISSION_DENIED, f"reading it was refused: {err.strerror or err}") from None
+    gray = decode_image(data, limits)
+    width, height = gray.size
+    return hashlib.sha256(data).hexdigest(), width, height, [resize_square(gray, size) for size in sizes]
+
+
+def check_one(image: PartImage, limits: DecodeLimits, sizes: tuple[int, ...]) -> str | None:
+    """Decode one image and keep nothing: its reason, or None (to find an image that kills its worker)."""
+    try:
+        decode_one(image, limits, sizes)
+    except ImageRejected as rejected:
+        return str(rejected.reason)
+    return None
+
+
+def process_part(spec: PartSpec, crashed: Mapping[str, str] | None = None) -> PartResult:
+    """Decode a part's images once and write its shards and records; a finished part is skipped.
+
+    ``crashed`` names images (id -> detail) that killed the worker decoding them: they are not read
+    again, only recorded as ``decode_crashed``.
+    """
+    if reuse_finished_part(spec):  # records, and every shard they name with its recorded size
         done = storage.read_parquet(spec.records_url, columns=["reason"])
         return PartResult(spec.key, done.num_rows, done["reason"].null_count, skipped=True)
+    crashed = crashed or {}
     n = len(spec.images)
     shards = {size: np.empty((n, size, size), dtype=np.uint8) for size in spec.sizes}
     cols: dict[str, list] = {name: [] for name in RECORD_SCHEMA.names}
@@ -100,27 +137,25 @@ def process_part(spec: PartSpec) -> PartResult:
             "shard_index": None,
         }
         try:
-            if image.size > spec.limits.max_bytes:
-                raise ImageRejected(Reason.TOO_LARGE, f"{image.size} bytes > {spec.limits.max_bytes}")
-            try:
-                data = storage.read_bytes(image.url)
-            except FileNotFoundError:
-                raise ImageRejected(Reason.MISSING_IMAGE, "the file disappeared after it was listed") from None
-            row["sha256"] = hashlib.sha256(data).hexdigest()
-            gray = decode_image(data, spec.limits)
-            row["png_width"], row["png_height"] = gray.size
-            for size, shard in shards.items():
-                shard[accepted] = resize_square(gray, size)
+            if image.image_id in crashed:
+                raise ImageRejected(Reason.DECODE_CRASHED, crashed[image.image_id])
+            row["sha256"], row["png_width"], row["png_height"], pixels = decode_one(image, spec.limits, spec.sizes)
+            for shard, resized in zip(shards.values(), pixels, strict=True):
+                shard[accepted] = resized
             row["shard_index"] = accepted
             accepted += 1
         except ImageRejected as rejected:
             row["reason"], row["detail"] = str(rejected.reason), rejected.detail
         for name, value in row.items():
             cols[name].append(value)
+    hashes = {}
     if accepted:
         for size, shard in shards.items():
-            storage.write_bytes(spec.shard_url(size), _npy_bytes(shard[:accepted]))
-    storage.write_parquet(pa.Table.from_pydict(cols, schema=RECORD_SCHEMA), spec.records_url)
+            data = _npy_bytes(shard[:accepted])
+            storage.write_bytes(spec.shard_url(size), data)
+            hashes[size] = FileHash.of(data)
+    records = with_part_hashes(pa.Table.from_pydict(cols, schema=RECORD_SCHEMA), hashes)
+    storage.write_parquet(records, spec.records_url)
     return PartResult(spec.key, n, accepted, skipped=False)
 
 

@@ -21,7 +21,7 @@ from cxr.data.parts import PartImage, PartSpec, part_key
 from cxr.data.quarantine import QuarantineRecord, Reason
 from cxr.data.source import NihSource, read_source
 from cxr.data.splits import TEST_SHARE, VAL_SHARE, assign_splits
-from cxr.data.version import SCHEMA_VERSION, open_version, read_latest
+from cxr.data.version import SCHEMA_VERSION, observed_now, open_version, read_latest
 
 PART_BYTES = 64 * 2**20  # decoded pixels held by one part, all sizes together
 
@@ -66,6 +66,7 @@ class IngestPlan:
     counts: dict[str, int] = field(default_factory=dict)  # label_rows, image_files, inputs, box_rows, split_lines
     source_info: dict[str, Any] = field(default_factory=dict)
     existing: str | None = None  # digest of a version already made from exactly this input
+    observed_at: str = field(default_factory=observed_now)  # made just after listing: orders LATEST
 
 
 def _fingerprint(source: NihSource, files: list[dict[str, Any]], options: IngestOptions) -> str:
@@ -75,8 +76,10 @@ def _fingerprint(source: NihSource, files: list[dict[str, Any]], options: Ingest
         h.update(f"\n{url and posixpath.basename(url)}".encode())
         if url:
             h.update(hashlib.sha256(storage.read_bytes(url)).digest())
-    for f in files:
-        h.update(f"\n{f['url']}\t{f['size']}\t{f['version']}".encode())
+    for f in files:  # a name that is not UTF-8 arrives with surrogates: hash its bytes
+        h.update(f"\n{f['url']}\t{f['size']}\t{f['version']}".encode("utf-8", "surrogateescape"))
+    for url in sorted(layout.links.values()) + [q.source_uri for q in layout.quarantine]:
+        h.update(f"\nsettled\t{url}".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 
@@ -119,26 +122,31 @@ def plan_ingest(source_url: str, out: str, options: IngestOptions = IngestOption
     fingerprint = _fingerprint(source, [details[u] for u in sorted(details)], options)
 
     quarantine: list[QuarantineRecord] = list(labels.quarantine) + list(layout.quarantine)
+    # Files no row names are inputs of their own; a file a quarantined row names goes with that row.
+    unnamed_files = len(layout.quarantine)
     named = set(labels.rows["image_id"].to_pylist()) | {q.image_id for q in labels.quarantine if q.image_id}
     for name, url in sorted(layout.image_files.items()):
         if name not in named:
+            unnamed_files += 1
             quarantine.append(
                 QuarantineRecord(url, name, Reason.UNLABELED_IMAGE, "no row in the label table names this file")
             )
+    for name, url in sorted(layout.links.items()):
+        if name not in named:
+            unnamed_files += 1
+            quarantine.append(QuarantineRecord(url, name, Reason.SYMLINK, "a symbolic link, never followed"))
 
     rows = labels.rows
     ids = rows["image_id"].to_pylist()
     has_file = [i in layout.image_files for i in ids]
     for index, (image_id, present) in enumerate(zip(ids, has_file, strict=True)):
-        if not present:
-            quarantine.append(
-                QuarantineRecord(
-                    labels.row_uri(layout.label_table, index),
-                    image_id,
-                    Reason.MISSING_IMAGE,
-                    f"no file {image_id} under images/ or images_NNN/images/",
-                )
-            )
+        if present:
+            continue
+        if image_id in layout.links:
+            reason, detail = Reason.SYMLINK, f"{layout.links[image_id]} is a symbolic link, never followed"
+        else:
+            reason, detail = Reason.MISSING_IMAGE, f"no file {image_id} under images/ or images_NNN/images/"
+        quarantine.append(QuarantineRecord(labels.row_uri(layout.label_table, index), image_id, reason, detail))
     candidates = rows.filter(pa.array(has_file, pa.bool_())).sort_by("image_id")
     split = assign_splits(
         candidates["image_id"].to_pylist(),
@@ -169,9 +177,7 @@ def plan_ingest(source_url: str, out: str, options: IngestOptions = IngestOption
     counts = {
         "label_rows": labels.n_input_rows,
         "image_files": layout.n_image_files,
-        "inputs": labels.n_input_rows
-        + sum(1 for q in quarantine if q.reason in (Reason.UNLABELED_IMAGE,))
-        + len(layout.quarantine),
+        "inputs": labels.n_input_rows + unnamed_files,
         "box_rows": source.boxes.n_input_rows if source.boxes else 0,
         "split_lines": sum(s.n_input_rows for s in (source.train_val, source.test) if s),
     }

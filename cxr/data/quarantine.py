@@ -22,6 +22,14 @@ class Reason(StrEnum):
     BAD_ROW = "bad_row"  # a row that does not parse: field count, type, range, encoding
     UNSAFE_PATH = "unsafe_path"  # a name that would leave the source root
     TOO_LARGE = "too_large"  # a decompression bomb or an oversized file
+    MALFORMED_ROW = "malformed_row"  # a line the csv parser rejects (a stray CR inside a row, ...)
+    FIELD_TOO_LARGE = "field_too_large"  # a field longer than the csv parser's limit (128 KiB)
+    PERMISSION_DENIED = "permission_denied"  # the image file (or object) may not be read
+    NON_UTF8_NAME = "non_utf8_name"  # a file name that is not UTF-8 (shown with \x escapes)
+    SYMLINK = "symlink"  # a symbolic link in the source; never followed
+    OVER_MEMORY_BUDGET = "over_memory_budget"  # decoding it would need more memory than one image may use
+    DECODE_ERROR = "decode_error"  # the decoder failed in an unexpected way (the exception type is in the detail)
+    DECODE_CRASHED = "decode_crashed"  # its worker process died decoding it, in its part and alone (crash or memory)
 
 
 @dataclass(frozen=True, slots=True)

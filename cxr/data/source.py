@@ -45,11 +45,27 @@ class SourceLayout:
     train_val_list: str | None
     test_list: str | None
     image_files: dict[str, str]  # image id (file name) -> URL, first occurrence
-    quarantine: list[QuarantineRecord] = field(default_factory=list)  # image files seen twice
+    # Image files settled here, each an input of its own: a name seen twice, a name that is not UTF-8,
+    # a linked image folder (not followed), a link whose name is also a file's.
+    quarantine: list[QuarantineRecord] = field(default_factory=list)
+    links: dict[str, str] = field(default_factory=dict)  # symbolic links in image folders: name -> URL, never read
 
     @property
     def n_image_files(self) -> int:
-        return len(self.image_files) + len(self.quarantine)
+        return len(self.image_files) + len(self.links) + len(self.quarantine)
+
+
+def printable(url: str) -> str:
+    """A local path as valid UTF-8 text: bytes of a name that is not UTF-8 become ``\\xNN`` escapes."""
+    return url.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os.listdir hands undecodable bytes over as surrogates
+        return False
+    return True
 
 
 def _first_existing(root: str, names: tuple[str, ...], present: set[str]) -> str | None:
@@ -81,18 +97,45 @@ def discover(root: str) -> SourceLayout:
             raise FileNotFoundError(f"source {root!r} does not exist")
         raise NihFormatError(f"{root}: no label table; expected one of {', '.join(LABEL_TABLE_NAMES)}")
     images: dict[str, str] = {}
-    duplicates: list[QuarantineRecord] = []
-    for folder in image_folders(root):
+    links: dict[str, str] = {}
+    settled: list[QuarantineRecord] = []
+    for url in storage.list_links(root):
+        base = posixpath.basename(url)
+        if base == "images" or _NUMBERED_FOLDER.fullmatch(base):
+            settled.append(
+                QuarantineRecord(
+                    printable(url), None, Reason.SYMLINK, "a linked image folder; links are never followed"
+                )
+            )
+    folders = image_folders(root)
+    for folder in folders:
         for url in storage.list_files(folder):
             name = posixpath.basename(url)
-            if name in images:
-                duplicates.append(
+            if not _is_utf8(name):
+                shown = printable(url)
+                settled.append(
+                    QuarantineRecord(
+                        shown, posixpath.basename(shown), Reason.NON_UTF8_NAME, "the file name is not UTF-8"
+                    )
+                )
+            elif name in images:
+                settled.append(
                     QuarantineRecord(
                         url, name, Reason.DUPLICATE_IMAGE_ID, f"the same file name is also at {images[name]}"
                     )
                 )
             else:
                 images[name] = url
+    for folder in folders:
+        for url in storage.list_links(folder):
+            shown = printable(url)
+            name = posixpath.basename(shown)
+            if _is_utf8(url) and name not in images and name not in links:
+                links[name] = url  # settled when planning, with the label row that names it, if any
+                continue
+            also = images.get(name) or links.get(name)
+            detail = "a symbolic link, never followed" + (f"; the same name is also at {also}" if also else "")
+            settled.append(QuarantineRecord(shown, name, Reason.SYMLINK, detail))
     return SourceLayout(
         root=root,
         label_table=label_table,
@@ -100,7 +143,8 @@ def discover(root: str) -> SourceLayout:
         train_val_list=_first_existing(root, ("train_val_list.txt",), present),
         test_list=_first_existing(root, ("test_list.txt",), present),
         image_files=images,
-        quarantine=duplicates,
+        quarantine=settled,
+        links=links,
     )
 
 

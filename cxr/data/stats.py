@@ -155,7 +155,7 @@ def compute_stats(
 
 def dataset_stats(version: DatasetVersion, client: Any | None = None) -> LabelStats:
     """Statistics of a dataset version, tagged with its digest."""
-    return replace(compute_stats(version.file("metadata.parquet"), client), dataset_digest=version.digest)
+    return replace(compute_stats(version.verify_file("metadata.parquet"), client), dataset_digest=version.digest)
 
 
 def write_stats(version: DatasetVersion, stats: LabelStats) -> list[str]:

@@ -13,13 +13,27 @@
 The digest covers the metadata, boxes and quarantine tables (sorted, with source URIs made relative
 to the source root, so the same archive on disk or on S3 gives the same digest), the shard sizes and
 the pixel pipeline version. It does not cover ``created`` or where the source was.
+
+Every file a reader uses is checked against the sha256 ``dataset.json`` records for it
+(:mod:`cxr.data.integrity`): a table on every read, a shard when a process first reads it; versions
+written before those records existed are read unchecked.
+
+``LATEST`` names the version whose source was observed last: each publish carries the time its plan
+listed the source (``source_observed_at``), and :func:`advance_latest` moves ``LATEST`` by
+compare-and-swap only to a source observed later than the one it names, so a slow ingest of an older
+snapshot never wins over a newer one. ``<out>/.latest.json`` keeps that time for the version ``LATEST``
+names (a version can be published again from a later snapshot, e.g. an archive put back as it was).
+Clocks of the machines that plan ingests into one output must agree (NTP).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import io
 import json
 import posixpath
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -27,6 +41,7 @@ import pyarrow as pa
 
 from cxr import storage
 from cxr.data.accounting import Accounting
+from cxr.data.integrity import FileHash, Integrity, IntegrityError, verify_bytes
 from cxr.data.labels import LABEL_SCHEMA
 from cxr.digest import canonical_digest
 from cxr.records import from_plain
@@ -101,14 +116,36 @@ class DatasetVersion:
     def shard_path(self, size: int, shard: str) -> str:
         return shard_url(self.path, size, shard)
 
+    @cached_property
+    def integrity(self) -> Integrity | None:
+        """The recorded hashes of the version's files, or None for a version written before them."""
+        plain = self.info.get("integrity")
+        return None if plain is None else Integrity.parse(plain)
+
+    def read_file(self, name: str) -> bytes:
+        """A table file of the version, checked against its recorded hash."""
+        url = self.file(name)
+        data = storage.read_bytes(url)
+        if self.integrity is not None:
+            expected = self.integrity.files.get(name)
+            if expected is None:
+                raise IntegrityError(url, "dataset.json records no hash for this file")
+            verify_bytes(url, data, expected)
+        return data
+
+    def verify_file(self, name: str) -> str:
+        """Check a table file against its recorded hash (for readers that read it by URL); its URL."""
+        self.read_file(name)
+        return self.file(name)
+
     def metadata(self, columns: list[str] | None = None) -> pa.Table:
-        return storage.read_parquet(self.file("metadata.parquet"), columns=columns)
+        return storage.parquet_table(self.read_file("metadata.parquet"), columns)
 
     def quarantine(self) -> pa.Table:
-        return storage.read_parquet(self.file("quarantine.parquet"))
+        return storage.parquet_table(self.read_file("quarantine.parquet"))
 
     def boxes(self) -> pa.Table:
-        return storage.read_parquet(self.file("boxes.parquet"))
+        return storage.parquet_table(self.read_file("boxes.parquet"))
 
     @property
     def sizes(self) -> list[int]:
@@ -118,19 +155,89 @@ class DatasetVersion:
     def accounting(self) -> Accounting:
         return from_plain(Accounting, self.info["accounting"])
 
-    def load_shard(self, size: int, shard: str) -> np.ndarray:
-        """One shard as a uint8 array [n, size, size] (read whole; training memory-maps a local copy)."""
-        import io
+    def shard_hash(self, size: int, shard: str) -> FileHash | None:
+        """What a shard's bytes must be; None for a version written before shard hashes."""
+        if self.integrity is None:
+            return None
+        expected = self.integrity.shard(size, shard)
+        if expected is None:
+            raise IntegrityError(self.shard_path(size, shard), "dataset.json records no such shard")
+        return expected
 
-        return np.load(io.BytesIO(storage.read_bytes(self.shard_path(size, shard))), allow_pickle=False)
+    def load_shard(self, size: int, shard: str) -> np.ndarray:
+        """One shard as a uint8 array [n, size, size], read whole and checked (training memory-maps a local copy)."""
+        url = self.shard_path(size, shard)
+        data = storage.read_bytes(url)
+        expected = self.shard_hash(size, shard)
+        if expected is not None:
+            verify_bytes(url, data, expected)
+        return np.load(io.BytesIO(data), allow_pickle=False)
+
+    @property
+    def observed_at(self) -> dt.datetime:
+        """When the source of this version was first listed (older versions: when they were created)."""
+        return _when(self.info.get("source_observed_at") or self.info["created"])
+
+
+LATEST = "LATEST"
+_LATEST_RECORD = ".latest.json"  # {"digest", "observed_at"} of the publish that last moved LATEST
 
 
 def read_latest(root: str) -> str | None:
     """The digest ``<root>/LATEST`` names, or None if there is none yet."""
-    url = storage.join(root, "LATEST")
+    url = storage.join(root, LATEST)
     if not storage.exists(url):
         return None
     return storage.read_text(url).strip() or None
+
+
+def observed_now() -> str:
+    """The time a plan observes its source (UTC, microseconds): what orders versions for ``LATEST``."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+
+
+def _when(stamp: str) -> dt.datetime:
+    when = dt.datetime.fromisoformat(stamp)
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+def _recorded_observation(root: str, digest: str) -> dt.datetime | None:
+    """When the source of version ``digest`` was last observed, or None if there is no such version."""
+    try:
+        record = json.loads(storage.read_text(storage.join(root, _LATEST_RECORD)))
+    except (FileNotFoundError, ValueError):
+        record = {}
+    if record.get("digest") == digest and record.get("observed_at"):
+        return _when(record["observed_at"])
+    try:
+        return open_version(storage.join(root, digest)).observed_at
+    except FileNotFoundError:
+        return None
+
+
+def advance_latest(root: str, digest: str, observed_at: str, attempts: int = 20) -> bool:
+    """Point ``LATEST`` at ``digest`` if its source was observed after the one ``LATEST`` names.
+
+    Compare-and-swap: a change of ``LATEST`` between reading and writing it is seen, and decided again.
+    Returns whether ``LATEST`` names ``digest`` afterwards.
+    """
+    url, record_url = storage.join(root, LATEST), storage.join(root, _LATEST_RECORD)
+    when = _when(observed_at)
+    record = (json.dumps({"digest": digest, "observed_at": observed_at}) + "\n").encode()
+    for _ in range(attempts):
+        current = storage.read_versioned(url)
+        named = current.data.decode().strip() if current else None
+        previous = _recorded_observation(root, named) if named else None
+        if named == digest:
+            if previous is None or previous < when:
+                storage.write_bytes(record_url, record, durable=True)
+            return True
+        if previous is not None and previous >= when:
+            return False  # LATEST names a source observed later: ours is the older snapshot
+        storage.write_bytes(record_url, record, durable=True)
+        if storage.replace_if(url, f"{digest}\n".encode(), current.token if current else None, durable=True):
+            return True
+    raise storage.StorageError(f"{url} kept changing: {attempts} compare-and-swap attempts failed")
 
 
 def open_version(url: str) -> DatasetVersion:

@@ -3,13 +3,17 @@
 Shards on S3 (or any remote store) are copied once into a local cache (``CXR_CACHE`` or
 ``~/.cache/cxr``, under the dataset digest), then memory-mapped like local ones. A batch is gathered
 shard by shard with numpy indexing: no per-image decoding, no Python work per pixel.
+
+Every shard is checked against the sha256 its version's ``dataset.json`` records: a remote copy before
+it enters the cache, a local file (or a cached copy) the first time this process maps it. A cached
+copy that fails is fetched again once; anything else raises :class:`IntegrityError` naming the file.
 """
 
 from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cxr import storage
-from cxr.data.version import shard_url
+from cxr.data.integrity import FileHash, IntegrityError, verify_bytes, verify_file
+from cxr.data.version import DatasetNotFoundError, open_version, shard_url
 from cxr.findings import FINDING_COLUMNS
 
 # Each memory map holds a file descriptor; NIH has ~1,750 shards a size and `ulimit -n` is often 1024.
@@ -35,19 +40,48 @@ class ShardStore:
     """The shards of one dataset version at one size, memory-mapped on use, at most ``max_open`` at once.
 
     Remote shards (S3) are read from a local copy in :func:`cache_root`; :meth:`fetch` makes those copies
-    ahead of time (training: once per node, by its local rank 0, before the first step).
+    ahead of time (training: once per node, by its local rank 0, before the first step). ``hashes``
+    (shard name -> hash) default to what the version's ``dataset.json`` records.
     """
 
-    def __init__(self, version_path: str, digest: str, size: int, max_open: int = MAX_OPEN_SHARDS) -> None:
+    def __init__(
+        self,
+        version_path: str,
+        digest: str,
+        size: int,
+        max_open: int = MAX_OPEN_SHARDS,
+        hashes: Mapping[str, FileHash] | None = None,
+    ) -> None:
         self.version_path = version_path
         self.digest = digest
         self.size = size
         self.max_open = max_open
+        self._hashes = hashes
+        self._hashes_read = hashes is not None
+        self._verified: set[str] = set()  # shards whose local file this process has checked
         self._arrays: OrderedDict[str, np.ndarray] = OrderedDict()
 
     @property
     def remote(self) -> bool:
         return storage.is_remote(self.version_path)
+
+    def _expected(self, shard: str) -> FileHash | None:
+        """What a shard's bytes must be; None for a version written before shard hashes."""
+        if not self._hashes_read:
+            version = open_version(self.version_path)
+            if version.digest != self.digest:
+                raise DatasetNotFoundError(f"{self.version_path} holds version {version.digest}, not {self.digest}")
+            integrity = version.integrity
+            self._hashes = None if integrity is None else dict(integrity.shards.get(str(self.size), {}))
+            self._hashes_read = True
+        if self._hashes is None:
+            return None
+        expected = self._hashes.get(shard)
+        if expected is None:
+            raise IntegrityError(
+                shard_url(self.version_path, self.size, shard), "the version's dataset.json records no such shard"
+            )
+        return expected
 
     def _cached(self, shard: str) -> Path:
         return cache_root() / "shards" / self.digest / str(self.size) / f"{shard}.npy"
@@ -56,9 +90,14 @@ class ShardStore:
         local = self._cached(shard)
         if local.exists():
             return False
+        url = shard_url(self.version_path, self.size, shard)
+        data = storage.read_bytes(url)
+        expected = self._expected(shard)
+        if expected is not None:
+            verify_bytes(url, data, expected)  # a bad copy never enters the cache
         local.parent.mkdir(parents=True, exist_ok=True)
-        data = storage.read_bytes(shard_url(self.version_path, self.size, shard))
         storage.write_bytes(str(local), data)  # atomic: a partial copy never shows
+        self._verified.add(shard)
         return True
 
     def fetch(self, shards: Iterable[str], threads: int = FETCH_THREADS) -> int:
@@ -69,10 +108,27 @@ class ShardStore:
             return sum(pool.map(self._fetch_one, sorted(set(shards))))
 
     def _local_path(self, shard: str) -> str:
+        """A checked local file of the shard: the version's own, or the cached copy of a remote one."""
         if not self.remote:
-            return shard_url(self.version_path, self.size, shard)
+            path = shard_url(self.version_path, self.size, shard)
+            self._verify_local(shard, path)
+            return path
         self._fetch_one(shard)
-        return str(self._cached(shard))
+        path = str(self._cached(shard))
+        try:
+            self._verify_local(shard, path)
+        except IntegrityError:  # a damaged cache copy: fetch it again, checked on the way in
+            os.unlink(path)
+            self._fetch_one(shard)
+        return path
+
+    def _verify_local(self, shard: str, path: str) -> None:
+        if shard in self._verified:
+            return
+        expected = self._expected(shard)
+        if expected is not None:
+            verify_file(path, expected)
+        self._verified.add(shard)
 
     def array(self, shard: str) -> np.ndarray:
         if shard in self._arrays:
