@@ -233,7 +233,8 @@ def _temp_path(path: str) -> str:
     return os.path.join(folder, f".{name}{_TEMP_MARK}{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:12]}")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (one we may not signal counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -256,7 +257,7 @@ def is_stale_temp(path: str) -> bool:
         return False
     writer = name.split(_TEMP_MARK, 1)[1].rsplit(".", 2)  # host, pid, random
     if len(writer) == 3 and writer[0] == socket.gethostname() and writer[1].isdigit():
-        return not _pid_alive(int(writer[1]))
+        return not pid_alive(int(writer[1]))
     return time.time() - mtime > FOREIGN_TEMP_AGE_S
 
 
@@ -292,7 +293,8 @@ def _sweep_once(folder: str) -> None:
         remove_stale_temps(folder)
 
 
-def _fsync_dir(folder: str) -> None:
+def fsync_dir(folder: str | os.PathLike[str]) -> None:
+    """Make a rename or unlink in ``folder`` durable."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -339,7 +341,7 @@ def write_bytes(url: str, data: bytes, durable: bool = False) -> None:
         tmp = _write_temp(path, data, durable)
         os.replace(tmp, path)
         if durable:
-            _fsync_dir(os.path.dirname(path) or ".")
+            fsync_dir(os.path.dirname(path) or ".")
     except OSError as err:
         _raise_if_full(err, url)
         raise
@@ -422,7 +424,7 @@ def create_exclusive(url: str, data: bytes, durable: bool = False) -> str | None
         except FileExistsError:
             return None
         if durable:
-            _fsync_dir(os.path.dirname(path) or ".")
+            fsync_dir(os.path.dirname(path) or ".")
     except OSError as err:
         _raise_if_full(err, url)
         raise

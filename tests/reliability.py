@@ -11,7 +11,9 @@ docs/reliability.md. Only tests that passed write a record, so the table says wh
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,14 +41,18 @@ class Recorder:
 
 
 def write(faults: list[Fault], path: Path = RESULTS) -> None:
-    """Merge this run's records into ``path`` (a partial run keeps the other tests' earlier records)."""
+    """Merge this run's records into ``path`` (a partial run keeps the other tests' earlier records).
+
+    Several pytest-xdist workers may finish at once: the read-merge-write holds a lock file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    kept: list[dict[str, str]] = []
-    if path.exists():
-        ran = {f.test for f in faults}
-        kept = [r for r in json.loads(path.read_text()) if r["test"] not in ran]
-    rows = kept + [asdict(f) for f in faults]
-    rows.sort(key=lambda r: (r["area"], r["test"], r["fault"]))
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(rows, indent=1))
-    tmp.replace(path)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        kept: list[dict[str, str]] = []
+        if path.exists():
+            ran = {f.test for f in faults}
+            kept = [r for r in json.loads(path.read_text()) if r["test"] not in ran]
+        rows = kept + [asdict(f) for f in faults]
+        rows.sort(key=lambda r: (r["area"], r["test"], r["fault"]))
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(rows, indent=1))
+        tmp.replace(path)

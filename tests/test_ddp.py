@@ -106,7 +106,7 @@ def test_two_nodes_rendezvous_over_c10d_train_and_checkpoint(manifest, tmp_path)
     assert state["epoch"] == 2 and state["step"] == bundle["steps"]
 
 
-def test_kill_9_mid_epoch_then_resume_gives_bitwise_the_uninterrupted_weights(manifest, tmp_path):
+def test_kill_9_mid_epoch_then_resume_gives_bitwise_the_uninterrupted_weights(manifest, tmp_path, reliability_record):
     args = ["--checkpoint-every", "3", "--deterministic", "--epochs", "3"]
     run([sys.executable, *train_args(manifest, tmp_path / "whole", 8, *args)])
     out = tmp_path / "killed"
@@ -137,6 +137,11 @@ def test_kill_9_mid_epoch_then_resume_gives_bitwise_the_uninterrupted_weights(ma
     whole, again = weights(tmp_path / "whole" / "model.pt"), weights(out / "model.pt")
     assert whole.keys() == again.keys()
     assert all(torch.equal(whole[k], again[k]) for k in whole)
+    reliability_record.record(
+        "training",
+        "kill -9 of a 2-process DDP training mid-epoch",
+        "--resume continued at the checkpointed step: weights bitwise equal to an uninterrupted run",
+    )
 
 
 def test_a_frozen_backbone_trains_under_ddp_and_unfreezes(manifest, tmp_path):
@@ -191,11 +196,14 @@ def test_a_resume_continues_an_epoch_stopped_by_max_steps_with_the_random_state(
     assert all(torch.equal(whole[k], parts[k]) for k in whole)
 
 
-def test_a_resume_with_other_processes_or_settings_is_refused(manifest, tmp_path):
+def test_a_resume_with_other_processes_or_settings_is_refused(manifest, tmp_path, reliability_record):
     run(two_processes(*train_args(manifest, tmp_path / "r", 8, "--max-steps", "3")))
     other = run([sys.executable, *train_args(manifest, tmp_path / "r", 8, "--resume", "--seed", "4")], ok=False)
     assert other.returncode != 0 and "cannot resume" in other.stderr
     assert "seed 3 -> 4" in other.stderr and "processes 2 -> 1" in other.stderr  # every change is named
+    reliability_record.record(
+        "training", "a resume with another number of processes or changed settings", "refused, naming every change"
+    )
 
 
 SLOW_RANK_0 = """
@@ -215,7 +223,9 @@ main(config, SlowLogger(config.output_dir))
 """
 
 
-def test_slow_work_on_rank_0_after_training_outlasts_a_short_process_group_timeout(manifest, tmp_path):
+def test_slow_work_on_rank_0_after_training_outlasts_a_short_process_group_timeout(
+    manifest, tmp_path, reliability_record
+):
     script = tmp_path / "slow_rank_0.py"
     script.write_text(SLOW_RANK_0)
     args = train_args(manifest, tmp_path / "slow", 8, "--epochs", "1", "--dist-timeout-s", "8")[2:]
@@ -223,3 +233,8 @@ def test_slow_work_on_rank_0_after_training_outlasts_a_short_process_group_timeo
     run([*TORCHRUN, "--standalone", "--nproc-per-node=2", str(script), "17", *args], timeout=300)
     assert time.monotonic() - started > 17  # rank 0 did sleep more than twice the timeout
     assert '"logged"' in (tmp_path / "slow" / "metrics.jsonl").read_text()  # and logged the model at the end
+    reliability_record.record(
+        "training",
+        "rank 0 tracking for longer than the process-group timeout",
+        "the other ranks had left the group; the run finished",
+    )

@@ -78,26 +78,33 @@ def test_palette_images_are_converted_through_their_palette():
     ],
     ids=["empty", "jpeg", "text", "truncated", "tiny", "bomb"],
 )
-def test_broken_files_are_rejected_with_a_reason(data, reason, detail):
+def test_broken_files_are_rejected_with_a_reason(data, reason, detail, reliability_record, request):
     with pytest.raises(ImageRejected) as err:
         decode(data)
     assert err.value.reason == reason and detail in err.value.detail
+    reliability_record.record(
+        "ingest",
+        f"a broken image file ({request.node.callspec.id})",
+        f"rejected: {reason}; quarantined by ingest with that reason",
+    )
 
 
-def test_truncated_pixel_data_is_unreadable():
+def test_truncated_pixel_data_is_unreadable(reliability_record):
     noisy = np.random.default_rng(1).integers(0, 256, (200, 200), dtype=np.uint8)
     data = png(noisy)
     with pytest.raises(ImageRejected) as err:
         decode(data[: len(data) * 2 // 3])
     assert err.value.reason == Reason.UNREADABLE_IMAGE
+    reliability_record.record("ingest", "a PNG whose pixel data is cut off", "rejected: unreadable_image")
 
 
-def test_corrupt_chunk_crc_is_unreadable():
+def test_corrupt_chunk_crc_is_unreadable(reliability_record):
     data = bytearray(png(np.zeros((100, 100), np.uint8)))
     data[20] ^= 0xFF  # inside IHDR: its CRC no longer matches
     with pytest.raises(ImageRejected) as err:
         decode(bytes(data))
     assert err.value.reason == Reason.UNREADABLE_IMAGE
+    reliability_record.record("ingest", "a PNG with a corrupt chunk CRC", "rejected: unreadable_image")
 
 
 def test_limits_are_settings():

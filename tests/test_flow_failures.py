@@ -52,7 +52,7 @@ def _restart_after_the_first_failure(server: S3Server, done: threading.Event) ->
 
 @pytest.mark.s3
 def test_a_task_that_meets_a_stopped_s3_server_is_retried_and_the_flow_completes(
-    prefect_api, s3_server, tmp_path, monkeypatch
+    prefect_api, s3_server, tmp_path, monkeypatch, reliability_record
 ):
     from flows.ingest import ingest
     from tasks.ingest import plan_ingest_task
@@ -82,6 +82,11 @@ def test_a_task_that_meets_a_stopped_s3_server_is_retried_and_the_flow_completes
     counts = task_run_counts(state.state_details.flow_run_id)
     assert counts["plan-ingest"] == 2, counts  # failed against the stopped server, then succeeded on its retry
     assert len(digest) == 16
+    reliability_record.record(
+        "orchestration",
+        "the S3 server stopped under a running flow",
+        "the task was retried when it came back; the flow completed",
+    )
 
 
 def _kill_training_once_it_checkpointed(runs: Path, done: threading.Event, killed: list[int]) -> None:
@@ -106,7 +111,9 @@ def _kill_training_once_it_checkpointed(runs: Path, done: threading.Event, kille
         time.sleep(0.05)
 
 
-def test_a_killed_training_is_retried_resumes_from_its_checkpoint_in_one_mlflow_run(prefect_api, tmp_path, monkeypatch):
+def test_a_killed_training_is_retried_resumes_from_its_checkpoint_in_one_mlflow_run(
+    prefect_api, tmp_path, monkeypatch, reliability_record
+):
     from mlflow import MlflowClient
 
     from flows.retrain import retrain
@@ -144,6 +151,11 @@ def test_a_killed_training_is_retried_resumes_from_its_checkpoint_in_one_mlflow_
     assert [(r.info.run_id, r.info.status) for r in runs] == [(trained.tracked.run_id, "FINISHED")]
     steps = [m.step for m in client.get_metric_history(trained.tracked.run_id, "val_mean_auroc")]
     assert steps == sorted(steps) and len(steps) == 4  # one value per epoch, before and after the kill
+    reliability_record.record(
+        "orchestration",
+        "the training process killed (SIGKILL) inside the retrain flow",
+        "the task was retried, resumed from its checkpoint in the same MLflow run; the flow completed",
+    )
 
 
 def small_retrain(tmp_path: Path, name: str) -> dict[str, object]:

@@ -67,7 +67,7 @@ def bad_source(tmp_path: Path) -> Path:
     return src
 
 
-def test_a_bad_file_set_is_fully_accounted_for(bad_source, tmp_path):
+def test_a_bad_file_set_is_fully_accounted_for(bad_source, tmp_path, reliability_record):
     result = ingest(str(bad_source), str(tmp_path / "out"), IngestOptions(sizes=(64,)))
     version = open_version(result.path)
     metadata, quarantine = version.metadata(), version.quarantine()
@@ -96,6 +96,11 @@ def test_a_bad_file_set_is_fully_accounted_for(bad_source, tmp_path):
     assert acc.inputs == 14 == acc.label_rows + 1  # 13 rows + 1 file no row names
     assert acc.accepted + acc.quarantined == acc.inputs == metadata.num_rows + quarantine.num_rows
     assert acc.image_files == 11
+    reliability_record.record(
+        "ingest",
+        "an archive with unreadable, too small, too large, duplicate, missing, unlabeled and path-escaping images",
+        "each quarantined with its reason; accepted + quarantined = inputs",
+    )
 
 
 def test_shards_hold_the_converted_pixels(bad_source, tmp_path):
@@ -201,7 +206,7 @@ def test_splits_come_from_the_official_lists_and_keep_patients_apart(synthetic, 
     assert all(len(s) == 1 for s in patients.values()) and {"train", "val", "test"} == set(split.values())
 
 
-def test_a_patient_listed_in_two_splits_stops_the_ingest(synthetic, tmp_path):
+def test_a_patient_listed_in_two_splits_stops_the_ingest(synthetic, tmp_path, reliability_record):
     src = tmp_path / "src"
     shutil.copytree(synthetic, src)
     test_ids = (src / "test_list.txt").read_text().split()
@@ -212,6 +217,11 @@ def test_a_patient_listed_in_two_splits_stops_the_ingest(synthetic, tmp_path):
     with pytest.raises(SplitConflictError, match="would be in two splits"):
         ingest(str(src), str(tmp_path / "out"), IngestOptions(sizes=(32,)))
     assert not (tmp_path / "out" / "LATEST").exists()
+    reliability_record.record(
+        "ingest",
+        "official split lists that put one patient in two splits",
+        "the ingest stops with SplitConflictError (the patient named); LATEST not written",
+    )
 
 
 @pytest.mark.s3

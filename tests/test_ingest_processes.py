@@ -34,7 +34,9 @@ def source(tmp_path_factory) -> Path:
     return out
 
 
-def test_kill_9_then_rerun_gives_the_clean_digest_and_latest_never_names_a_partial_version(source, tmp_path):
+def test_kill_9_then_rerun_gives_the_clean_digest_and_latest_never_names_a_partial_version(
+    source, tmp_path, reliability_record
+):
     clean = ingest(str(source), str(tmp_path / "clean"), IngestOptions(sizes=(96,), part_images=10)).digest
     out = tmp_path / "killed"
     ingest_args = ["ingest", "--source", str(source), "--out", str(out), "--size", "96", "--part-images", "10"]
@@ -59,6 +61,11 @@ def test_kill_9_then_rerun_gives_the_clean_digest_and_latest_never_names_a_parti
     assert rerun.returncode == 0, stderr
     assert json.loads(stdout)["digest"] == clean == (out / "LATEST").read_text().strip()
     assert len(list(parts.iterdir())) == len(list(parts.glob("*/records.parquet")))  # only finished parts are kept
+    reliability_record.record(
+        "ingest",
+        "kill -9 of a running ingest",
+        "LATEST never named a partial version; the rerun gave the clean digest, reusing finished parts",
+    )
 
 
 def _wait_for_port(port: int, timeout: float = 60) -> None:

@@ -123,13 +123,14 @@ def test_labels_are_matched_exactly(labels):
         ("00000002_000.png," + "M" * 200_000 + ",0,2,40,F,PA,10,10,0.1,0.1", Reason.FIELD_TOO_LARGE, "131072"),
     ],
 )
-def test_a_bad_row_is_quarantined_with_its_reason_and_the_rest_is_kept(row, reason, detail):
+def test_a_bad_row_is_quarantined_with_its_reason_and_the_rest_is_kept(row, reason, detail, reliability_record):
     result = read_label_table(table(GOOD_ROW, row, "00000003_000.png,No Finding,0,3,30,M,AP,10,10,0.1,0.1"), "t.csv")
     assert result.rows["image_id"].to_pylist() == ["00000001_000.png", "00000003_000.png"]
     [record] = result.quarantine
     assert record.reason == reason and detail in record.detail, record
     assert record.image_id == row.split(",")[0] and len(record.detail) < 200
     assert result.n_input_rows == result.rows.num_rows + len(result.quarantine) == 3
+    reliability_record.record("ingest", f"a label row: {detail[:60]}", f"quarantined: {reason}; the other rows kept")
 
 
 def test_a_row_that_is_not_utf8_is_quarantined():

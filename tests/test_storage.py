@@ -82,16 +82,19 @@ def test_s3_missing_key_and_missing_bucket_raise_file_not_found(s3_bucket):
 
 
 @pytest.mark.s3
-def test_s3_wrong_secret_is_a_permission_error(s3_bucket, monkeypatch):
+def test_s3_wrong_secret_is_a_permission_error(s3_bucket, monkeypatch, reliability_record):
     storage.write_bytes(f"{s3_bucket}/x", b"1")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     with pytest.raises(PermissionError) as err:
         storage.read_bytes(f"{s3_bucket}/x")
     assert "not-the-secret" not in str(err.value)
+    reliability_record.record(
+        "dataset store", "a wrong S3 secret key", "PermissionError; the wrong secret does not appear in the error"
+    )
 
 
 @pytest.mark.s3
-def test_an_unreachable_endpoint_is_retried_then_reported(s3_server, monkeypatch):
+def test_an_unreachable_endpoint_is_retried_then_reported(s3_server, monkeypatch, reliability_record):
     from cxr.services.s3server import free_port_pairs
 
     [port] = free_port_pairs(1)
@@ -100,6 +103,11 @@ def test_an_unreachable_endpoint_is_retried_then_reported(s3_server, monkeypatch
     with pytest.raises(StorageUnavailableError, match="after 3 attempts") as err:
         storage.read_bytes("s3://any-bucket/x")
     assert err.value.__cause__ is not None
+    reliability_record.record(
+        "dataset store",
+        "an S3 endpoint that does not answer",
+        "retried with backoff, then StorageUnavailableError naming the URL",
+    )
 
 
 def test_backoff_schedule_follows_the_environment(monkeypatch):

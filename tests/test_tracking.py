@@ -305,7 +305,9 @@ def test_mlflow_models_serve_answers_with_14_probabilities(server, trained, tmp_
         log.close()
 
 
-def test_training_survives_the_server_stopping_and_keeps_what_was_logged(server, prepared, tmp_path):
+def test_training_survives_the_server_stopping_and_keeps_what_was_logged(
+    server, prepared, tmp_path, reliability_record
+):
     from mlflow import MlflowClient
 
     args = [
@@ -348,6 +350,11 @@ def test_training_survives_the_server_stopping_and_keeps_what_was_logged(server,
     )
     server.start()  # same port, same database
     assert len(MlflowClient(server.url).get_metric_history(run_id, "val_mean_auroc")) >= logged >= 1
+    reliability_record.record(
+        "tracking",
+        "the MLflow server stopped during training",
+        "training completed; the failure reported loudly; earlier metrics present after the restart",
+    )
 
 
 def test_init_from_an_mlflow_model_uri_starts_from_its_weights_and_records_the_parent(

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
+from cxr.storage import pid_alive
+
 LOOPBACK = "127.0.0.1"  # services bind here unless told otherwise
 STOP_TIMEOUT_S = 20.0  # SIGTERM, then SIGKILL after this long
 
@@ -240,12 +242,4 @@ def stop_recorded(processes: Sequence[ProcessId], timeout_s: float = STOP_TIMEOU
     return outcomes
 
 
-def alive(pid: int) -> bool:
-    """Whether a process with this id exists."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+alive = pid_alive  # whether a process with this id exists (one home: cxr.storage)

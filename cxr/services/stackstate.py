@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr.services.process import ProcessId, start_time, started_before
+from cxr.storage import fsync_dir
 
 STARTING, UP = "starting", "up"
 
@@ -126,18 +127,10 @@ def write_state(path: Path, state: StackState) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def remove_state(path: Path) -> None:
     if path.exists():
         path.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(path.parent)
