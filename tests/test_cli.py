@@ -40,6 +40,7 @@ def test_inspect_prints_a_table_for_people(tmp_path):
         (["inspect", "/nonexistent/archive"], "does not exist"),
         (["synth", "--out", "x", "--n-images", "0"], "n_images must be >= 1"),
         (["synth", "--out", "x", "--edition", "2019"], "edition must be"),
+        (["predict", "x.png", "--model", "m.pt", "--device", "bogus"], "device must be auto, cpu, cuda or cuda:N"),
     ],
 )
 def test_bad_input_gives_one_clear_line_and_exit_code_2(args, message):

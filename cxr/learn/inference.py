@@ -30,7 +30,18 @@ def single_process(device: str | torch.device = "cpu") -> DistInfo:
     """The :class:`DistInfo` of a process that is not part of a process group (``auto``: the GPU if any)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return DistInfo(torch.device(device))
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}") from err
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but no CUDA GPU is available here (use auto or cpu)")
+        if chosen.index is not None and chosen.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+    elif chosen.type != "cpu":
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    return DistInfo(chosen)
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
