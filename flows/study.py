@@ -7,7 +7,7 @@ from prefect import flow
 
 from cxr import storage
 from cxr.data.plan import IngestOptions
-from cxr.study import StudyConfig, StudyReport
+from cxr.study import SIGNAL_STRENGTH, StudyConfig, StudyReport
 from tasks.ingest import decode_parts_task, plan_ingest_task, publish_task
 from tasks.study import shifted_source_task, study_task
 
@@ -23,21 +23,35 @@ def study(
     seeds: list[int] = [0, 1, 2],  # noqa: B006
     model: str = "small",
     epochs: int = 6,
+    strength: float = SIGNAL_STRENGTH,
     floor: float = 0.05,
     n_boot: int = 200,
     workers: int | None = None,
     device: str = "auto",
 ) -> StudyReport:
-    """The report lands in ``<workdir>/study/imbalance-study.md`` and in MLflow under one parent run."""
+    """The report lands in ``<workdir>/study/imbalance-study.md`` and in MLflow under one parent run.
+
+    ``epochs``: passes over the unbalanced manifest, which fix every strategy's step budget; ``strength``: the
+    sign strength of the shifted synthetic source (make a synthetic ``source`` with the same).
+    """
     options = IngestOptions(sizes=tuple(sizes))
     plan = plan_ingest_task(source, storage.join(workdir, "datasets"), options)
     decode_parts_task(plan, None, workers)
     version = publish_task(plan)
-    shifted_src = shifted_source_task(storage.join(workdir, "shifted-source"), shifted_images, shifted_size, 0)
+    shifted_src = shifted_source_task(
+        storage.join(workdir, "shifted-source"), shifted_images, shifted_size, 0, strength
+    )
     shifted_plan = plan_ingest_task(shifted_src, storage.join(workdir, "shifted-datasets"), options)
     decode_parts_task(shifted_plan, None, workers)
     shifted = publish_task(shifted_plan)
     config = StudyConfig(
-        tuple(strategies), tuple(seeds), model=model, epochs=epochs, floor=floor, n_boot=n_boot, device=device
+        tuple(strategies),
+        tuple(seeds),
+        model=model,
+        epochs=epochs,
+        floor=floor,
+        n_boot=n_boot,
+        device=device,
+        signal_strength=strength,
     )
     return study_task(version.path, shifted.path, storage.join(workdir, "study"), config)

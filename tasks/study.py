@@ -12,13 +12,15 @@ from tasks.policy import RETRY
 
 
 @task(name="synth-shifted-source", cache_policy=NO_CACHE, **RETRY)
-def shifted_source_task(out: str, n_images: int, size: int, seed: int) -> str:
-    """A second synthetic source: other contrast, noise, scale and position, another prevalence profile."""
+def shifted_source_task(out: str, n_images: int, size: int, seed: int, strength: float) -> str:
+    """A second synthetic source: other contrast, noise, scale and position, another prevalence profile; the
+    findings' signs as strong as in the training source (``strength``)."""
     config = SynthConfig(
         out=out,
         n_images=n_images,
         size=size,
         seed=seed + 1000,
+        strength=strength,
         acquisition=SHIFTED_ACQUISITION,
         prevalence_power=SHIFTED_PREVALENCE_POWER,
     )

@@ -17,8 +17,8 @@ from flows.deploy import DEFAULTS
 BIN = Path(sys.executable).parent
 
 
-def _synthetic_source(folder: Path, n_images: int, size: int, seed: int) -> Path:
-    """A synthetic archive in ``folder``, made once and reused."""
+def _synthetic_source(folder: Path, n_images: int, size: int, seed: int, strength: float = 1.0) -> Path:
+    """A synthetic archive in ``folder``, made once and reused (``strength``: of the findings' signs)."""
     from cxr.data.synth import SynthConfig
 
     if (folder / "Data_Entry_2017_v2020.csv").exists():
@@ -26,7 +26,9 @@ def _synthetic_source(folder: Path, n_images: int, size: int, seed: int) -> Path
     else:
         console.print(f"[bold]synth[/]: a synthetic NIH archive of {n_images} images in {folder}")
         render_archive(
-            SynthConfig(out=str(folder), n_images=n_images, size=size, seed=seed, workers=os.cpu_count() or 1)
+            SynthConfig(
+                out=str(folder), n_images=n_images, size=size, seed=seed, strength=strength, workers=os.cpu_count() or 1
+            )
         )
     return folder.resolve()
 
@@ -166,7 +168,15 @@ def study(
         list[int] | None, typer.Option("--seed", help="Repeat for several; 3 or more give a spread (default: 0 1 2).")
     ] = None,
     model: Annotated[str, typer.Option(help="Model for every run.")] = "small",
-    epochs: Annotated[int, typer.Option(help="Epochs of every run (the same budget for all).")] = 6,
+    epochs: Annotated[
+        int, typer.Option(help="Passes over the unbalanced manifest; their steps are every strategy's budget.")
+    ] = 6,
+    strength: Annotated[
+        float | None,
+        typer.Option(
+            help="Sign strength of the synthetic sources (default: the study's, see docs/imbalance-study.md)."
+        ),
+    ] = None,
     workers: Annotated[int | None, typer.Option(help="Dask LocalCluster workers.")] = None,
     device: Annotated[str, typer.Option(help="Training and scoring: auto (the GPU if any), cpu or cuda.")] = "auto",
 ) -> None:
@@ -175,9 +185,12 @@ def study(
 
     defaults = StudyConfig()
     strategies, seeds = tuple(strategy or defaults.strategies), tuple(seed or defaults.seeds)
-    guarded(StudyConfig, strategies=strategies, seeds=seeds, model=model, epochs=epochs)  # refuse bad settings first
-    if source is None:
-        source = str(_synthetic_source(workdir / "source", n_images, 128, 0))
+    strength = defaults.signal_strength if strength is None else strength
+    guarded(  # refuse bad settings first
+        StudyConfig, strategies=strategies, seeds=seeds, model=model, epochs=epochs, signal_strength=strength
+    )
+    if source is None:  # one folder per strength: an archive made at another strength is not reused
+        source = str(_synthetic_source(workdir / f"source-strength-{strength:g}", n_images, 128, 0, strength))
     _track_here()
     from flows.study import study as study_flow
 
@@ -191,6 +204,7 @@ def study(
         seeds=list(seeds),
         model=model,
         epochs=epochs,
+        strength=strength,
         workers=workers,
         device=device,
     )
