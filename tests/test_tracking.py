@@ -201,6 +201,25 @@ def test_the_gate_compares_on_the_same_images_keeps_a_worse_model_out_and_promot
     assert "lower bound" in client.get_run(trained.tracked.run_id).data.tags["cxr.gate.reasons"]
 
 
+def test_champion_moves_only_if_it_still_names_the_version_the_gate_compared_against(server, trained):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from cxr.tracking.gate import promote_if_unchanged
+
+    client = MlflowClient(server.url)
+    mlflow.set_tracking_uri(server.url)
+    v1, v2, v3 = (mlflow.register_model(trained.tracked.model_uri, "cxr-cas").version for _ in range(3))
+    client.set_registered_model_alias("cxr-cas", "champion", v1)
+    # the gate compared v3 against v1; meanwhile another flow promoted v2
+    client.set_registered_model_alias("cxr-cas", "champion", v2)
+    promoted, reasons = promote_if_unchanged(client, "cxr-cas", str(v3), str(v1), ("gain ...",))
+    assert not promoted and f"changed from {v1} to {v2}" in reasons[-1]
+    assert client.get_model_version_by_alias("cxr-cas", "champion").version == str(v2)
+    promoted, _ = promote_if_unchanged(client, "cxr-cas", str(v3), str(v2), ("gain ...",))
+    assert promoted and client.get_model_version_by_alias("cxr-cas", "champion").version == str(v3)
+
+
 def test_the_gate_fails_closed_when_the_champion_cannot_be_read(server, prepared, trained, reliability_record):
     from mlflow import MlflowClient
 

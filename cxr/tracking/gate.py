@@ -169,7 +169,7 @@ def register_and_gate(
         reasons = (f"not promoted: the champion could not be read ({err}); the gate fails closed",)
     mlflow_client.set_registered_model_alias(name, CHALLENGER, version)
     if promoted and champion_version != version:
-        promoted, reasons = _promote_if_unchanged(mlflow_client, name, version, champion_version, reasons)
+        promoted, reasons = promote_if_unchanged(mlflow_client, name, version, champion_version, reasons)
     registration = Registration(name, version, promoted, reasons, champion_version, failed_closed)
     record = GateRecord(
         name,
@@ -188,7 +188,7 @@ def register_and_gate(
     return registration
 
 
-def _promote_if_unchanged(
+def promote_if_unchanged(
     mlflow_client: Any, name: str, version: str, compared: str | None, reasons: tuple[str, ...]
 ) -> tuple[bool, tuple[str, ...]]:
     """Set ``champion`` to ``version`` only if it still names ``compared`` (the version the gate compared)."""
