@@ -336,10 +336,16 @@ def write_bytes(url: str, data: bytes, durable: bool = False) -> None:
     if not isinstance(fs, LocalFileSystem):
         _call("write", url, lambda: fs.pipe_file(path, data))
         return
+    _write_local(url, path, data, durable, os.replace)
+
+
+def _write_local(url: str, path: str, data: bytes, durable: bool, place: Callable[[str, str], None]) -> None:
+    """``data`` into a temp file beside ``path``, then ``place`` it there (``os.replace``: atomic; ``os.link``:
+    refuses an existing name); the folder synced when ``durable``; a full disk named; no temp file left."""
     tmp = None
     try:
         tmp = _write_temp(path, data, durable)
-        os.replace(tmp, path)
+        place(tmp, path)
         if durable:
             fsync_dir(os.path.dirname(path) or ".")
     except OSError as err:
@@ -416,21 +422,10 @@ def create_exclusive(url: str, data: bytes, durable: bool = False) -> str | None
             "create", url, lambda: fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
         )
         return None if put is None else str(put["ETag"])
-    tmp = None
     try:
-        tmp = _write_temp(path, data, durable)
-        try:
-            os.link(tmp, path)  # atomic, and refuses an existing name
-        except FileExistsError:
-            return None
-        if durable:
-            fsync_dir(os.path.dirname(path) or ".")
-    except OSError as err:
-        _raise_if_full(err, url)
-        raise
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+        _write_local(url, path, data, durable, os.link)  # a link is atomic and refuses an existing name
+    except FileExistsError:
+        return None
     return hashlib.sha256(data).hexdigest()
 
 

@@ -220,7 +220,9 @@ def test_champion_moves_only_if_it_still_names_the_version_the_gate_compared_aga
     assert promoted and client.get_model_version_by_alias("cxr-cas", "champion").version == str(v3)
 
 
-def test_the_gate_fails_closed_when_the_champion_cannot_be_read(server, prepared, trained, reliability_record):
+def test_the_gate_fails_closed_when_the_champion_cannot_be_read(
+    server, prepared, trained, reliability_record, monkeypatch
+):
     from mlflow import MlflowClient
 
     from tests.faultproxy import FaultProxy
@@ -238,8 +240,7 @@ def test_the_gate_fails_closed_when_the_champion_cannot_be_read(server, prepared
     assert client.get_model_version_by_alias("cxr-closed", "champion").version == "1"
 
     proxy = FaultProxy(server.url).start()
-    saved = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # one 503 reaches the gate, not MLflow's retry
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # one 503 reaches the gate, not MLflow's retry
     try:
         proxy.fail("/api/2.0/mlflow/registered-models/get", status=503, times=1)
         unavailable = register_and_gate(
@@ -247,10 +248,6 @@ def test_the_gate_fails_closed_when_the_champion_cannot_be_read(server, prepared
         )
     finally:
         proxy.stop()
-        if saved is None:
-            os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
-        else:
-            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = saved
     assert len(proxy.failed) == 1
     assert not unavailable.promoted and unavailable.failed_closed and "503" in unavailable.reasons[0]
     assert client.get_model_version_by_alias("cxr-closed", "champion").version == "1"
