@@ -36,6 +36,10 @@ def _cxr(*args: str, env: dict[str, str], timeout: int = 120) -> subprocess.Comp
     return subprocess.run([CXR, *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
+def _sigint_by_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -58,7 +62,14 @@ def test_ctrl_c_while_the_stack_starts_stops_every_server_it_started_and_the_nex
     folder, env = tmp_path / "stack", _clean_env()
     state_file = folder / "stack.json"
     up = subprocess.Popen(
-        [CXR, "stack", "up", "--dir", str(folder)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        [CXR, "stack", "up", "--dir", str(folder)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        # As at a terminal: SIGINT not ignored. (A suite started as a background job without job control
+        # inherits SIGINT ignored, and `stack up` keeps an ignored signal ignored, as `nohup` expects.)
+        preexec_fn=_sigint_by_default,
     )
 
     def s3_spawned() -> bool:
@@ -70,29 +81,34 @@ def test_ctrl_c_while_the_stack_starts_stops_every_server_it_started_and_the_nex
             return False
         return "s3" in state["services"]
 
-    # Once S3 is spawned (Prefect was spawned before it), the servers take seconds to answer: a signal now
-    # lands while the stack starts. (Waiting until S3 answered raced with a fast Prefect on a busy machine:
-    # the stack could be up before the signal arrived.)
-    _wait_for(s3_spawned, 60, "the stack's S3 server to be spawned")
-    started = json.loads(state_file.read_text())
-    up.send_signal(signal.SIGINT)
-    _, stderr = up.communicate(timeout=60)
-
-    assert started["phase"] == STARTING  # interrupted in the middle: Prefect was still starting
-    assert up.returncode == 128 + signal.SIGINT, stderr
-    assert "interrupted by SIGINT: stopped" in stderr and "Traceback" not in stderr
-    assert {"prefect", "s3"} <= set(started["services"])
-    assert not [name for name, s in started["services"].items() if _group_alive(s["pid"])]
-    assert not state_file.exists()
-    status = _cxr("stack", "status", "--dir", str(folder), env=env)
-    assert status.returncode == 1 and "not running" in status.stdout
-    again = _cxr("stack", "up", "--dir", str(folder), "--service", "s3", env=env)
-    assert again.returncode == 0, again.stderr
     try:
-        assert json.loads(_cxr("stack", "status", "--dir", str(folder), "--json", env=env).stdout)["running"]
-    finally:
-        down = _cxr("stack", "down", "--dir", str(folder), env=env)
-    assert "stopped: s3" in down.stderr
+        # Once S3 is spawned (Prefect was spawned before it), the servers take seconds to answer: a signal now
+        # lands while the stack starts. (Waiting until S3 answered raced with a fast Prefect on a busy machine:
+        # the stack could be up before the signal arrived.)
+        _wait_for(s3_spawned, 60, "the stack's S3 server to be spawned")
+        started = json.loads(state_file.read_text())
+        up.send_signal(signal.SIGINT)
+        _, stderr = up.communicate(timeout=60)
+
+        assert started["phase"] == STARTING  # interrupted in the middle: Prefect was still starting
+        assert up.returncode == 128 + signal.SIGINT, stderr
+        assert "interrupted by SIGINT: stopped" in stderr and "Traceback" not in stderr
+        assert {"prefect", "s3"} <= set(started["services"])
+        assert not [name for name, s in started["services"].items() if _group_alive(s["pid"])]
+        assert not state_file.exists()
+        status = _cxr("stack", "status", "--dir", str(folder), env=env)
+        assert status.returncode == 1 and "not running" in status.stdout
+        again = _cxr("stack", "up", "--dir", str(folder), "--service", "s3", env=env)
+        assert again.returncode == 0, again.stderr
+        try:
+            assert json.loads(_cxr("stack", "status", "--dir", str(folder), "--json", env=env).stdout)["running"]
+        finally:
+            down = _cxr("stack", "down", "--dir", str(folder), env=env)
+        assert "stopped: s3" in down.stderr
+    finally:  # whatever failed above, no server of this test outlives it
+        if up.poll() is None:
+            up.kill()
+        _cxr("stack", "down", "--dir", str(folder), env=env)
     reliability_record.record(
         "services",
         "SIGINT to `cxr stack up` after it spawned Prefect and S3, while they were still starting",
