@@ -29,6 +29,7 @@ from typing import ClassVar
 from cxr.services.process import LOOPBACK, ServerProcess, answers, spawn
 
 _PORT_NAMES = ("s3", "master", "volume", "filer", "admin")  # webdav is off
+MAX_VOLUMES = 1000  # volumes the one volume server may hold (each bucket needs a few)
 _GRPC_OFFSET = 10_000  # weed serves gRPC on each port + 10000
 
 
@@ -134,6 +135,9 @@ class S3Server(ServerProcess):
             "-s3.port.lance=0",
             "-master.telemetry=false",
             "-volume.preStopSeconds=0",  # one node: no peers to tell it is leaving (saves a second per stop)
+            # Each bucket takes volumes of its own; the automatic limit (free disk / 128 MB) ran out at 5 on a
+            # disk with 6.6 GB free ("No writable volumes"). Volumes are not preallocated: files grow as written.
+            f"-volume.max={MAX_VOLUMES}",
             *_local_sockets(self.data_dir),
             *[f"-{name}.port={port}" for name, port in self.ports.items()],
         ]
