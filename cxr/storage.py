@@ -84,6 +84,16 @@ def is_remote(url: str) -> bool:
     return "://" in url and not url.startswith("file://")
 
 
+def absolute(url: str) -> str:
+    """A local path made absolute (so every process, whatever its working folder, names the same files and
+    listings compare equal to it); a remote URL unchanged."""
+    if is_remote(url):
+        return url
+    if url.startswith("file://"):
+        url = url[len("file://") :]
+    return os.path.abspath(url)
+
+
 _S3_CACHE: dict[tuple[str, ...], fsspec.AbstractFileSystem] = {}
 
 
@@ -515,6 +525,12 @@ def exists(url: str) -> bool:
     """Whether a file, object or folder exists at ``url``."""
     fs, path = filesystem(url)
     return _call("exists", url, lambda: fs.exists(path))
+
+
+def is_file(url: str) -> bool:
+    """Whether ``url`` names a file (not a folder, not nothing)."""
+    fs, path = filesystem(url)
+    return bool(_call("stat", url, lambda: fs.isfile(path)))
 
 
 def size(url: str) -> int:

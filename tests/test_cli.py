@@ -34,6 +34,9 @@ def test_inspect_prints_a_table_for_people(tmp_path):
     assert "Infiltration" in text and "No Finding" in text and "rows: 20 read, 20 accepted" in text
 
 
+FIXTURE_FILE = Path(__file__).parent / "fixtures" / "nih" / "README.md"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -41,6 +44,8 @@ def test_inspect_prints_a_table_for_people(tmp_path):
         (["synth", "--out", "x", "--n-images", "0"], "n_images must be >= 1"),
         (["synth", "--out", "x", "--edition", "2019"], "edition must be"),
         (["predict", "x.png", "--model", "m.pt", "--device", "bogus"], "device must be auto, cpu, cuda or cuda:N"),
+        (["inspect", str(FIXTURE_FILE)], "is a file, where the archive's folder was expected"),
+        (["predict", str(FIXTURE_FILE), "--model", str(FIXTURE_FILE.parent)], "is a folder, where a file was expected"),
     ],
 )
 def test_bad_input_gives_one_clear_line_and_exit_code_2(args, message):

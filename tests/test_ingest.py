@@ -258,3 +258,10 @@ def test_metadata_finding_columns_agree_with_finding_labels(synthetic, tmp_path)
             f.lower() for f in r["finding_labels"] if f.lower() in ("mass", "nodule", "hernia", "effusion")
         }
     assert pc.all(pc.equal(metadata["png_width"], 96)).as_py()
+
+
+def test_an_output_given_as_a_relative_path_ingests_like_an_absolute_one(synthetic, tmp_path, monkeypatch):
+    absolute = ingest(str(synthetic), str(tmp_path / "abs"), IngestOptions(sizes=(32,)))
+    monkeypatch.chdir(tmp_path)
+    relative = ingest(str(synthetic), "rel", IngestOptions(sizes=(32,)))  # publish once found no shard of it
+    assert relative.digest == absolute.digest and (tmp_path / "rel" / "LATEST").read_text().strip() == relative.digest

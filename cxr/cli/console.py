@@ -47,6 +47,18 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
+def _first_file(path: str | None) -> str | None:
+    """The part of ``path`` that exists as a file (``a/b.csv`` for ``a/b.csv/c``): what was given wrongly."""
+    import os
+
+    while path and not os.path.isfile(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+    return path
+
+
 def guarded(fn: Callable[..., T], *args: object, **kwargs: object) -> T:
     """Call a library function; turn expected failures into one clear line and exit code 2."""
     from cxr.data.decode import ImageRejected
@@ -63,6 +75,10 @@ def guarded(fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         fail(f"not found: {err}")
     except PermissionError as err:
         fail(f"permission denied: {err}")
+    except IsADirectoryError as err:
+        fail(f"{err.filename or err}: is a folder, where a file was expected (e.g. a run folder's model.pt)")
+    except NotADirectoryError as err:
+        fail(f"{_first_file(err.filename) or err}: is a file, where a folder was expected")
     except StorageError as err:
         fail(str(err))
     except Exception as err:

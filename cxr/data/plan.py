@@ -116,6 +116,7 @@ def chunk_images(images: list[PartImage], target: int) -> list[tuple[PartImage, 
 
 def plan_ingest(source_url: str, out: str, options: IngestOptions = IngestOptions()) -> IngestPlan:
     """Read and reconcile the archive's tables and files; cut the work into parts."""
+    out = storage.absolute(out)
     source = read_source(source_url)
     layout, labels = source.layout, source.labels
     details = _list_images(source)

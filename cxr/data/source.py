@@ -90,6 +90,8 @@ def image_folders(root: str) -> list[str]:
 def discover(root: str) -> SourceLayout:
     """Find the label table, box list, split lists and image files of an archive at ``root``."""
     root = root.rstrip("/") if storage.is_remote(root) else root
+    if storage.is_file(root):
+        raise NihFormatError(f"{root}: is a file, where the archive's folder was expected (the folder that holds it)")
     present = {posixpath.basename(p) for p in storage.list_files(root)}
     label_table = _first_existing(root, LABEL_TABLE_NAMES, present)
     if label_table is None:
