@@ -22,7 +22,6 @@ Credentials come from the environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCES
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import io
 import logging
@@ -31,15 +30,13 @@ import posixpath
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from collections.abc import Callable
+from contextlib import suppress
 from typing import Any, TypeVar
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.asyn import sync
 from fsspec.implementations.local import LocalFileSystem
 
 log = logging.getLogger(__name__)
@@ -199,7 +196,7 @@ def _is_transient(exc: BaseException) -> bool:
     return cause is not None and cause is not exc and _is_transient(cause)
 
 
-def _call(op: str, url: str, fn: Callable[[], T]) -> T:
+def retrying(op: str, url: str, fn: Callable[[], T]) -> T:
     """Run one storage operation with retries on transient errors and translated exceptions."""
     delays = backoff_schedule()
     for attempt in range(len(delays) + 1):
@@ -224,7 +221,7 @@ def _call(op: str, url: str, fn: Callable[[], T]) -> T:
 def read_bytes(url: str) -> bytes:
     """The whole content of a file or object."""
     fs, path = filesystem(url)
-    return _call("read", url, lambda: fs.cat_file(path))
+    return retrying("read", url, lambda: fs.cat_file(path))
 
 
 _TEMP_MARK = ".cxr-tmp."
@@ -344,12 +341,12 @@ def write_bytes(url: str, data: bytes, durable: bool = False) -> None:
     """
     fs, path = filesystem(url)
     if not isinstance(fs, LocalFileSystem):
-        _call("write", url, lambda: fs.pipe_file(path, data))
+        retrying("write", url, lambda: fs.pipe_file(path, data))
         return
-    _write_local(url, path, data, durable, os.replace)
+    write_local(url, path, data, durable, os.replace)
 
 
-def _write_local(url: str, path: str, data: bytes, durable: bool, place: Callable[[str, str], None]) -> None:
+def write_local(url: str, path: str, data: bytes, durable: bool, place: Callable[[str, str], None]) -> None:
     """``data`` into a temp file beside ``path``, then ``place`` it there (``os.replace``: atomic; ``os.link``:
     refuses an existing name); the folder synced when ``durable``; a full disk named; no temp file left."""
     tmp = None
@@ -364,141 +361,6 @@ def _write_local(url: str, path: str, data: bytes, durable: bool, place: Callabl
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-
-
-@dataclass(frozen=True)
-class Versioned:
-    """A file's content and its version token (the ETag on S3, the content's sha256 locally)."""
-
-    data: bytes
-    token: str
-
-
-def _precondition_failed(exc: BaseException) -> bool:
-    """An S3 answer saying a conditional request's condition did not hold (412), or lost a race (409)."""
-    if isinstance(exc, FileExistsError):
-        return True
-    for err in (exc, exc.__cause__):
-        response = getattr(err, "response", None)
-        if isinstance(response, dict):
-            code = response.get("Error", {}).get("Code", "")
-            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
-                return True
-    return False
-
-
-def _conditional(op: str, url: str, fn: Callable[[], T]) -> T | None:
-    """Run a conditional S3 request; None when its condition did not hold."""
-
-    def run() -> T | None:
-        try:
-            return fn()
-        except Exception as exc:
-            if _precondition_failed(exc):
-                return None
-            raise
-
-    return _call(op, url, run)
-
-
-@contextmanager
-def _local_cas_lock(path: str) -> Iterator[None]:
-    """Serialises local compare-and-swap writers of one file (a sidecar ``.<name>.lock``, never removed)."""
-    folder, name = os.path.split(path)
-    os.makedirs(folder or ".", exist_ok=True)
-    fd = os.open(os.path.join(folder, f".{name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-def _local_token(path: str) -> str | None:
-    try:
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
-    except FileNotFoundError:
-        return None
-
-
-def create_exclusive(url: str, data: bytes, durable: bool = False) -> str | None:
-    """Create a file only if nothing is there yet, whole or not at all; its token, or None if it existed."""
-    fs, path = filesystem(url)
-    if not isinstance(fs, LocalFileSystem):
-        bucket, key, _ = fs.split_path(path)
-        put = _conditional(
-            "create", url, lambda: fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
-        )
-        return None if put is None else str(put["ETag"])
-    try:
-        _write_local(url, path, data, durable, os.link)  # a link is atomic and refuses an existing name
-    except FileExistsError:
-        return None
-    return hashlib.sha256(data).hexdigest()
-
-
-def read_versioned(url: str) -> Versioned | None:
-    """A file's content and version token, or None if there is none."""
-    fs, path = filesystem(url)
-    if isinstance(fs, LocalFileSystem):
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            return None
-        return Versioned(data, hashlib.sha256(data).hexdigest())
-    bucket, key, _ = fs.split_path(path)
-
-    async def get() -> Versioned:
-        response = await fs._call_s3("get_object", Bucket=bucket, Key=key)
-        try:
-            return Versioned(await response["Body"].read(), str(response["ETag"]))
-        finally:
-            response["Body"].close()
-
-    try:
-        return _call("read", url, lambda: sync(fs.loop, get))
-    except FileNotFoundError:
-        return None
-
-
-def replace_if(url: str, data: bytes, token: str | None, durable: bool = False) -> str | None:
-    """Write ``data`` only if the file still has version ``token`` (None: only if there is no file).
-
-    Returns the new token, or None when the file changed (or appeared) since ``token`` was read.
-    """
-    if token is None:
-        return create_exclusive(url, data, durable)
-    fs, path = filesystem(url)
-    if not isinstance(fs, LocalFileSystem):
-        bucket, key, _ = fs.split_path(path)
-        put = _conditional(
-            "write", url, lambda: fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfMatch=token)
-        )
-        return None if put is None else str(put["ETag"])
-    with _local_cas_lock(path):
-        if _local_token(path) != token:
-            return None
-        write_bytes(url, data, durable)
-    return hashlib.sha256(data).hexdigest()
-
-
-def remove_if(url: str, token: str) -> bool:
-    """Delete a file only if it still has version ``token``; whether it was deleted."""
-    fs, path = filesystem(url)
-    if not isinstance(fs, LocalFileSystem):
-        bucket, key, _ = fs.split_path(path)
-        deleted = _conditional(
-            "remove", url, lambda: fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=token)
-        )
-        return deleted is not None
-    with _local_cas_lock(path):
-        if _local_token(path) != token:
-            return False
-        os.unlink(path)
-    return True
 
 
 def write_text(url: str, text: str, durable: bool = False) -> None:
@@ -516,7 +378,7 @@ def copy(src: str, dst: str) -> None:
     fs, src_path = filesystem(src)
     if src.startswith("s3://") and dst.startswith("s3://"):
         _, dst_path = filesystem(dst)
-        _call("copy", src, lambda: fs.copy(src_path, dst_path))
+        retrying("copy", src, lambda: fs.copy(src_path, dst_path))
     else:
         write_bytes(dst, read_bytes(src))
 
@@ -524,19 +386,19 @@ def copy(src: str, dst: str) -> None:
 def exists(url: str) -> bool:
     """Whether a file, object or folder exists at ``url``."""
     fs, path = filesystem(url)
-    return _call("exists", url, lambda: fs.exists(path))
+    return retrying("exists", url, lambda: fs.exists(path))
 
 
 def is_file(url: str) -> bool:
     """Whether ``url`` names a file (not a folder, not nothing)."""
     fs, path = filesystem(url)
-    return bool(_call("stat", url, lambda: fs.isfile(path)))
+    return bool(retrying("stat", url, lambda: fs.isfile(path)))
 
 
 def size(url: str) -> int:
     """Size in bytes of a file or object."""
     fs, path = filesystem(url)
-    return int(_call("size", url, lambda: fs.size(path)))
+    return int(retrying("size", url, lambda: fs.size(path)))
 
 
 def list_files(url: str, recursive: bool = False) -> list[str]:
@@ -550,7 +412,7 @@ def list_files(url: str, recursive: bool = False) -> list[str]:
         entries = fs.find(path, withdirs=False, detail=True).values() if recursive else fs.ls(path, detail=True)
         return sorted(e["name"] for e in entries if e.get("type") == "file")
 
-    return [_unstrip(fs, p) for p in _call("list", url, run)]
+    return [_unstrip(fs, p) for p in retrying("list", url, run)]
 
 
 def list_files_detail(url: str, recursive: bool = False) -> list[dict[str, Any]]:
@@ -565,7 +427,7 @@ def list_files_detail(url: str, recursive: bool = False) -> list[dict[str, Any]]
         return [e for e in entries if e.get("type") == "file"]
 
     out = []
-    for e in _call("list", url, run):
+    for e in retrying("list", url, run):
         version = e.get("ETag") or e.get("etag") or e.get("mtime") or e.get("LastModified") or ""
         modified = e.get("mtime") or e.get("LastModified") or 0.0
         modified = modified.timestamp() if hasattr(modified, "timestamp") else float(modified)
@@ -589,7 +451,7 @@ def list_dirs(url: str) -> list[str]:
             return []
         return sorted(e["name"].rstrip("/") for e in fs.ls(path, detail=True) if e.get("type") == "directory")
 
-    return [_unstrip(fs, p) for p in _call("list", url, run)]
+    return [_unstrip(fs, p) for p in retrying("list", url, run)]
 
 
 def list_links(url: str) -> list[str]:
@@ -606,7 +468,7 @@ def list_links(url: str) -> list[str]:
             return []
         return sorted(e["name"] for e in fs.ls(path, detail=True) if e.get("islink"))
 
-    return _call("list", url, run)
+    return retrying("list", url, run)
 
 
 def makedirs(url: str) -> None:
@@ -624,7 +486,7 @@ def remove(url: str, recursive: bool = False) -> None:
         if fs.exists(path):
             fs.rm(path, recursive=recursive)
 
-    _call("remove", url, run)
+    retrying("remove", url, run)
 
 
 def parquet_bytes(table: pa.Table, **kwargs: Any) -> bytes:

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from cxr import storage
+from cxr import storage, storage_cas
 from cxr.storage import StorageUnavailableError, UnsafePathError
 
 
@@ -135,20 +135,22 @@ def test_compare_and_swap_writes_refuse_a_stale_version_and_one_of_racing_creato
     from concurrent.futures import ThreadPoolExecutor
 
     url = storage.join(store_root, "LATEST")
-    assert storage.read_versioned(url) is None
-    first = storage.create_exclusive(url, b"a")
-    assert first and storage.create_exclusive(url, b"b") is None
-    assert storage.read_versioned(url) == storage.Versioned(b"a", first)
-    second = storage.replace_if(url, b"c", first)
-    assert second and storage.replace_if(url, b"d", first) is None and storage.replace_if(url, b"e", None) is None
+    assert storage_cas.read_versioned(url) is None
+    first = storage_cas.create_exclusive(url, b"a")
+    assert first and storage_cas.create_exclusive(url, b"b") is None
+    assert storage_cas.read_versioned(url) == storage_cas.Versioned(b"a", first)
+    second = storage_cas.replace_if(url, b"c", first)
+    assert (
+        second and storage_cas.replace_if(url, b"d", first) is None and storage_cas.replace_if(url, b"e", None) is None
+    )
     assert storage.read_bytes(url) == b"c"
-    assert not storage.remove_if(url, first) and storage.remove_if(url, second) and not storage.exists(url)
+    assert not storage_cas.remove_if(url, first) and storage_cas.remove_if(url, second) and not storage.exists(url)
 
     race = storage.join(store_root, "race")
     with ThreadPoolExecutor(8) as pool:
-        won = list(pool.map(lambda i: storage.create_exclusive(race, str(i).encode() * 1000), range(8)))
+        won = list(pool.map(lambda i: storage_cas.create_exclusive(race, str(i).encode() * 1000), range(8)))
     assert sum(w is not None for w in won) == 1
     token = next(w for w in won if w)
     with ThreadPoolExecutor(8) as pool:
-        swapped = list(pool.map(lambda i: storage.replace_if(race, str(i).encode(), token), range(8)))
+        swapped = list(pool.map(lambda i: storage_cas.replace_if(race, str(i).encode(), token), range(8)))
     assert sum(s is not None for s in swapped) == 1

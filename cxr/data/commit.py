@@ -24,7 +24,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from cxr import storage
+from cxr import storage, storage_cas
 from cxr.data.integrity import FileHash, Integrity
 from cxr.data.lock import Held, store_lock
 from cxr.data.part_files import idle_parts, part_folders
@@ -98,7 +98,7 @@ def _write(draft: VersionDraft, held: Held) -> None:
         "integrity": Integrity(files, shards).plain(),
     }
     held.check()
-    created = storage.create_exclusive(
+    created = storage_cas.create_exclusive(
         storage.join(draft.path, "dataset.json"), (json.dumps(info, indent=2) + "\n").encode(), durable=True
     )
     if created is None:

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
-from cxr import storage
+from cxr import storage, storage_cas
 
 LOCK_NAME = ".lock"
 LEASE_S = 60.0  # an S3 lease not renewed for this long is stale
@@ -105,7 +105,7 @@ def _lease(url: str, purpose: str, wait_s: float) -> Iterator[Held]:
     def renew() -> None:
         while not stop.wait(LEASE_S / 3):
             try:
-                renewed = storage.replace_if(url, _holder(purpose, time.time() + LEASE_S), lease.token)
+                renewed = storage_cas.replace_if(url, _holder(purpose, time.time() + LEASE_S), lease.token)
             except OSError as err:  # the store is away: retry until the lease would have expired
                 if time.time() - lease.renewed >= LEASE_S:
                     held.lost = f"could not renew {url} for {LEASE_S:.0f} s: {err}"
@@ -125,15 +125,15 @@ def _lease(url: str, purpose: str, wait_s: float) -> Iterator[Held]:
         thread.join()
         if held.lost is None:
             with suppress(OSError):  # not removed: it expires on its own
-                storage.remove_if(url, lease.token)
+                storage_cas.remove_if(url, lease.token)
 
 
 def _take(url: str, purpose: str) -> str | None:
     """Create the lease, or take over an expired one; its token, or None while another holds it."""
-    token = storage.create_exclusive(url, _holder(purpose, time.time() + LEASE_S))
+    token = storage_cas.create_exclusive(url, _holder(purpose, time.time() + LEASE_S))
     if token is not None:
         return token
-    current = storage.read_versioned(url)
+    current = storage_cas.read_versioned(url)
     if current is None:
         return None  # released meanwhile: the next try creates it
     try:
@@ -142,7 +142,7 @@ def _take(url: str, purpose: str) -> str | None:
         expires = 0.0  # unreadable: treat as stale
     if time.time() <= expires:
         return None
-    return storage.replace_if(url, _holder(purpose, time.time() + LEASE_S), current.token)
+    return storage_cas.replace_if(url, _holder(purpose, time.time() + LEASE_S), current.token)
 
 
 class _Renewal:

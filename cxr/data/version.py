@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from cxr import storage
+from cxr import storage, storage_cas
 from cxr.data.accounting import Accounting
 from cxr.data.integrity import FileHash, Integrity, IntegrityError, verify_bytes
 from cxr.data.labels import LABEL_SCHEMA
@@ -225,7 +225,7 @@ def advance_latest(root: str, digest: str, observed_at: str, attempts: int = 20)
     when = _when(observed_at)
     record = (json.dumps({"digest": digest, "observed_at": observed_at}) + "\n").encode()
     for _ in range(attempts):
-        current = storage.read_versioned(url)
+        current = storage_cas.read_versioned(url)
         named = current.data.decode().strip() if current else None
         previous = _recorded_observation(root, named) if named else None
         if named == digest:
@@ -235,7 +235,7 @@ def advance_latest(root: str, digest: str, observed_at: str, attempts: int = 20)
         if previous is not None and previous >= when:
             return False  # LATEST names a source observed later: ours is the older snapshot
         storage.write_bytes(record_url, record, durable=True)
-        if storage.replace_if(url, f"{digest}\n".encode(), current.token if current else None, durable=True):
+        if storage_cas.replace_if(url, f"{digest}\n".encode(), current.token if current else None, durable=True):
             return True
     raise storage.StorageError(f"{url} kept changing: {attempts} compare-and-swap attempts failed")
 
