@@ -45,6 +45,7 @@ FIXTURE_FILE = Path(__file__).parent / "fixtures" / "nih" / "README.md"
         (["synth", "--out", "x", "--edition", "2019"], "edition must be"),
         (["predict", "x.png", "--model", "m.pt", "--device", "bogus"], "device must be auto, cpu, cuda or cuda:N"),
         (["inspect", str(FIXTURE_FILE)], "is a file, where the archive's folder was expected"),
+        (["gc", "/nonexistent/datasets"], "datasets root '/nonexistent/datasets' does not exist"),
         (["predict", str(FIXTURE_FILE), "--model", str(FIXTURE_FILE.parent)], "is a folder, where a file was expected"),
     ],
 )

@@ -244,12 +244,13 @@ def gc(
 
     Kept: LATEST, the --keep newest, what a model or running training needs, LATEST's parts, recent work.
     """
-    from cxr.data.gc import collect_garbage
+    from cxr.data.gc import check_root, collect_garbage
     from cxr.learn.shards import cache_root
     from cxr.redact import redact
     from cxr.tracking.mlflow_run import tracking_uri as default_uri
     from cxr.tracking.needed import needed_versions
 
+    guarded(check_root, root)  # before the tracking store is opened
     uri = tracking_uri or default_uri()
     needed = guarded(needed_versions, uri)
     report = guarded(collect_garbage, root, needed, keep, cache or str(cache_root()), apply)

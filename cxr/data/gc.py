@@ -136,6 +136,12 @@ def _cache_removals(cache: str, keep: set[str], removed_now: set[str], now: floa
     return out
 
 
+def check_root(root: str) -> None:
+    """Raise ``FileNotFoundError`` unless the datasets root exists."""
+    if not storage.exists(root):
+        raise FileNotFoundError(f"datasets root {root!r} does not exist")
+
+
 def plan_gc(
     root: str,
     needed: NeededVersions,
@@ -147,6 +153,7 @@ def plan_gc(
     """What :func:`collect_garbage` would remove from ``root`` (and the shard ``cache``), and why the rest stays."""
     if keep < 0:
         raise ValueError(f"keep must be >= 0, got {keep}")
+    check_root(root)
     now = time.time() if now is None else now
     entries = storage.list_files_detail(root, recursive=True)
     complete, files = _version_folders(root, entries)
