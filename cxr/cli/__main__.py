@@ -1,5 +1,5 @@
 """``python -m cxr.cli``: the same as the ``cxr`` command."""
 
-from cxr.cli import app
+from cxr.cli.main import main
 
-app()
+main()

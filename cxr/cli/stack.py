@@ -33,9 +33,9 @@ def up(root: StackDir = DEFAULT_DIR, service: Services = None) -> None:
     Ctrl-C (or SIGTERM) while they start stops every one already started; nothing is left running.
     """
     from cxr.services.process import ServiceStartError
-    from cxr.services.signals import Interrupted
     from cxr.services.stack import SERVICES, StackBusyError, env_lines
     from cxr.services.stack import up as start
+    from cxr.signals import Interrupted
 
     try:
         state = guarded(start, root, tuple(service or SERVICES))

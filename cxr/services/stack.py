@@ -7,7 +7,7 @@ Credentials: the S3 server accepts the AWS keys of the environment. When none ar
 random pair and writes it to ``<dir>/credentials.env`` (mode 600); no key is ever printed or logged.
 
 Signals: SIGINT, SIGTERM or SIGHUP while ``up`` starts the servers stops every one it started and removes
-``stack.json``, then raises :class:`~cxr.services.signals.Interrupted`. A ``stack up`` killed outright
+``stack.json``, then raises :class:`~cxr.signals.Interrupted`. A ``stack up`` killed outright
 leaves ``stack.json`` in phase ``starting``, naming what it had started: ``down`` (or the next ``up``)
 stops those.
 """
@@ -28,8 +28,8 @@ from cxr.offline import set_offline_defaults
 from cxr.services.mlflowserver import MlflowServer
 from cxr.services.process import LOOPBACK, ProcessId, ServerProcess, Stopped, answers, free_port, spawn, stop_recorded
 from cxr.services.s3server import S3Server
-from cxr.services.signals import Interrupted, held_back, raised_as_interrupted
 from cxr.services.stackstate import STARTING, UP, ServiceRecord, StackState, read_state, remove_state, write_state
+from cxr.signals import Interrupted, held_back, raised_as_interrupted
 
 BUCKET = "cxr"
 SERVICES = ("s3", "mlflow", "prefect")  # the order they start in; they stop in reverse
