@@ -60,6 +60,17 @@ async def _ensure_pool(name: str) -> None:
             await client.create_work_pool(WorkPoolCreate(name=name, type="process"))
 
 
+def check_cron(cron: str) -> None:
+    """Refuse a cron expression the schedule would not take, in one line."""
+    from prefect.client.schemas.schedules import CronSchedule
+    from pydantic import ValidationError
+
+    try:
+        CronSchedule(cron=cron, timezone=DEFAULTS.timezone)
+    except ValidationError:
+        raise ValueError(f"--cron {cron!r}: not a cron expression (five fields, e.g. {DEFAULTS.cron!r})") from None
+
+
 def deploy_retrain(
     parameters: dict[str, Any], name: str = DEFAULTS.name, pool: str = DEFAULTS.pool, cron: str = DEFAULTS.cron
 ) -> UUID:

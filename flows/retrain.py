@@ -12,6 +12,10 @@ flow run has a folder of its own under it.
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass, replace
+from typing import Any
+
 from prefect import flow
 
 from cxr import storage
@@ -25,6 +29,49 @@ from cxr.reports import RetrainSummary
 from tasks.ingest import decode_parts_task, ingest_summary_artifact, plan_ingest_task, publish_task
 from tasks.stats import manifest_task, stats_task
 from tasks.train import evaluate_task, register_task, summary_artifact, train_task
+
+
+@dataclass(frozen=True)
+class RetrainSettings:
+    """What the flow's parameters set, built and checked before any work (each config refuses bad values)."""
+
+    ingest: IngestOptions
+    manifest: ManifestConfig
+    train: TrainConfig  # its manifest folder is set once the dataset's digest is known
+    gate: GateRule
+
+    @classmethod
+    def of(cls, parameters: dict[str, Any]) -> RetrainSettings:
+        p = parameters
+        if p["nproc"] < 1 or (p["workers"] is not None and p["workers"] < 1):
+            raise ValueError(f"nproc and workers must be >= 1, got {p['nproc']} and {p['workers']}")
+        return cls(
+            ingest=IngestOptions(sizes=tuple(p["sizes"]), test_share=p["test_share"], val_share=p["val_share"]),
+            manifest=ManifestConfig(p["strategy"], p["target"], seed=p["seed"]),
+            train=TrainConfig(
+                manifest="",
+                model=p["model"],
+                epochs=p["epochs"],
+                batch_size=None if p["global_batch_size"] else p["batch_size"],
+                global_batch_size=p["global_batch_size"],
+                warmup_epochs=p["warmup_epochs"],
+                image_size=p["image_size"],
+                weights=p["weights"],
+                freeze_epochs=p["freeze_epochs"],
+                init_from=p["init_from"],
+                seed=p["seed"],
+                experiment=p["experiment"],
+            ),
+            gate=GateRule(p["gate_margin"], p["gate_max_drop"], p["gate_level"], seed=p["seed"]),
+        )
+
+
+def check_parameters(**parameters: Any) -> RetrainSettings:
+    """The settings :func:`retrain` would build from these parameters (its defaults for the rest): a
+    ValueError naming the bad one, before any work."""
+    bound = inspect.signature(retrain.fn).bind(**parameters)
+    bound.apply_defaults()
+    return RetrainSettings.of(bound.arguments)
 
 
 @flow(name="retrain", log_prints=True)
@@ -56,35 +103,21 @@ def retrain(
     val_share: float = VAL_SHARE,
 ) -> RetrainSummary:
     """Retrain on whatever the archive holds now; a rerun with nothing new reuses every finished step."""
-    options = IngestOptions(sizes=tuple(sizes), test_share=test_share, val_share=val_share)
-    plan = plan_ingest_task(source, storage.join(workdir, "datasets"), options)
+    settings = RetrainSettings.of(locals())
+    plan = plan_ingest_task(source, storage.join(workdir, "datasets"), settings.ingest)
     decoded = decode_parts_task(plan, dask_address, workers)
     ingested = publish_task(plan)
     ingest_summary_artifact(ingested)
     stats_task(ingested.path, dask_address)
     manifest_dir = storage.join(workdir, "manifests", f"{ingested.digest}-{strategy}-{target or 'all'}-{seed}")
-    manifest = manifest_task(ingested.path, manifest_dir, ManifestConfig(strategy, target, seed=seed))
-    config = TrainConfig(
-        manifest=manifest_dir,
-        model=model,
-        epochs=epochs,
-        batch_size=None if global_batch_size else batch_size,
-        global_batch_size=global_batch_size,
-        warmup_epochs=warmup_epochs,
-        image_size=image_size,
-        weights=weights,
-        freeze_epochs=freeze_epochs,
-        init_from=init_from,
-        seed=seed,
-        experiment=experiment,
-    )
+    manifest = manifest_task(ingested.path, manifest_dir, settings.manifest)
+    config = replace(settings.train, manifest=manifest_dir)
     config = in_runs_folder(config, storage.join(workdir, "runs"), manifest.digest, nproc)
     trained = train_task(config, nproc, manifest.digest)
     run_id = trained.tracked.run_id if trained.tracked else None
     evaluation = evaluate_task(trained.model_url, ingested.path, storage.join(trained.output_dir, "evaluation"), run_id)
     model_uri = trained.tracked.model_uri if trained.tracked else None
-    rule = GateRule(gate_margin, gate_max_drop, gate_level, seed=seed)
-    registration = register_task(run_id, model_uri, registered_model, ingested.path, rule)
+    registration = register_task(run_id, model_uri, registered_model, ingested.path, settings.gate)
     summary = RetrainSummary(ingested, decoded, manifest, trained, evaluation, registration)
     summary_artifact(summary)
     return summary

@@ -33,6 +33,13 @@ def _synthetic_source(folder: Path, n_images: int, size: int, seed: int, strengt
     return folder.resolve()
 
 
+def _require_folder(path: Path, option: str) -> None:
+    """Refuse a file given where a folder belongs, before any work."""
+    for part in (path, *path.parents):
+        if part.is_file():
+            fail(f"{option} {path}: {part} is a file, where a folder was expected")
+
+
 def _track_here() -> str:
     """The tracking URI in force, exported so that training subprocesses track to the same store."""
     from cxr.tracking.mlflow_run import tracking_uri
@@ -71,28 +78,29 @@ def demo(
     The Prefect flow `retrain` runs ingest (Dask) -> stats -> manifest -> train (torchrun, MLflow) ->
     evaluate + localize -> register -> gate; a second demo reuses every finished step.
     """
+    from cxr.data.synth import SynthConfig
     from cxr.data.version import open_version
     from cxr.reports import evaluation_table, positives_table
+    from flows.retrain import check_parameters, retrain
 
+    _require_folder(workdir, "--workdir")
+    parameters = {
+        "sizes": [shard_size],
+        "strategy": strategy,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "image_size": image_size,
+        "seed": seed,
+        "registered_model": "cxr-demo",
+        "experiment": "cxr-demo",
+        "workers": workers,
+    }
+    guarded(check_parameters, source="", workdir="", **parameters)  # refuse bad settings before any work
+    guarded(SynthConfig, out=str(workdir / "source"), n_images=n_images, size=size, seed=seed)
     source = _synthetic_source(workdir / "source", n_images, size, seed)
     uri = _track_here()
     console.print(f"[bold]retrain flow[/] (Prefect): {source} -> {workdir}; MLflow at {uri}")
-    from flows.retrain import retrain
-
-    summary = guarded(
-        retrain,
-        source=str(source),
-        workdir=str(workdir.resolve()),
-        sizes=[shard_size],
-        strategy=strategy,
-        epochs=epochs,
-        batch_size=batch_size,
-        image_size=image_size,
-        seed=seed,
-        registered_model="cxr-demo",
-        experiment="cxr-demo",
-        workers=workers,
-    )
+    summary = guarded(retrain, source=str(source), workdir=str(workdir.resolve()), **parameters)
     out.print(rich_table(positives_table(open_version(summary.ingest.path))))
     out.print(summary.headline(), highlight=False)
     out.print(rich_table(evaluation_table(summary.evaluation)))
@@ -133,11 +141,11 @@ def deploy(
     ] = None,
 ) -> None:
     """Register the retrain flow as a cron deployment on the Prefect server at PREFECT_API_URL."""
-    if not os.environ.get("PREFECT_API_URL"):
-        fail('PREFECT_API_URL is not set: start a server (`cxr stack up`, then `eval "$(cxr stack env)"`)')
     from dataclasses import replace
 
-    from flows.deploy import deploy_retrain
+    from cxr import storage
+    from flows.deploy import check_cron, deploy_retrain
+    from flows.retrain import check_parameters
 
     settings = replace(
         DEFAULTS, model=model, epochs=epochs, size=size, strategy=strategy, registered_model=registered_model
@@ -147,6 +155,12 @@ def deploy(
     parameters.update({k: v for k, v in optional.items() if v is not None})
     if freeze_epochs:
         parameters["freeze_epochs"] = freeze_epochs
+    guarded(check_parameters, **parameters)  # bad settings are refused now, not at 02:00 on a worker
+    guarded(check_cron, cron)
+    if not guarded(storage.exists, source):
+        fail(f"--source {source}: does not exist (the scheduled runs read the archive there)")
+    if not os.environ.get("PREFECT_API_URL"):
+        fail('PREFECT_API_URL is not set: start a server (`cxr stack up`, then `eval "$(cxr stack env)"`)')
     deployment_id = guarded(deploy_retrain, parameters, name, pool, cron)
     console.print(f"deployment retrain/{name} ({deployment_id}) on pool {pool}, cron '{cron}' UTC", highlight=False)
     console.print(f"start a worker: {BIN / 'prefect'} worker start --pool {pool}", highlight=False)
@@ -181,8 +195,12 @@ def study(
     device: Annotated[str, typer.Option(help="Training and scoring: auto (the GPU if any), cpu or cuda.")] = "auto",
 ) -> None:
     """The imbalance study: every strategy and seed, in distribution and on a shifted source; a report."""
+    from cxr import storage
     from cxr.study import StudyConfig
 
+    _require_folder(workdir, "--workdir")
+    if source is not None and not guarded(storage.exists, source):
+        fail(f"--source {source}: does not exist (give an archive in the NIH layout, or no --source)")
     defaults = StudyConfig()
     strategies, seeds = tuple(strategy or defaults.strategies), tuple(seed or defaults.seeds)
     strength = defaults.signal_strength if strength is None else strength
