@@ -13,6 +13,8 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from cxr.services.process import alive
+from tests.ui import BROWSER, NO_BROWSER, rendered_text
 
 BIN = Path(sys.executable).parent
 CXR = str(BIN / "cxr")
@@ -38,6 +41,11 @@ async def main(what, *args):
             flows = FlowFilter(name=FlowFilterName(any_=["retrain"]))
             runs = await client.read_flow_runs(flow_filter=flows, sort=FlowRunSort.START_TIME_ASC)
             return [{"id": str(r.id), "state": r.state.name} for r in runs]
+        if what == "first-run":  # the retrain flow's oldest run, with the keys of its artifacts
+            flows = FlowFilter(name=FlowFilterName(any_=["retrain"]))
+            [run, *_] = await client.read_flow_runs(flow_filter=flows, sort=FlowRunSort.START_TIME_ASC)
+            artifacts = await client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+            return {"id": str(run.id), "name": run.name, "artifacts": sorted(a.key for a in artifacts)}
         if what == "task-states":
             runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[args[0]])))
             return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
@@ -197,6 +205,37 @@ def test_lineage_names_the_prefect_flow_run_that_trained_the_champion(chain):
     lineage = chain.cxr("lineage", "models:/cxr-demo/1", timeout=120)
     assert lineage.returncode == 0, lineage.stderr
     assert f"Prefect flow run {first_run}" in lineage.stdout and "dataset   " in lineage.stdout
+
+
+def _get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.skipif(BROWSER is None, reason=NO_BROWSER)
+def test_the_prefect_ui_the_demo_names_shows_its_flow_run_and_artifacts_in_a_browser(chain):
+    ui = line_value(demo_ok(chain, "first"), "Prefect UI:")  # the address the demo tells its user to open
+    run = chain.prefect("first-run")
+    artifacts = run["artifacts"]
+    assert {"ingest-summary", "label-stats", "manifest", "retrain-summary"} <= set(artifacts)
+    settings = _get_json(f"{ui}/ui-settings")  # which UI (v1 or v2) a first visit gets, and where it lives
+    base = settings[f"{settings['default_ui']}_base_url"].rstrip("/")
+    text = rendered_text(f"{ui}{base}/runs/flow-run/{run['id']}?tab=Artifacts", [run["name"], *artifacts])
+    assert "Can't connect to Server API" not in text, text[-1000:]
+    assert run["name"] in text and all(key in text for key in artifacts), text[-3000:]
+
+
+@pytest.mark.skipif(BROWSER is None, reason=NO_BROWSER)
+def test_the_mlflow_ui_the_demo_names_shows_its_training_run_and_artifacts_in_a_browser(chain):
+    out = demo_ok(chain, "first")
+    ui, run_id = line_value(out, "MLflow UI:"), re.search(r"MLflow run (\w+)", out).group(1)
+    run = _get_json(f"{ui}/api/2.0/mlflow/runs/get?{urllib.parse.urlencode({'run_id': run_id})}")["run"]["info"]
+    listed = _get_json(f"{ui}/api/2.0/mlflow/artifacts/list?{urllib.parse.urlencode({'run_id': run_id})}")
+    artifacts = [Path(f["path"]).name for f in listed["files"]]
+    assert "gate.json" in artifacts
+    page = f"{ui}/#/experiments/{run['experiment_id']}/runs/{run_id}/artifacts"
+    text = rendered_text(page, [run["run_name"], *artifacts])
+    assert run["run_name"] in text and all(name in text for name in artifacts), text[-3000:]
 
 
 def test_the_stack_is_healthy_and_keeps_its_credentials_out_of_the_output(chain):

@@ -15,8 +15,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import suppress
 from pathlib import Path
 
+import psutil
 import pytest
 
 from cxr.redact import install_log_redaction, redact
@@ -48,6 +50,14 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def _lives(process: psutil.Process) -> bool:
+    """The process (id and start time) runs and is no zombie (one that exited, its parent not told yet)."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _wait_for(condition, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -71,10 +81,13 @@ def test_ctrl_c_while_the_stack_starts_stops_every_server_it_started_and_the_nex
         # inherits SIGINT ignored, and `stack up` keeps an ignored signal ignored, as `nohup` expects.)
         preexec_fn=_sigint_by_default,
     )
+    descendants: set[psutil.Process] = set()  # every process `stack up` started, and theirs, seen while it ran
 
     def s3_spawned() -> bool:
         if up.poll() is not None:
             raise AssertionError(f"stack up ended early: {up.communicate()}")
+        with suppress(psutil.NoSuchProcess):
+            descendants.update(psutil.Process(up.pid).children(recursive=True))
         try:
             state = json.loads(state_file.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
@@ -87,13 +100,17 @@ def test_ctrl_c_while_the_stack_starts_stops_every_server_it_started_and_the_nex
         # the stack could be up before the signal arrived.)
         _wait_for(s3_spawned, 60, "the stack's S3 server to be spawned")
         started = json.loads(state_file.read_text())
+        descendants.update(psutil.Process(up.pid).children(recursive=True))
         up.send_signal(signal.SIGINT)
         _, stderr = up.communicate(timeout=60)
+        left = [p.pid for p in descendants if _lives(p)]
 
         assert started["phase"] == STARTING  # interrupted in the middle: Prefect was still starting
         assert up.returncode == 128 + signal.SIGINT, stderr
         assert "interrupted by SIGINT: stopped" in stderr and "Traceback" not in stderr
         assert {"prefect", "s3"} <= set(started["services"])
+        assert {s["pid"] for s in started["services"].values()} <= {p.pid for p in descendants}
+        assert not left, f"processes of the interrupted `stack up` still running: {left}"
         assert not [name for name, s in started["services"].items() if _group_alive(s["pid"])]
         assert not state_file.exists()
         status = _cxr("stack", "status", "--dir", str(folder), env=env)

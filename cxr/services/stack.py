@@ -90,7 +90,14 @@ class PrefectServer(ServerProcess):
         self.process: subprocess.Popen | None = None
 
     def launch(self) -> PrefectServer:
-        env = set_offline_defaults({**os.environ, "PREFECT_HOME": str(self.paths.root / "prefect")})
+        # `--port` alone leaves the UI's settings (`/ui-settings`) naming the API at the default port 4200, or
+        # at the environment's PREFECT_API_URL: a browser would look for the API there, not on this server.
+        own = {
+            "PREFECT_HOME": str(self.paths.root / "prefect"),
+            "PREFECT_API_URL": self.url,
+            "PREFECT_SERVER_UI_API_URL": self.url,
+        }
+        env = set_offline_defaults({**os.environ, **own})
         prefect = str(Path(sys.executable).parent / "prefect")
         self.process = spawn(
             [prefect, "server", "start", "--host", LOOPBACK, "--port", str(self.port)], self.log_path, env
