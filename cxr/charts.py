@@ -14,15 +14,22 @@ if TYPE_CHECKING:  # types only: the data modules import this one
     from cxr.data.stats import LabelStats
 
 
-def _figure(rows: int, cols: int, width: float, height: float):
+def _figure(rows: int, cols: int, width: float, height: float, layout: str | None = None):
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=100)
+    fig = Figure(figsize=(width, height), dpi=100, layout=layout)
     axes = fig.subplots(rows, cols, squeeze=False)
     return fig, axes
+
+
+def _legend_below(fig, ax) -> None:
+    """The legend of ``ax``'s bars in one row under the panels, where it can cover no bar (a legend inside the
+    axes sat on the bottom finding's bars). Needs a figure made with ``layout="constrained"``."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), frameon=False)
 
 
 def _png(fig) -> bytes:
@@ -33,8 +40,13 @@ def _png(fig) -> bytes:
 
 def prevalence_chart(stats: LabelStats, log: bool = False) -> bytes:
     """Positives vs. negatives per finding, one panel per split (``log``: logarithmic counts)."""
+    return _png(prevalence_figure(stats, log))
+
+
+def prevalence_figure(stats: LabelStats, log: bool = False):
+    """The matplotlib figure of :func:`prevalence_chart`."""
     splits = list(stats.splits)
-    fig, axes = _figure(1, len(splits), 5.0 * len(splits), 5.5)
+    fig, axes = _figure(1, len(splits), 5.0 * len(splits), 5.5, layout="constrained")
     y = np.arange(len(FINDINGS))
     for ax, name in zip(axes[0], splits, strict=True):
         part = stats.splits[name].findings
@@ -48,9 +60,8 @@ def prevalence_chart(stats: LabelStats, log: bool = False) -> bytes:
             ax.set_xscale("log")
         ax.set_title(f"{name} (n = {stats.splits[name].n})")
         ax.set_xlabel("images" + (" (log scale)" if log else ""))
-    axes[0][0].legend(loc="lower right")
-    fig.tight_layout()
-    return _png(fig)
+    _legend_below(fig, axes[0][0])
+    return fig
 
 
 def balance_chart(info: ManifestInfo) -> bytes:
@@ -97,32 +108,123 @@ def roc_pr_chart(labels: np.ndarray, probs: np.ndarray, title: str) -> bytes:
     return _png(fig)
 
 
+OVERLAY_MIN_SIDE = 256  # px: a smaller image is enlarged (smoothly) to this, so its labels stay legible
+OVERLAY_MAX_SIDE = 2048  # px: a larger one is reduced to this (a PNG of 3000 px films, 14 of them, takes seconds)
+
+
 def heatmap_overlay(
     image: np.ndarray, heatmap: np.ndarray, boxes: list[tuple[str, tuple[float, float, float, float], str]], title: str
 ) -> bytes:
-    """A gray image with a jet-coloured heatmap blended over it, labelled boxes ((name, (x, y, w, h) in
-    image px, colour)) and a title line; Pillow only (a few ms, where a matplotlib figure takes ~100)."""
+    """A gray image at its own resolution with a jet-coloured heatmap blended over it, labelled boxes and a
+    title band above it; Pillow only, no matplotlib figure (encoding the PNG takes most of its time).
+
+    ``heatmap`` (values in [0, 1]) may be smaller than the image (the model's input size): it is upsampled
+    bilinearly to the image's size. Boxes are ``(name, (x, y, w, h) in the image's pixels, colour)``; each
+    label sits on a background of its box's colour, wholly inside the image, above its box where there is
+    room, else inside or below it. Text is sized to the image. An image smaller than
+    :data:`OVERLAY_MIN_SIDE` is enlarged smoothly to it, one larger than :data:`OVERLAY_MAX_SIDE` reduced to it.
+    """
     from matplotlib import colormaps
     from PIL import Image, ImageDraw
 
-    scale = max(1, 512 // max(image.shape))  # small inputs are enlarged so labels stay legible
-    gray = np.repeat(image[..., None].astype(np.float32), 3, axis=2)
-    colour = colormaps["jet"](np.clip(heatmap, 0, 1))[..., :3] * 255.0
-    blended = (0.65 * gray + 0.35 * colour).clip(0, 255).astype(np.uint8)
-    picture = Image.fromarray(blended, mode="RGB")
-    if scale > 1:
-        picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
-    canvas = Image.new("RGB", (picture.width, picture.height + 16), "white")
-    canvas.paste(picture, (0, 16))
+    height, width = image.shape
+    scale = min(max(1.0, OVERLAY_MIN_SIDE / max(height, width)), OVERLAY_MAX_SIDE / max(height, width))
+    size = (round(width * scale), round(height * scale))
+    gray_image = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), mode="L")
+    if scale != 1:
+        gray_image = gray_image.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
+    heat = Image.fromarray(np.ascontiguousarray(heatmap, dtype=np.float32), mode="F")
+    heat = np.asarray(heat.resize(size, Image.Resampling.BILINEAR))
+    jet = (colormaps["jet"](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)  # 256 colours
+    colour = Image.fromarray(jet[(np.clip(heat, 0, 1) * 255).round().astype(np.uint8)], mode="RGB")
+    blended = Image.blend(gray_image.convert("RGB"), colour, 0.35)  # 0.65 gray + 0.35 jet, in C
+
+    text_px = max(11, round(max(size) / 40))  # 11 px at 256 px, 26 px at 1024 px
+    pad = max(2, text_px // 4)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    title, title_font = _fit(probe, title, size[0] - 2 * pad, text_px)
+    band = _text_height(probe, title_font) + 2 * pad
+    canvas = Image.new("RGB", (size[0], size[1] + band), "white")
+    canvas.paste(blended, (0, band))
     draw = ImageDraw.Draw(canvas)
-    draw.text((2, 2), title, fill="black")
-    for name, (x, y, w, h), col in boxes:
-        x0, y0 = x * scale, y * scale + 16
-        draw.rectangle([x0, y0, x0 + w * scale, y0 + h * scale], outline=col, width=2)
-        draw.text((x0 + 2, max(y0 - 12, 16)), name, fill=col)
+    draw.text((pad, pad), title, fill="black", font=title_font, anchor="la")
+    line = max(2, round(max(size) / 300))
+    image_area = (2, band + 2, size[0] - 2, band + size[1] - 2)  # labels keep 2 px off the image's edges
+    corners = [(x * scale, y * scale + band, (x + w) * scale, (y + h) * scale + band) for _, (x, y, w, h), _ in boxes]
+    for corner, (_, _, col) in zip(corners, boxes, strict=True):
+        draw.rectangle(corner, outline=col, width=line)
+    taken: list[tuple[float, float, float, float]] = []  # labels last: no outline crosses one
+    for corner, (name, _, col) in zip(corners, boxes, strict=True):
+        text, label_font = _fit(draw, name, size[0] - 4 - 2 * pad, text_px)
+        left, _, right, _ = draw.textbbox((0, 0), text, font=label_font, anchor="la")
+        label_w, label_h = right - left + 2 * pad, _text_height(draw, label_font) + 2 * pad
+        spot = _label_spot(corner, (label_w, label_h), image_area, taken)
+        taken.append(spot)
+        draw.rectangle(spot, fill=col)
+        draw.text((spot[0] + pad, spot[1] + pad), text, fill=_contrast(col), font=label_font, anchor="la")
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def _font(px: int):
+    """Pillow's bundled font at ``px`` pixels (its fixed bitmap font where Pillow has no FreeType)."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=px)
+    except (TypeError, ImportError, OSError):
+        return ImageFont.load_default()
+
+
+def _text_height(draw, font) -> int:
+    """The height of a line of text in ``font``, ascenders to descenders, whatever the letters."""
+    _, top, _, bottom = draw.textbbox((0, 0), "Ag", font=font, anchor="la")
+    return int(bottom - top)
+
+
+def _fit(draw, text: str, max_width: float, px: int):
+    """``text`` and a font no larger than ``px`` in which it fits ``max_width`` (down to 8 px; then shortened)."""
+    while True:
+        font = _font(px)
+        if draw.textlength(text, font=font) <= max_width:
+            return text, font
+        if px > 8:
+            px -= 1
+            continue
+        while len(text) > 1 and draw.textlength(text + "...", font=font) > max_width:
+            text = text[:-1]
+        return text + "...", font
+
+
+def _label_spot(
+    box: tuple[float, float, float, float],
+    label: tuple[float, float],
+    area: tuple[float, float, float, float],
+    taken: list[tuple[float, float, float, float]],
+) -> tuple[float, float, float, float]:
+    """Where a label goes: above its box, else inside its top or bottom edge, else below it; shifted sideways to stay
+    inside ``area`` (the image, not the title band), and clear of the labels already drawn where possible."""
+    x0, y0, _, y1 = box
+    w, h = label
+    left = min(max(x0, area[0]), area[2] - w)
+    spots = [(left, y) for y in (y0 - h, y0, y1 - h, y1)]
+    inside = [(a, b) for a, b in spots if area[1] <= b and b + h <= area[3]]
+    clamped = [(a, min(max(b, area[1]), area[3] - h)) for a, b in spots]
+    for a, b in [*inside, *clamped]:
+        spot = (a, b, a + w, b + h)
+        if not any(spot[0] < t[2] and t[0] < spot[2] and spot[1] < t[3] and t[1] < spot[3] for t in taken):
+            return spot
+    a, b = clamped[0]
+    return (a, b, a + w, b + h)
+
+
+def _contrast(colour: str) -> str:
+    """Black or white, whichever reads better on ``colour``."""
+    from PIL import ImageColor
+
+    r, g, b = ImageColor.getrgb(colour)[:3]
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 128 else "white"
 
 
 def study_chart(summary: dict[str, Any], rare: tuple[str, ...]) -> tuple[bytes, bytes]:

@@ -108,7 +108,10 @@ def evaluation_table(evaluation: Evaluation) -> ReportTable:
         rows.append(
             (finding, str(m.n_pos), _num(m.auroc), ci, _num(m.auprc), _num(m.sensitivity), _num(m.specificity), where)
         )
-    title = f"{evaluation.split} split (n = {evaluation.n}): mean AUROC {_num(evaluation.mean_auroc)}"
+    title = (
+        f"dataset {evaluation.dataset}, {evaluation.split} split (n = {evaluation.n}): "
+        f"mean AUROC {_num(evaluation.mean_auroc)}"
+    )
     columns = ("finding", "pos", "AUROC", "95 % CI", "AUPRC", "sens", "spec", "CAM T(IoBB)>0.1 / random")
     return ReportTable(title, columns, tuple(rows))
 

@@ -120,7 +120,7 @@ def test_predict_reports_probabilities_boxes_and_overlays(archive, trained, tmp_
         width, height = r.size
         for f in r.findings:
             x, y, w, h = f.box_1024
-            assert x >= 0 and y >= 0 and x + w <= 1024 and y + h <= 1024 and 0 < f.extent <= 1
+            assert x >= 0 and y >= 0 and x + w <= 1024 and y + h <= 1024 and 0 < f.heatmap_share <= 1
             px, py, pw, ph = f.box_px  # the same box in the image's own pixels (128 px files here)
             assert px + pw <= width and py + ph <= height and px == pytest.approx(x * width / 1024, abs=0.2)
     assert len(list((tmp_path / "hm").glob("*.png"))) == sum(len(r.findings) for r in results)

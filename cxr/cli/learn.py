@@ -23,21 +23,38 @@ NPROC_HELP = (
 def train(ctx: typer.Context) -> None:
     """Train a classifier on a manifest; `cxr train --help` lists every setting with its meaning and default."""
     from cxr.learn.config import TrainConfig, get_args_parser
-    from cxr.learn.launch import launch
-    from cxr.learn.train import main
+    from cxr.learn.launch import preflight
 
     parser = get_args_parser(prog="cxr train")
     parser.add_argument("--nproc", type=int, default=1, help=NPROC_HELP)
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --output-dir (its model.pt, checkpoint.pt, metrics.jsonl, result.json)",
+    )
+    parser.error = lambda message: fail(f"{message} (`cxr train --help` lists every setting)")  # type: ignore[method-assign]
     values = vars(parser.parse_args(ctx.args))
-    nproc = values.pop("nproc")
-    config = guarded(TrainConfig.from_dict, values)
+    nproc, overwrite = values.pop("nproc"), values.pop("overwrite")
     if nproc < 1:
         fail(f"--nproc must be >= 1, got {nproc}")
+    checked = guarded(preflight, guarded(TrainConfig.from_dict, values), nproc, overwrite)
+    for warning in checked.warnings:
+        console.print(f"warning: {warning}", highlight=False, markup=False)
+    config = checked.config
+    replaced = f" (replacing {', '.join(checked.replaced)})" if checked.replaced else ""
+    console.print(f"training into {config.output_dir}{replaced}", highlight=False, markup=False)
     if nproc == 1:
+        from cxr.learn.train import main
+
         result = guarded(main, config)
     else:
+        from cxr.learn.launch import launch
+
         result = guarded(launch, config, nproc, on_line=lambda line: console.print(line, highlight=False, markup=False))
-    console.print(f"val mean AUROC {result.val_mean_auroc}; model: {result.model_url}", highlight=False)
+    auroc = "-" if result.val_mean_auroc is None else f"{result.val_mean_auroc:.3f}"
+    console.print(f"val mean AUROC {auroc}; model: {result.model_url}", highlight=False)
+    if result.tracked:
+        console.print(f"MLflow run {result.tracked.run_id}; model: {result.tracked.model_uri}", highlight=False)
     registration = result.tracked.registration if result.tracked else None
     if registration:
         console.print(
@@ -59,6 +76,9 @@ def evaluate(
     as_json: JsonFlag = False,
 ) -> None:
     """Per-finding AUROC (95 % interval over patients), AUPRC, sensitivity and specificity, and CAM localization."""
+    from cxr.data.version import open_version
+
+    guarded(open_version, dataset)  # a wrong --dataset is named before torch and the model load (seconds)
     from cxr.learn.evaluate import evaluate_model
     from cxr.reports import evaluation_table
 
@@ -73,6 +93,9 @@ def evaluate(
         out_dir=out_dir,
         device=device,
     )
+    warning = result.dataset_warning()
+    if warning:
+        console.print(f"warning: {warning}", highlight=False, markup=False)
     if as_json:
         out.print(result.to_json(), end="", highlight=False)
         return
@@ -86,7 +109,10 @@ def predict(
     device: DeviceOption = "auto",
     as_json: JsonFlag = False,
 ) -> None:
-    """The 14 probabilities per image; for findings above threshold, a box (1024 px frame) and the extent."""
+    """The 14 probabilities per image; for findings above threshold, a box (1024 px frame) and the heatmap share.
+
+    The heatmap share is the share of the image where the finding's heatmap is at least 0.7 of its range (all of
+    its regions, not the box's share). Every image is checked before the model loads."""
     from cxr.learn.predict import predict_images
 
     results = guarded(predict_images, images, model_uri, heatmaps, device)
@@ -98,7 +124,13 @@ def predict(
 
 
 def lineage(
-    model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID.")],
+    model_uri: Annotated[
+        str,
+        typer.Argument(
+            help="A model.pt or its run folder (local or s3://), models:/NAME@ALIAS, models:/NAME/VERSION, "
+            "models:/m-ID or runs:/RUN_ID."
+        ),
+    ],
     as_json: JsonFlag = False,
 ) -> None:
     """What made a model: model version -> run -> manifest -> dataset version -> source archive."""
@@ -109,4 +141,4 @@ def lineage(
     if as_json:
         out.print(to_json(chain), highlight=False)
         return
-    out.print(format_chain(chain), highlight=False)
+    out.print(format_chain(chain), highlight=False, markup=False)

@@ -35,25 +35,28 @@ def source_table(summary: SourceSummary) -> Table:
 
 
 def source_lines(summary: SourceSummary) -> str:
+    from cxr.data.source import split_lists_text
+
     quarantined = ", ".join(f"{k} {v}" for k, v in summary.rows_quarantined.items()) or "none"
     return (
         f"rows: {summary.rows_in} read, {summary.rows_accepted} accepted, quarantined: {quarantined}\n"
         f"patients: {summary.patients}   image files: {summary.image_files}   "
         f"rows without a file: {summary.rows_without_file}   files without a row: {summary.files_without_row}\n"
-        f"boxes: {summary.boxes}   split lists: train_val {summary.train_val_listed}, test {summary.test_listed}"
+        f"boxes: {summary.boxes}   {split_lists_text(summary)}"
     )
 
 
 def prediction_table(prediction: Prediction) -> Table:
     table = Table(title=prediction.image, title_justify="left")
-    for column in ("finding", "probability", "above threshold", "box (x, y, w, h; 1024 px)", "extent"):
+    columns = ("finding", "probability", "above threshold", "box (x, y, w, h; 1024 px)", "heatmap share")
+    for column in columns:  # heatmap share: of the image, where the heatmap is >= 0.7 of its range
         table.add_column(column, justify="left" if column == "finding" else "right")
     above = {f.finding: f for f in prediction.findings}
     for finding, p in prediction.probabilities.items():
         hit = above.get(finding)
         if hit:
             box = ", ".join(f"{v:.0f}" for v in hit.box_1024)
-            table.add_row(finding, f"{p:.3f}", "yes", box, f"{100 * hit.extent:.1f} %")
+            table.add_row(finding, f"{p:.3f}", "yes", box, f"{100 * hit.heatmap_share:.1f} %")
         else:
             table.add_row(finding, f"{p:.3f}", "", "", "")
     return table

@@ -21,8 +21,7 @@ from typing import Any
 import torch
 
 from cxr import storage
-
-MLFLOW_SCHEMES = ("models:/", "runs:/")
+from cxr.learn.config import MLFLOW_SCHEMES
 
 
 def save(obj: Mapping[str, Any], url: str) -> None:
@@ -73,6 +72,7 @@ class ModelBundle:
     rank_fingerprints: tuple[str, ...] | list[str] = ()
     steps: int = 0
     shard_size: int | None = None  # the shards it trained on; inputs are made from that size (None: older bundles)
+    tracking_run_id: str | None = None  # the MLflow run that trained it (None: tracking off, or an older bundle)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

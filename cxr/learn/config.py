@@ -14,13 +14,25 @@ import argparse
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cxr.learn.augment import AugmentConfig
 from cxr.learn.gate_rule import GATE_MARGIN, GATE_MAX_DROP
-from cxr.learn.models import MODEL_NAMES
 
+if TYPE_CHECKING:
+    from cxr.learn.augment import AugmentConfig
+
+# light to import (no torch, torchvision or MLflow): `cxr train` checks its flags before it loads them
+MODEL_NAMES = ("densenet121", "resnet50", "efficientnet_b0", "small", "small-gn")
 AMP_MODES = ("auto", "bf16", "off")
+RUNS_ROOT = "runs"  # where a run without --output-dir gets a new folder of its own
+# what a run writes into its folder; a folder holding any of them holds a run
+CHECKPOINT_FILE = "checkpoint.pt"
+MODEL_FILE = "model.pt"
+METRICS_FILE = "metrics.jsonl"
+RESULT_FILE = "result.json"
+TRACKING_FILE = "tracking.json"  # the MLflow run id, written as soon as the run exists (a resume goes on in it)
+RUN_FILES = (CHECKPOINT_FILE, MODEL_FILE, METRICS_FILE, RESULT_FILE, TRACKING_FILE)
+MLFLOW_SCHEMES = ("models:/", "runs:/")  # a model given by MLflow URI rather than a file
 CPU_BATCH = 32  # the demo's small CNN at 64 px; what the tests and docs/imbalance-study.md measured
 GPU_BATCH = 128  # DenseNet-121 at 224 px in bf16 takes about 20 GiB at this batch: fits 24 GiB cards and up
 
@@ -35,8 +47,11 @@ class TrainConfig:
     """Every setting of a run; unknown keys are rejected."""
 
     manifest: str = field(metadata={"help": "manifest folder (manifest.parquet + manifest.json), local or s3://"})
-    output_dir: str = setting(
-        "runs/train", "where checkpoint.pt, model.pt, metrics.jsonl and result.json go (local or s3://)", result=False
+    output_dir: str | None = setting(
+        None,
+        "where checkpoint.pt, model.pt, metrics.jsonl and result.json go (local or s3://); default: a new folder "
+        f"per run, {RUNS_ROOT}/<--run-name> or {RUNS_ROOT}/train-<date>-<time>",
+        result=False,
     )
     model: str = setting(
         "densenet121",
@@ -176,6 +191,8 @@ class TrainConfig:
         return self.lr * global_batch / self.lr_batch
 
     def augment_config(self) -> AugmentConfig:
+        from cxr.learn.augment import AugmentConfig
+
         return AugmentConfig(
             self.augment, self.crop_scale_min, self.rotation_deg, self.brightness, self.contrast, self.hflip
         )

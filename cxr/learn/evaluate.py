@@ -48,6 +48,17 @@ class Evaluation:
     findings: Mapping[str, FindingMetrics]
     localization: Mapping[str, LocalizationScore]  # CAM boxes against the split's NIH-style boxes
     localization_random: Mapping[str, LocalizationScore]  # the same procedure on random heatmaps: the floor
+    model_dataset: str | None = None  # the version the model was trained on (its bundle's; None: not recorded)
+
+    def dataset_warning(self) -> str | None:
+        """A line for people when the scored version is not the one the model trained on; None when it is."""
+        if self.model_dataset is None or self.model_dataset == self.dataset:
+            return None
+        return (
+            f"dataset {self.dataset} is not the version the model was trained on ({self.model_dataset}): "
+            f"its {self.split} split may hold images the model trained on; evaluate on dataset "
+            f"{self.model_dataset} for a held-out score"
+        )
 
     def to_json(self) -> str:
         return to_json(self) + "\n"
@@ -86,15 +97,22 @@ def evaluate_model(
     overlays: int = 8,
     device: str = "cpu",
 ) -> Evaluation:
-    """Metrics, curves and localization of ``model_uri`` on ``split`` of a dataset version."""
+    """Metrics, curves and localization of ``model_uri`` on ``split`` of a dataset version.
+
+    The settings, the device, the dataset and its split are checked before the model is loaded."""
     if threshold_rule not in THRESHOLD_RULES:
         raise ValueError(f"threshold rule must be one of {', '.join(THRESHOLD_RULES)}, got {threshold_rule!r}")
+    if not 0 < specificity <= 1:
+        raise ValueError(f"specificity must be in (0, 1] (e.g. 0.9), got {specificity}")
+    if n_boot < 0:
+        raise ValueError(f"bootstrap resamples must be >= 0 (0: no interval), got {n_boot}")
     info = single_process(device)
-    model, bundle = load_model(model_uri, info.device)
     version = open_version(dataset)
     metadata = version.metadata()
-    if split not in set(metadata["split"].to_pylist()):
-        raise ValueError(f"dataset {version.digest} has no {split!r} rows")
+    splits = sorted(set(metadata["split"].to_pylist()))
+    if split not in splits:
+        raise ValueError(f"dataset {version.digest} has no {split!r} rows: choose one of {', '.join(splits)}")
+    model, bundle = load_model(model_uri, info.device)
     store = shard_store(version, bundle)
     rows = split_rows(metadata, split, expand_repeats=False)
     probs, labels = predict_rows(model, store, rows, bundle.image_size, info)
@@ -156,6 +174,7 @@ def report(
         findings=metrics.findings,
         localization=loc,
         localization_random=loc_random,
+        model_dataset=bundle.dataset_digest,
     )
     if out_dir:
         storage.write_text(storage.join(out_dir, "evaluation.json"), result.to_json())
@@ -190,7 +209,8 @@ def _localize(
     boxes = boxes.filter(pc.is_in(boxes["image_id"], pa.array(list(position)))).to_pylist()
     if not boxes:
         return {}, {}, []
-    scale = BOX_FRAME / image_size
+    scale = BOX_FRAME / image_size  # heatmap px -> the 1024 px frame of the boxes
+    shown_scale = store.size / image_size  # heatmap px -> the stored image's px, where overlays are drawn
     rng = np.random.default_rng(seed)
     truth: dict[str, list] = {}
     predicted: dict[str, list] = {}
@@ -199,7 +219,8 @@ def _localize(
     images = sorted({position[b["image_id"]] for b in boxes})
     for start in range(0, len(images), CAM_BATCH):
         batch = np.array(images[start : start + CAM_BATCH])
-        pixels = resize(to_device(gather(store, rows, batch), info), image_size)
+        stored = gather(store, rows, batch)  # uint8 [n, side, side] at the shards' size
+        pixels = resize(to_device(stored, info), image_size)
         maps = class_activation_maps(model, pixels).cpu().numpy()  # [n, 14, S, S]
         where = {int(i): k for k, i in enumerate(batch)}
         for box in (b for b in boxes if position[b["image_id"]] in where):
@@ -211,14 +232,13 @@ def _localize(
             truth.setdefault(box["finding"], []).append(true_box)
             predicted.setdefault(box["finding"], []).append((x * scale, y * scale, w * scale, h * scale))
             random_pred.setdefault(box["finding"], []).append((rx * scale, ry * scale, rw * scale, rh * scale))
-            if len(examples) < 16:
-                gray = (pixels[k, 0].cpu().numpy() * 255).astype(np.uint8)
+            if len(examples) < 16:  # drawn on the stored image, the heatmap upsampled to it
                 shown = [
-                    (f"{box['finding']} (truth)", tuple(v / scale for v in true_box), "lime"),
-                    ("CAM box", (x, y, w, h), "red"),
+                    (f"{box['finding']} (truth)", tuple(v * store.size / BOX_FRAME for v in true_box), "lime"),
+                    ("CAM box", tuple(v * shown_scale for v in (x, y, w, h)), "red"),
                 ]
                 title = f"{box['image_id']}: {box['finding']}"
                 examples.append(
-                    (f"{box['image_id'][:-4]}_{box['finding']}.png", heatmap_overlay(gray, heatmap, shown, title))
+                    (f"{box['image_id'][:-4]}_{box['finding']}.png", heatmap_overlay(stored[k], heatmap, shown, title))
                 )
     return localization_accuracy(predicted, truth), localization_accuracy(random_pred, truth), examples

@@ -45,8 +45,8 @@ def class_activation_maps(
 
 
 def heatmap_box(heatmap: np.ndarray, threshold: float = HEATMAP_THRESHOLD) -> tuple[float, float, float, float, float]:
-    """(x, y, w, h) of the largest region above ``threshold``, in heatmap pixels, and the share of the
-    image that the thresholded map covers."""
+    """(x, y, w, h) of the largest region above ``threshold``, in heatmap pixels, and the heatmap share: the
+    share of the image where the map is at least ``threshold``, every region counted (not the box's share)."""
     mask = heatmap >= threshold
     share = float(mask.mean())
     labels, count = ndimage.label(mask)

@@ -19,6 +19,7 @@ from torch import nn
 from torchvision import models as tv
 
 from cxr.findings import FINDINGS
+from cxr.learn.config import MODEL_NAMES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -98,7 +99,6 @@ def _efficientnet_b0() -> tuple[nn.Module, int, Callable[[nn.Module], nn.Module]
 
 
 _TORCHVISION = {"densenet121": _densenet121, "resnet50": _resnet50, "efficientnet_b0": _efficientnet_b0}
-MODEL_NAMES = ("densenet121", "resnet50", "efficientnet_b0", "small", "small-gn")
 
 
 def build_model(name: str = "densenet121", num_classes: int = len(FINDINGS), weights: str | None = None) -> Classifier:

@@ -7,10 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cxr import storage
+from cxr.learn.config import RESULT_FILE
 from cxr.records import from_json, to_json
 from cxr.tracking.loggers import TrackedModel
-
-RESULT_FILE = "result.json"
 
 
 @dataclass(frozen=True)

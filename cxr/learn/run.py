@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from cxr import storage
 from cxr.data.manifest import Manifest, read_manifest
 from cxr.findings import FINDINGS
 from cxr.learn.checkpoint import ModelBundle, TrainingCheckpoint
-from cxr.learn.config import TrainConfig, result_settings
+from cxr.learn.config import CHECKPOINT_FILE, TRACKING_FILE, TrainConfig, result_settings
 from cxr.learn.distributed import DistInfo, all_gather_rows, barrier
 from cxr.learn.loss import WeightedBCE
 from cxr.learn.models import Classifier, build_model, set_backbone_trainable
@@ -114,7 +115,7 @@ class Run:
                 rng_states=rng,
                 cuda_rng_states=cuda_rng,
                 tracking_run_id=self.tracking_run_id,
-            ).save(storage.join(self.config.output_dir, "checkpoint.pt"))
+            ).save(storage.join(self.config.output_dir, CHECKPOINT_FILE))
         barrier(self.info)
 
 
@@ -137,9 +138,28 @@ def load_data(manifest: Manifest, config: TrainConfig) -> Data:
 
 
 def open_logger(config: TrainConfig, manifest: Manifest, resume_run_id: str | None) -> TrainLogger:
-    """Rank 0's loggers: metrics.jsonl, and MLflow unless tracking is off (the same MLflow run on a resume)."""
+    """Rank 0's loggers: metrics.jsonl, and MLflow unless tracking is off (the same MLflow run on a resume).
+
+    The MLflow run's id goes into the run folder (``tracking.json``) as soon as the run exists, and is
+    printed: a run interrupted before its first checkpoint still resumes in the same MLflow run.
+    """
     jsonl = JsonlLogger(config.output_dir)
-    return TeeLogger(MlflowTrainLogger(config, manifest, resume_run_id), jsonl) if config.tracking else jsonl
+    if not config.tracking:
+        return jsonl
+    tracked = MlflowTrainLogger(config, manifest, resume_run_id)
+    storage.write_text(
+        storage.join(config.output_dir, TRACKING_FILE), json.dumps({"mlflow_run_id": tracked.run_id}) + "\n"
+    )
+    print(f"MLflow run {tracked.run_id}{' (resumed)' if resume_run_id else ''}", flush=True)
+    return TeeLogger(tracked, jsonl)
+
+
+def recorded_run_id(output_dir: str) -> str | None:
+    """The MLflow run a run folder's training logged to (``tracking.json``), if it recorded one."""
+    url = storage.join(output_dir, TRACKING_FILE)
+    if not storage.exists(url):
+        return None
+    return json.loads(storage.read_text(url)).get("mlflow_run_id")
 
 
 def init_head_bias(model: Classifier, labels: np.ndarray, weights: tuple[list[float], list[float]] | None) -> None:
@@ -188,28 +208,35 @@ def lr_schedule(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], fl
     return factor
 
 
-def check_resumable(state: TrainingCheckpoint, run: Run, url: str) -> None:
-    """Refuse a resume whose settings would give another model or another order of samples."""
-    if state.manifest_digest != run.manifest.digest:
-        raise ValueError(f"{url} was trained on manifest {state.manifest_digest}, not {run.manifest.digest}")
-    saved = {k: v for k, v in state.config.items() if k in result_settings(run.config)}
-    now = {k: v for k, v in result_settings(run.config).items() if k in saved and k not in RESUMABLE_CHANGES}
-    changed = [f"{k} {saved[k]!r} -> {v!r}" for k, v in now.items() if saved[k] != v]
-    if state.world_size is not None and state.world_size != run.info.world_size:
-        changed.append(f"processes {state.world_size} -> {run.info.world_size}")
-    if state.batch_size is not None and state.batch_size != run.batch_size:
-        changed.append(f"per-process batch {state.batch_size} -> {run.batch_size}")
+def check_resumable(
+    state: TrainingCheckpoint, config: TrainConfig, manifest_digest: str, world_size: int, batch_size: int, url: str
+) -> None:
+    """Refuse a resume whose settings would give another model or another order of samples (one line,
+    naming each changed setting: the schedule's too, e.g. ``--epochs``)."""
+    if state.manifest_digest != manifest_digest:
+        raise ValueError(
+            f"cannot resume {url}: it was trained on manifest {state.manifest_digest}, not {manifest_digest}; "
+            "train into another --output-dir"
+        )
+    saved = {k: v for k, v in state.config.items() if k in result_settings(config)}
+    now = {k: v for k, v in result_settings(config).items() if k in saved and k not in RESUMABLE_CHANGES}
+    changed = [f"--{k.replace('_', '-')} {saved[k]!r} -> {v!r}" for k, v in now.items() if saved[k] != v]
+    if state.world_size is not None and state.world_size != world_size:
+        changed.append(f"processes {state.world_size} -> {world_size}")
+    if state.batch_size is not None and state.batch_size != batch_size:
+        changed.append(f"per-process batch {state.batch_size} -> {batch_size}")
     if changed:
         raise ValueError(
             f"cannot resume {url}: {'; '.join(changed)}. A resume keeps the settings, the number of processes and "
-            "the per-process batch of the run it continues; train into another --output-dir to change them"
+            "the per-process batch of the run it continues (only --max-steps and --compile may change); "
+            "train into another --output-dir to change them"
         )
 
 
 def resume(url: str, run: Run) -> Position:
     """Load ``checkpoint.pt`` into the run's model, optimizer, scheduler and random generators."""
     state = TrainingCheckpoint.read(url)
-    check_resumable(state, run, url)
+    check_resumable(state, run.config, run.manifest.digest, run.info.world_size, run.batch_size, url)
     run.model.load_state_dict(state.model)
     run.optimizer.load_state_dict(state.optimizer)
     run.scheduler.load_state_dict(state.scheduler)
@@ -262,8 +289,10 @@ def build_run(config: TrainConfig, info: DistInfo, logger: TrainLogger | None) -
         batch_size,
         global_batch,
     )
-    ckpt = storage.join(config.output_dir, "checkpoint.pt")
+    ckpt = storage.join(config.output_dir, CHECKPOINT_FILE)
     start = resume(ckpt, run) if config.resume and storage.exists(ckpt) else Position()
+    if config.resume and run.tracking_run_id is None:  # stopped before its first checkpoint
+        run.tracking_run_id = recorded_run_id(config.output_dir)
     if info.is_main:
         run.logger = logger or open_logger(config, manifest, run.tracking_run_id)
         run.tracking_run_id = run.logger.run_id

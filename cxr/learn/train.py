@@ -15,7 +15,7 @@ writes ``model.pt`` and ``result.json`` (a :class:`cxr.learn.result.TrainResult`
 from __future__ import annotations
 
 import dataclasses
-import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -32,6 +32,7 @@ from cxr.learn.config import TrainConfig
 from cxr.learn.distributed import DistInfo, all_gather_rows, barrier, broadcast_buffers, cleanup, init_distributed
 from cxr.learn.evaluate import Predictions
 from cxr.learn.inference import autocast, predict_rows, to_float
+from cxr.learn.launch import note_resumable
 from cxr.learn.loader import Prefetcher
 from cxr.learn.metrics import mean_defined, per_finding_auroc, youden_threshold
 from cxr.learn.result import EpochRecord, TrainResult
@@ -140,40 +141,76 @@ class Trained:
 
 
 def main(config: TrainConfig, logger: TrainLogger | None = None) -> TrainResult:
-    """Train; ``logger`` replaces rank 0's default loggers (metrics.jsonl and MLflow)."""
+    """Train; ``logger`` replaces rank 0's default loggers (metrics.jsonl and MLflow).
+
+    Stopped by an interruption (Ctrl-C, SIGTERM under :mod:`cxr.signals`) or an error, rank 0 closes its
+    MLflow run as KILLED or FAILED before the exception goes on; what is on disk stays whole (every file
+    is written atomically) and ``--resume`` continues from the last checkpoint.
+    """
+    if config.output_dir is None:
+        if "RANK" in os.environ:
+            raise ValueError("training under torchrun needs an --output-dir (every process must write to the same one)")
+        from cxr.learn.launch import new_run_folder
+
+        config = dataclasses.replace(config, output_dir=new_run_folder(config.run_name))
+        print(f"training into {config.output_dir}", flush=True)
     info = init_distributed(config.device, config.dist_timeout_s)
+    run: Run | None = None
     try:
-        run, start = build_run(config, info, logger)
+        try:
+            run, start = build_run(config, info, logger)
+            trained = train_epochs(run, start)
+        finally:
+            cleanup(info)  # leave the process group: rank 0's tracking below may take long, no rank waits for it
+        return track(run, trained)
+    except BaseException as err:
+        interrupted = isinstance(err, KeyboardInterrupt)
+        if run is not None and info.is_main:
+            run.logger.close("KILLED" if interrupted else "FAILED")
+        if interrupted:
+            note_resumable(config.output_dir)
+        raise
+
+
+def train_epochs(run: Run, start: Position) -> Trained:
+    """The epoch loop, from ``start`` to the last epoch or ``--max-steps``; ``model.pt`` at its end."""
+    config, info = run.config, run.info
+    if info.is_main:
+        run.logger.log_params(run_params(run))
+    history, position, val = [], start, None
+    for epoch in range(start.epoch, config.epochs):
+        run.set_backbone_trainable(epoch >= config.freeze_epochs)  # wraps for DDP what now trains
+        stats = train_one_epoch(run, epoch, position)
+        done = stats.end_step >= run.steps_per_epoch
+        step = position.step + stats.steps
+        position = Position(epoch + 1, 0, step) if done else Position(epoch, stats.end_step, step)
+        broadcast_buffers(run.model, info)  # every rank evaluates and checkpoints the same model
+        val = evaluate(run.model, run.data, info, config)
+        record = EpochRecord(
+            epoch,
+            stats.mean_loss,
+            val.mean_auroc,
+            stats.images / max(stats.seconds, 1e-9),
+            run.scheduler.get_last_lr()[0],
+        )
+        history.append(record)
         if info.is_main:
-            run.logger.log_params(run_params(run))
-        history, position, val = [], start, None
-        for epoch in range(start.epoch, config.epochs):
-            run.set_backbone_trainable(epoch >= config.freeze_epochs)  # wraps for DDP what now trains
-            stats = train_one_epoch(run, epoch, position)
-            done = stats.end_step >= run.steps_per_epoch
-            step = position.step + stats.steps
-            position = Position(epoch + 1, 0, step) if done else Position(epoch, stats.end_step, step)
-            broadcast_buffers(run.model, info)  # every rank evaluates and checkpoints the same model
-            val = evaluate(run.model, run.data, info, config)
-            record = EpochRecord(
-                epoch,
-                stats.mean_loss,
-                val.mean_auroc,
-                stats.images / max(stats.seconds, 1e-9),
-                run.scheduler.get_last_lr()[0],
-            )
-            history.append(record)
-            if info.is_main:
-                per_finding = {f"val_auroc_{f}": v for f, v in val.auroc.items() if v is not None}
-                run.logger.log_metrics({**dataclasses.asdict(record), **per_finding}, position.step)
-                print(json.dumps(dataclasses.asdict(record)), flush=True)
-            run.save_checkpoint(position)
-            if stats.stopped:
-                break
-        trained = finish_training(run, history, position, val or evaluate(run.model, run.data, info, config), start)
-    finally:
-        cleanup(info)  # leave the process group: rank 0's tracking below may take long, no rank waits for it
-    return track(run, trained)
+            per_finding = {f"val_auroc_{f}": v for f, v in val.auroc.items() if v is not None}
+            run.logger.log_metrics({**dataclasses.asdict(record), **per_finding}, position.step)
+            print(epoch_line(record, config.epochs), flush=True)
+        run.save_checkpoint(position)
+        if stats.stopped:
+            break
+    return finish_training(run, history, position, val or evaluate(run.model, run.data, info, config), start)
+
+
+def epoch_line(record: EpochRecord, epochs: int) -> str:
+    """One epoch as a line a person reads (metrics.jsonl and MLflow keep the full numbers)."""
+    auroc = "-" if record.val_mean_auroc is None else f"{record.val_mean_auroc:.3f}"
+    return (
+        f"epoch {record.epoch + 1}/{epochs}: train loss {record.train_loss:.4f}, val mean AUROC {auroc}, "
+        f"{record.images_per_s:.0f} images/s, lr {record.lr:.2e}"
+    )
 
 
 def run_params(run: Run) -> dict[str, object]:
@@ -218,6 +255,7 @@ def finish_training(
         fingerprints,
         position.step,
         run.data.store.size,
+        run.tracking_run_id,
     )
     model_url = storage.join(config.output_dir, "model.pt")
     if info.is_main:
@@ -254,7 +292,16 @@ def track(run: Run, trained: Trained) -> TrainResult:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    result = main(TrainConfig.from_args(argv))
+    """``python -m cxr.learn.train`` (what torchrun runs): SIGINT, SIGTERM and SIGHUP stop it as Ctrl-C does,
+    so rank 0 closes its MLflow run as KILLED; exit code 128 + the signal's number."""
+    from cxr.signals import Interrupted, stopping_on_signals
+
+    with stopping_on_signals():
+        try:
+            result = main(TrainConfig.from_args(argv))
+        except Interrupted as stopped:
+            print(f"training stopped by {stopped.name}", file=sys.stderr, flush=True)
+            return stopped.exit_code
     if result.tracked is not None and result.tracked.registration is not None:
         r = result.tracked.registration
         print(f"model {r.name} version {r.version}: {r.verdict} ({'; '.join(r.reasons)})", flush=True)

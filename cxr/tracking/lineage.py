@@ -1,11 +1,18 @@
-"""``cxr lineage MODEL_URI``: what made a model, from the registry back to the source files.
+"""``cxr lineage MODEL``: what made a model, from the registry back to the source files.
 
 model version -> MLflow run -> manifest (digest, strategy) -> dataset version (digest, folder) -> source
 archive (label table, images), read from the run's tags and the dataset's ``dataset.json``.
+
+MODEL is any reference the CLI prints: a ``model.pt`` (local or s3://) or its run folder (the bundle and
+``tracking.json`` name the MLflow run), ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``models:/m-ID``
+or ``runs:/ID/...``. A manifest or dataset whose file no longer carries the recorded digest is named so.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -13,6 +20,7 @@ from cxr import storage
 from cxr.data.accounting import Accounting
 from cxr.data.manifest import read_manifest_info
 from cxr.data.version import open_version
+from cxr.learn.config import MLFLOW_SCHEMES, MODEL_FILE, RESULT_FILE, TRACKING_FILE
 from cxr.tracking import tags
 from cxr.tracking.mlflow_run import client
 from cxr.tracking.registry import FINAL_MEAN_METRIC, resolve_run
@@ -55,6 +63,7 @@ class DatasetLink:
     splits: Mapping[str, int] | None = None
     accounting: Accounting | None = None
     unreachable: str | None = None  # why dataset.json could not be read
+    matches_file: bool | None = None  # the dataset.json at path still carries this digest
 
 
 @dataclass(frozen=True)
@@ -66,10 +75,46 @@ class Lineage:
     source: Mapping[str, str | None] | None  # root, label table, edition, box list, split lists
 
 
+def run_of_file(path: str) -> str:
+    """The MLflow run that trained a ``model.pt``, or the model in a run folder: the bundle's own record,
+    else the folder's ``tracking.json`` or ``result.json``."""
+    if storage.exists(storage.join(path, MODEL_FILE)) or storage.exists(storage.join(path, TRACKING_FILE)):
+        folder, model = path, storage.join(path, MODEL_FILE)
+    elif storage.exists(path):
+        folder = (
+            posixpath.dirname(path.rstrip("/")) if storage.is_remote(path) else os.path.dirname(os.path.abspath(path))
+        )
+        model = path
+    else:
+        raise FileNotFoundError(
+            f"{path}: no such model.pt or run folder (or give an MLflow URI: models:/NAME@ALIAS, runs:/ID)"
+        )
+    if storage.exists(model):
+        from cxr.learn.checkpoint import ModelBundle
+
+        recorded = ModelBundle.read(model).tracking_run_id
+        if recorded:
+            return recorded
+    tracking, result = storage.join(folder, TRACKING_FILE), storage.join(folder, RESULT_FILE)
+    if storage.exists(tracking):
+        recorded = json.loads(storage.read_text(tracking)).get("mlflow_run_id")
+        if recorded:
+            return recorded
+    if storage.exists(result):
+        recorded = (json.loads(storage.read_text(result)).get("tracked") or {}).get("run_id")
+        if recorded:
+            return recorded
+    raise ValueError(f"{path}: no MLflow run is recorded for this model (trained with --no-tracking?)")
+
+
 def lineage(model_uri: str, uri: str | None = None) -> Lineage:
-    """The chain behind an MLflow model URI (``models:/NAME@ALIAS``, ``models:/NAME/V``, ``runs:/ID``)."""
+    """The chain behind a model: a ``model.pt`` or run folder, or an MLflow URI (see the module docstring)."""
     mlflow_client = client(uri)
-    run_id, name, version = resolve_run(model_uri, uri)
+    if model_uri.startswith(MLFLOW_SCHEMES):
+        run_id, name, version = resolve_run(model_uri, uri)
+    else:
+        run_id, name, version = run_of_file(model_uri), None, None
+        model_uri = storage.absolute(model_uri)
     run = mlflow_client.get_run(run_id)
     run_tags = run.data.tags
     model = ModelLink(model_uri, name, version)
@@ -103,12 +148,24 @@ def _dataset(root: str | None, digest: str | None) -> tuple[DatasetLink, Mapping
     if not (root and digest):
         return DatasetLink(digest, None), None
     path = storage.join(root, digest)
+    matches = None
     try:
+        matches = json.loads(storage.read_text(storage.join(path, "dataset.json"))).get("digest") == digest
         version = open_version(path)
     except (FileNotFoundError, OSError, ValueError) as err:
-        return DatasetLink(digest, path, unreachable=str(err)), None
+        return DatasetLink(digest, path, unreachable=str(err), matches_file=matches), None
     info = version.info
-    return DatasetLink(digest, path, info["created"], info["splits"], version.accounting), info["source"]
+    link = DatasetLink(digest, path, info["created"], info["splits"], version.accounting, matches_file=matches)
+    return link, info["source"]
+
+
+def _rounded(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _counts(splits: Mapping[str, int]) -> str:
+    """``test 30, train 80, val 10``."""
+    return ", ".join(f"{name} {count}" for name, count in splits.items())
 
 
 def format_chain(chain: Lineage) -> str:
@@ -120,12 +177,19 @@ def format_chain(chain: Lineage) -> str:
     lines = [
         model,
         f"  gate    {m.gate}: {m.gate_reasons}" if m.gate else None,
-        f"run       {r.id}  (code {r.code_version}, val mean AUROC {r.val_mean_auroc}, "
+        f"run       {r.id}  ({r.status}, code {r.code_version}, val mean AUROC {_rounded(r.val_mean_auroc)}, "
         f"Prefect flow run {r.prefect_flow_run_id or '-'})",
         f"  parent  {r.parent_model}" if r.parent_model else None,
         f"manifest  {man.digest}  ({man.strategy}) at {man.uri}",
+        f"  warning: the manifest.json at {man.uri} no longer carries digest {man.digest}: it was rewritten after "
+        "training, so it is not the manifest this model was trained on"
+        if man.matches_file is False
+        else None,
         f"dataset   {d.digest}  at {d.path}"
-        + (f"  (created {d.created}, splits {dict(d.splits or {})})" if d.created else ""),
+        + (f"  (created {d.created}, splits {_counts(d.splits or {})})" if d.created else ""),
+        f"  warning: the dataset.json at {d.path} no longer carries digest {d.digest}: the folder was rewritten"
+        if d.matches_file is False
+        else None,
     ]
     if chain.source:
         s = chain.source

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cxr import storage
+from cxr.learn.config import MLFLOW_SCHEMES
 from cxr.learn.gate_rule import GateRule
 from cxr.tracking import registry, tags
 from cxr.tracking.gate import Registration, register_and_gate
@@ -50,7 +51,7 @@ class TrainLogger(Protocol):
     def log_model(
         self, model: nn.Module, bundle: ModelBundle, url: str, validation: Predictions | None = None
     ) -> TrackedModel | None: ...
-    def close(self) -> None: ...
+    def close(self, status: str = "FINISHED") -> None: ...  # KILLED: interrupted, FAILED: an error
 
 
 class NullLogger:
@@ -67,7 +68,7 @@ class NullLogger:
     ) -> TrackedModel | None:
         return None
 
-    def close(self) -> None:
+    def close(self, status: str = "FINISHED") -> None:
         pass
 
 
@@ -87,7 +88,7 @@ class JsonlLogger(NullLogger):
         self.lines.append(json.dumps({"step": step, **metrics}, sort_keys=True))
         self.close()
 
-    def close(self) -> None:
+    def close(self, status: str = "FINISHED") -> None:
         storage.write_text(self.url, "\n".join(self.lines) + "\n")
 
 
@@ -112,26 +113,31 @@ class TeeLogger:
         tracked = [logger.log_model(model, bundle, url, validation) for logger in self.loggers]
         return next((t for t in tracked if t is not None), None)
 
-    def close(self) -> None:
+    def close(self, status: str = "FINISHED") -> None:
         for logger in self.loggers:
-            logger.close()
+            logger.close(status)
 
 
 def lineage_tags(config: TrainConfig, manifest: Manifest) -> dict[str, str]:
-    """What made the model: dataset, manifest, the Prefect flow run, the parent model and run."""
+    """What made the model: dataset, manifest, the Prefect flow run, the parent model and run.
+
+    Local paths are stored absolute and normalised (as the training process resolved them), so the
+    lineage reads the same from any folder.
+    """
     dataset = manifest.info.dataset
     lineage = {
         tags.DATASET_DIGEST: dataset.digest,
-        tags.DATASET_ROOT: dataset.root,
+        tags.DATASET_ROOT: storage.absolute(dataset.root),
         tags.MANIFEST_DIGEST: manifest.digest,
-        tags.MANIFEST_URI: config.manifest,
+        tags.MANIFEST_URI: storage.absolute(config.manifest),
         tags.MANIFEST_STRATEGY: manifest.info.strategy,
         tags.MODEL_NAME: config.model,
     }
     if config.flow_run_id:
         lineage[tags.PREFECT_FLOW_RUN_ID] = config.flow_run_id
     if config.init_from:
-        lineage[tags.PARENT_MODEL] = config.init_from
+        parent = config.init_from
+        lineage[tags.PARENT_MODEL] = parent if parent.startswith(MLFLOW_SCHEMES) else storage.absolute(parent)
     if config.parent_run_id:
         lineage[tags.MLFLOW_PARENT_RUN_ID] = config.parent_run_id
     return lineage
@@ -231,5 +237,5 @@ class MlflowTrainLogger:
             for path in sorted(Path(tmp, "heatmaps").glob("*.png")):
                 self.run.log_file(path, "val/heatmaps")
 
-    def close(self) -> None:
-        self.run.close()
+    def close(self, status: str = "FINISHED") -> None:
+        self.run.close(status)

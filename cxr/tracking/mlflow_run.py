@@ -103,6 +103,7 @@ class MlflowRun:
             all_tags = {**(run_tags or {}), tags.CODE_VERSION: __version__}
             self.run_id = self.client.create_run(experiment_number, run_name=run_name, tags=all_tags).info.run_id
         self.failed = False
+        self.closed = False
         self.backlog: list[tuple[Mapping[str, float], int]] = []
         self.monitor = None
         if system_metrics:
@@ -150,6 +151,10 @@ class MlflowRun:
         self.attempt(f"log input {name}", lambda: self.client.log_inputs(self.run_id, [entity]))
 
     def close(self, status: str = "FINISHED") -> None:
+        """End the run as ``status`` (FINISHED, KILLED on an interruption, FAILED on an error); once."""
+        if self.closed:
+            return
+        self.closed = True
         self._flush()
         if self.monitor is not None:
             with contextlib.suppress(Exception):  # best effort at shutdown

@@ -59,19 +59,30 @@ def log_model(run: MlflowRun, classifier: nn.Module, image_size: int, bundle: by
 
 
 def resolve_run(model_uri: str, uri: str | None = None) -> tuple[str, str | None, str | None]:
-    """(run id, registered name, version) behind ``models:/NAME@ALIAS``, ``models:/NAME/V`` or ``runs:/ID/...``."""
+    """(run id, registered name, version) behind ``models:/NAME@ALIAS``, ``models:/NAME/V``, ``models:/m-<id>``
+    (a logged model: how MLflow 3 names the model a run logged) or ``runs:/ID/...``."""
     if model_uri.startswith("runs:/"):
-        return model_uri[len("runs:/") :].split("/")[0], None, None
-    if not model_uri.startswith("models:/"):
-        raise ValueError(f"not an MLflow model URI: {model_uri!r} (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID)")
+        run_id = model_uri[len("runs:/") :].split("/")[0]
+        if not run_id:
+            raise ValueError(f"{model_uri!r} names no run: runs:/RUN_ID/model")
+        return run_id, None, None
+    if not model_uri.startswith("models:/") or not model_uri[len("models:/") :].strip("/"):
+        raise ValueError(
+            f"not an MLflow model URI: {model_uri!r} (models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-ID, runs:/ID)"
+        )
     mlflow_client = client(uri)
-    rest = model_uri[len("models:/") :]
+    rest = model_uri[len("models:/") :].rstrip("/")
     if "@" in rest:
         name, alias = rest.split("@", 1)
         version = mlflow_client.get_model_version_by_alias(name, alias)
-    else:
+    elif "/" in rest:
         name, number = rest.rsplit("/", 1)
         version = mlflow_client.get_model_version(name, number)
+    else:  # models:/m-<id>
+        logged = mlflow_client.get_logged_model(rest)
+        if not logged.source_run_id:
+            raise ValueError(f"{model_uri}: the logged model names no run it came from")
+        return logged.source_run_id, None, None
     return version.run_id, name, str(version.version)
 
 
