@@ -196,13 +196,26 @@ def _is_transient(exc: BaseException) -> bool:
     return cause is not None and cause is not exc and _is_transient(cause)
 
 
+def _denied(url: str, err: PermissionError) -> PermissionError:
+    """A refusal by the object store, with what to check: the variables' names, never their values."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or "the AWS default"
+    return PermissionError(
+        f"{url}: {err.strerror or err} (the store refused the request: check AWS_ACCESS_KEY_ID and "
+        f"AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, and AWS_ENDPOINT_URL, now {endpoint})"
+    )
+
+
 def retrying(op: str, url: str, fn: Callable[[], T]) -> T:
     """Run one storage operation with retries on transient errors and translated exceptions."""
     delays = backoff_schedule()
     for attempt in range(len(delays) + 1):
         try:
             return fn()
-        except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError):
+        except PermissionError as exc:
+            if is_remote(url):
+                raise _denied(url, exc) from exc
+            raise
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError):
             raise
         except Exception as exc:
             if not _is_transient(exc):

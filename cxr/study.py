@@ -78,8 +78,10 @@ class StudyConfig:
         unknown = [s for s in self.strategies if s not in STRATEGIES]
         if unknown or not self.strategies:
             raise ValueError(f"strategies must be some of {', '.join(STRATEGIES)}, got {list(self.strategies)}")
-        if not self.seeds or self.epochs < 1:
-            raise ValueError("give at least one seed and one epoch")
+        if not self.seeds:
+            raise ValueError("give at least one --seed")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1 or self.signal_strength < 0:
             raise ValueError(
                 f"batch_size must be >= 1 and signal_strength >= 0, got {self.batch_size} and {self.signal_strength}"
@@ -201,7 +203,7 @@ def train_one(
     """One strategy and seed: its manifest, a run of ``budget.steps`` steps, what the run reports it did."""
     manifest_dir = storage.join(out, "manifests", f"{strategy}-{seed}")
     manifest = build_manifest(version, ManifestConfig(strategy, floor=config.floor, seed=seed))
-    write_manifest(manifest, manifest_dir)
+    write_manifest(manifest, manifest_dir, overwrite=True)  # the study's own folder: rebuilt on a rerun
     draws = manifest.info.splits["train"].draws
     train_config = TrainConfig(
         manifest=manifest_dir,

@@ -24,7 +24,7 @@ def shifted_source_task(out: str, n_images: int, size: int, seed: int, strength:
         acquisition=SHIFTED_ACQUISITION,
         prevalence_power=SHIFTED_PREVALENCE_POWER,
     )
-    synthesize(config)
+    synthesize(config, overwrite=True)  # the flow's own folder; the same settings again reuse it
     return out
 
 

@@ -13,8 +13,10 @@ from cxr.data.ingest import ingest
 from cxr.data.manifest import (
     ClassWeight,
     ManifestConfig,
+    ManifestExistsError,
     _oversample_to_floor,
     build_manifest,
+    manifest_warnings,
     read_manifest,
     write_manifest,
 )
@@ -169,3 +171,33 @@ def test_a_finding_without_training_positives_is_reported_and_the_others_reach_t
     after = m.info.train_prevalence["after"]
     assert all(after[f] >= 0.05 for f in FINDINGS if f not in unreachable)
     assert all(after[f] == 0.0 for f in unreachable)
+
+
+def test_a_folder_holding_another_manifest_is_refused_unless_overwrite_and_the_same_one_is_unchanged(version, tmp_path):
+    out = str(tmp_path / "m")
+    plain, weighted = (
+        build_manifest(version, ManifestConfig("none")),
+        build_manifest(version, ManifestConfig("weighted")),
+    )
+    assert write_manifest(plain, out) is True
+    written = (tmp_path / "m" / "manifest.json").stat().st_mtime_ns
+    assert write_manifest(plain, out) is False  # the same manifest: unchanged, not rewritten
+    assert (tmp_path / "m" / "manifest.json").stat().st_mtime_ns == written
+    with pytest.raises(ManifestExistsError, match=f"already holds manifest {plain.digest} .*--overwrite"):
+        write_manifest(weighted, out)
+    assert read_manifest(out).digest == plain.digest
+    assert write_manifest(weighted, out, overwrite=True) is True
+    assert read_manifest(out).digest == weighted.digest
+
+
+def test_balancing_that_leaves_findings_without_a_positive_is_warned_about(tmp_path):
+    synthesize(SynthConfig(out=str(tmp_path / "src"), n_images=160, size=64, seed=0))
+    small = open_version(ingest(str(tmp_path / "src"), str(tmp_path / "ds"), IngestOptions(sizes=(32,))).path)
+    under = build_manifest(small, ManifestConfig("resample", target="Pneumonia", mode="under"))
+    [warning] = manifest_warnings(under.info)
+    kept, dropped = under.info.splits["train"].rows, under.info.reuse.rows_dropped
+    assert warning.startswith(f"undersampling keeps {kept} of {kept + dropped} training rows and leaves ")
+    assert "without a positive" in warning and "--mode over" in warning
+    floor = build_manifest(small, ManifestConfig("resample", floor=0.05))
+    assert any(w.startswith("resampling skips ") and "Hernia" in w for w in manifest_warnings(floor.info))
+    assert manifest_warnings(build_manifest(small, ManifestConfig("none")).info) == []

@@ -93,8 +93,24 @@ def test_a_file_name_that_is_not_utf8_is_quarantined_under_a_printable_name(tmp_
             f.write((folder / "00000001_000.png").read_bytes())
     except OSError as err:
         pytest.skip(f"this filesystem refuses names that are not UTF-8: {err}")
-    plan = plan_ingest(str(tmp_path), str(tmp_path / "out"))
+    plan = plan_ingest(str(tmp_path), str(tmp_path.parent / f"{tmp_path.name}-out"))
     [record] = plan.quarantine
     assert record.reason == Reason.NON_UTF8_NAME and record.image_id == "caf\\xe9.png"
     assert record.source_uri == f"{folder}/caf\\xe9.png"
     assert plan.counts["inputs"] == 4 + 1 == plan.candidates.num_rows + len(plan.quarantine)
+
+
+def test_wrong_s3_keys_name_the_variables_to_check_and_never_the_secret(s3_bucket):
+    import subprocess
+    import sys
+
+    synthesize(SynthConfig(out=f"{s3_bucket}/nih", n_images=3, size=64))
+    env = {**os.environ, "AWS_SECRET_ACCESS_KEY": "not-the-secret-4711"}
+    result = subprocess.run(
+        [sys.executable, "-m", "cxr.cli", "inspect", f"{s3_bucket}/nih"], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: permission denied: {s3_bucket}/nih")
+    assert "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, and AWS_ENDPOINT_URL" in line
+    assert os.environ["AWS_ENDPOINT_URL"] in line and "not-the-secret-4711" not in line

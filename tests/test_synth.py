@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cxr.data.source import read_source, summarize
-from cxr.data.synth import SynthConfig, load_profile, synthesize
+from cxr.data.synth import SynthConfig, SynthOutputExistsError, load_profile, synthesize
 from cxr.data.synth_render import render
 from cxr.findings import FINDINGS
 
@@ -34,6 +35,7 @@ def test_layout_is_the_nih_layout(small):
     out, _ = small
     names = sorted(p.name for p in out.iterdir())
     assert names == [
+        ".cxr-synth.json",
         "BBox_List_2017.csv",
         "Data_Entry_2017_v2020.csv",
         "images_001",
@@ -144,6 +146,7 @@ def test_each_sign_changes_pixels_only_inside_its_box(finding):
         ({"size": 8}, "size"),
         ({"edition": "2019"}, "edition"),
         ({"strength": -1}, "strength"),
+        ({"workers": 0}, "workers must be >= 1, got 0"),
     ],
 )
 def test_bad_settings_are_refused(kwargs, message):
@@ -156,3 +159,27 @@ def test_the_profile_is_aggregate_counts_of_the_real_table():
     assert profile["n_images"] == 112_120 and profile["n_patients"] == 30_805
     assert sum(c for _, c in profile["label_sets"]) == 112_120
     assert json.dumps(profile).count("png") == 0  # no image names, no rows
+
+
+def test_a_folder_holding_another_archive_is_refused_and_overwrite_replaces_it_whole(tmp_path):
+    out = tmp_path / "src"
+    synthesize(SynthConfig(out=str(out), n_images=250, size=64, seed=1))
+    with pytest.raises(SynthOutputExistsError, match=r"n_images 250 -> 100, seed 1 -> 2.*--overwrite"):
+        synthesize(SynthConfig(out=str(out), n_images=100, size=64, seed=2))
+    assert len(list(out.glob("images_*/images/*.png"))) == 250  # nothing touched
+    synthesize(SynthConfig(out=str(out), n_images=100, size=64, seed=2), overwrite=True)
+    assert len(list(out.glob("images_*/images/*.png"))) == 100
+    assert len((out / "Data_Entry_2017_v2020.csv").read_text().splitlines()) == 1 + 100
+
+
+def test_a_folder_of_other_files_is_refused_and_the_same_synth_again_is_reused(tmp_path):
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(SynthOutputExistsError, match="1 files that no synth of these settings wrote"):
+        synthesize(SynthConfig(out=str(tmp_path / "other"), n_images=10, size=64))
+    config = SynthConfig(out=str(tmp_path / "src"), n_images=40, size=64, seed=4, workers=1)
+    first = synthesize(config)
+    before = digest_tree(tmp_path / "src")
+    again = synthesize(replace(config, workers=2))  # the number of workers changes no byte
+    assert again.reused and not first.reused and replace(again, reused=False) == first
+    assert digest_tree(tmp_path / "src") == before

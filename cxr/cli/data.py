@@ -41,12 +41,20 @@ def synth(
     prevalence_power: Annotated[
         float, typer.Option(help="Label-set frequencies to this power (< 1: rare findings commoner).")
     ] = 1.0,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace what --out holds (its images and tables are removed first).")
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Make a synthetic dataset in the exact NIH layout, with real NIH prevalence and co-occurrence."""
-    from cxr.data.synth import SynthConfig
+    """Make a synthetic dataset in the exact NIH layout, with real NIH prevalence and co-occurrence.
+
+    A folder that is not empty is refused unless it holds this very synth (same settings: reused, or finished
+    if it was interrupted) or --overwrite is given.
+    """
+    from cxr.data.synth import SynthConfig, check_ingestible, prepare_output
     from cxr.data.synth_render import Acquisition
 
+    guarded(check_ingestible, size)
     acquisition = guarded(Acquisition, contrast=contrast, noise=noise, zoom=zoom, offset=offset)
     config = guarded(
         SynthConfig,
@@ -61,11 +69,15 @@ def synth(
         acquisition=acquisition,
         prevalence_power=prevalence_power,
     )
+    reused = guarded(prepare_output, config, overwrite)  # before anything is rendered
     start = time.perf_counter()
-    result = render_archive(config)
+    result = reused or render_archive(config)
     seconds = time.perf_counter() - start
     if as_json:
         out.print(to_json(result), highlight=False)
+        return
+    if result.reused:
+        console.print(f"unchanged: {result.out} already holds this synth ({result.n_images} images); nothing written")
         return
     console.print(
         f"wrote {result.n_images} images of {result.n_patients} patients, {result.n_boxes} boxes, "
@@ -73,13 +85,13 @@ def synth(
     )
 
 
-def render_archive(config: SynthConfig) -> SynthResult:
+def render_archive(config: SynthConfig, overwrite: bool = False) -> SynthResult:
     """:func:`cxr.data.synth.synthesize` with a progress bar (also used by the demo and the study)."""
     from cxr.data.synth import synthesize
 
     with progress() as bar:
         task = bar.add_task("rendering", total=config.n_images)
-        return guarded(synthesize, config, progress=lambda n: bar.advance(task, n))
+        return guarded(synthesize, config, progress=lambda n: bar.advance(task, n), overwrite=overwrite)
 
 
 def inspect(
@@ -119,36 +131,57 @@ def ingest(
     ] = TEST_SHARE,
     val_share: Annotated[float, typer.Option(help="Share of patients for validation, out of train/val.")] = VAL_SHARE,
     part_images: Annotated[
-        int | None, typer.Option(help="Images per part (default: as many as fit 64 MB of pixels, at most 64).")
+        int | None,
+        typer.Option(
+            help="Images per part on average (default: as many as fit 64 MiB of pixels at all sizes, from 8 to "
+            "64); parts end at content-defined boundaries, so one holds 1 to 4 times as many."
+        ),
     ] = None,
+    new_source: Annotated[
+        bool,
+        typer.Option(
+            "--new-source",
+            help="OUT holds versions of another source: make this source's version LATEST there all the same.",
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Ingest an archive into a versioned dataset: validated Parquet metadata, quarantine, boxes, uint8 shards.
 
     Prints the new version's digest; OUT/LATEST names it. Rerunning on an unchanged source adds nothing;
-    a killed run, rerun, resumes from the parts it finished.
+    a killed run, rerun, resumes from the parts it finished. OUT holds versions of one source (a grown
+    archive at the same place is its next version); another source is refused unless --new-source.
     """
-    from cxr.data.cluster import dask_client, parse_memory
-    from cxr.data.ingest import publish, run_parts
-    from cxr.data.plan import IngestOptions, plan_ingest
+    from cxr import signals
+    from cxr.data.cluster import check_workers, dask_client, parse_memory
+    from cxr.data.ingest import PartsToDo, publish, run_parts
+    from cxr.data.plan import IngestOptions, check_output, plan_ingest
     from cxr.reports import accounting_table
 
     options = guarded(
         IngestOptions, sizes=tuple(size), test_share=test_share, val_share=val_share, part_images=part_images
     )
+    guarded(check_workers, workers)
     memory = guarded(parse_memory, worker_memory) if worker_memory else WORKER_MEMORY_LIMIT
-    plan = guarded(plan_ingest, source, out_root, options)
+    guarded(check_output, source, out_root, new_source)
+    plan = guarded(plan_ingest, source, out_root, options, new_source)
     if plan.existing:
         console.print(f"unchanged source: version {plan.existing} already holds it; nothing to do")
     else:
-        total = sum(len(p.images) for p in plan.parts)
+        todo = guarded(PartsToDo.of, plan)
         console.print(
-            f"{plan.counts['label_rows']} label rows, {plan.counts['image_files']} image files; "
-            f"decoding {total} images in {len(plan.parts)} parts"
+            f"{plan.counts['label_rows']} label rows, {plan.counts['image_files']} image files; {todo.line()}"
         )
-        with dask_client(dask_address, workers, announce=announce, memory_limit=memory) as client, progress() as bar:
-            task = bar.add_task("decoding", total=total)
-            guarded(run_parts, plan, client, lambda n: bar.advance(task, n))
+        try:
+            with (
+                dask_client(dask_address, workers, announce=announce, memory_limit=memory) as client,
+                progress() as bar,
+            ):
+                task = bar.add_task("decoding", total=todo.images)
+                guarded(run_parts, plan, client, lambda n: bar.advance(task, n))
+        except KeyboardInterrupt:  # counted once the workers have stopped: what the rerun will reuse
+            signals.note(PartsToDo.of(plan).kept())
+            raise
     summary = guarded(publish, plan)
     if as_json:
         out.print(to_json(summary), highlight=False)
@@ -203,10 +236,16 @@ def manifest(
         float, typer.Option(help="resample without a target: least share of positive draws per finding.")
     ] = 0.05,
     seed: Annotated[int, typer.Option(help="Random seed; the same inputs and seed give the same bytes.")] = 0,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace another manifest that --out already holds.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print manifest.json to stdout.")] = False,
 ) -> None:
-    """Write the exact list a training run reads: train rows balanced by the strategy, val and test untouched."""
-    from cxr.data.manifest import ManifestConfig, build_manifest, write_manifest
+    """Write the exact list a training run reads: train rows balanced by the strategy, val and test untouched.
+
+    An --out that holds another manifest is refused unless --overwrite; the same manifest again is left unchanged.
+    """
+    from cxr.data.manifest import ManifestConfig, build_manifest, manifest_warnings, write_manifest
     from cxr.data.version import open_version
     from cxr.findings import parse_finding
     from cxr.reports import manifest_lines, manifest_table
@@ -215,13 +254,18 @@ def manifest(
     finding = guarded(parse_finding, target) if target else None
     config = guarded(ManifestConfig, strategy=strategy, target=finding, mode=mode, floor=floor, seed=seed)
     built = guarded(build_manifest, version, config)
-    guarded(write_manifest, built, out_dir)
+    written = guarded(write_manifest, built, out_dir, overwrite)
+    for warning in manifest_warnings(built.info):
+        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
     if as_json:
         out.print(built.info.to_json(), end="", highlight=False)
         return
     out.print(rich_table(manifest_table(built.info)))
     out.print(manifest_lines(built.info), highlight=False)
-    console.print(f"wrote {out_dir}: manifest.parquet, manifest.json, charts/balance.png", highlight=False)
+    if written:
+        console.print(f"wrote {out_dir}: manifest.parquet, manifest.json, charts/balance.png", highlight=False)
+    else:
+        console.print(f"unchanged: {out_dir} already holds manifest {built.info.digest}", highlight=False)
     out.print(built.info.digest)
 
 

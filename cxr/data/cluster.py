@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -24,6 +26,63 @@ WORKER_MEMORY_LIMIT = 2**30
 # A task whose worker dies is tried on this many more workers before Dask reports KilledWorker; ingest then
 # isolates the image that kills its worker (cxr/data/isolate.py). Dask's own default, 3, restarts 4 workers.
 ALLOWED_FAILURES = 1
+_LOGGERS = ("distributed", "tornado", "asyncio")
+
+
+def check_workers(workers: int | None) -> None:
+    """Refuse a number of LocalCluster workers below 1 (None: one per core)."""
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be >= 1 (or left out: one per core), got {workers}")
+
+
+def _stop_resource_tracker(err: BaseException) -> None:
+    """After an interrupted cluster is closed: end multiprocessing's resource tracker, which would outlive
+    its workers until this process exits (it ignores SIGINT and SIGTERM)."""
+    if not isinstance(err, KeyboardInterrupt):
+        return
+    from multiprocessing import resource_tracker
+
+    stop = getattr(resource_tracker._resource_tracker, "_stop", None)  # Python 3.8+: closes its pipe, waits
+    if stop is not None:
+        with suppress(OSError, ChildProcessError):
+            stop()
+
+
+@contextmanager
+def _children_ignore_sigint() -> Iterator[None]:
+    """Processes started within the block (and by the threads it starts, e.g. Dask's event loop, whose nannies
+    restart workers later) begin with SIGINT blocked: a Ctrl-C reaches the whole process group, and the
+    workers must not die of it mid-task with a traceback; this process closes them. The blocked signal stays
+    pending here and is handled when the block ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    # multiprocessing starts its resource tracker with the first worker, and unblocks SIGINT in the thread
+    # that started it afterwards: started here first, it leaves the mask alone.
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _silence() -> None:
+    for name in _LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
+def _silence_if_interrupted(err: BaseException, client: Client | None = None) -> None:
+    """Before a cluster is torn down after a signal: silence the errors and warnings Dask logs, here and in
+    its workers, about tasks and comms cut short (the command ends with one line saying it was interrupted)."""
+    if not isinstance(err, KeyboardInterrupt):
+        return
+    _silence()
+    if client is not None:
+        with suppress(Exception):
+            client.run(_silence, wait=True)  # runs on each worker's event loop, beside its running task
 
 
 def format_memory(n_bytes: int) -> str:
@@ -73,9 +132,8 @@ def dask_client(
         finally:
             client.close()
         return
+    check_workers(workers)
     n = workers or os.cpu_count() or 1
-    if n < 1:
-        raise ValueError(f"workers must be >= 1, got {n}")
     for name in ("distributed", "tornado"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # bokeh warns that its Host check allows '*'; the dashboard only listens on 127.0.0.1.
@@ -87,16 +145,32 @@ def dask_client(
         "distributed.nanny.pre-spawn-environ": {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1},
         "distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
     }
-    with dask.config.set(worker_config):  # read when the scheduler and the worker processes start
-        cluster = LocalCluster(
-            n_workers=n,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-            memory_limit=memory_limit,
-        )
-    client = Client(cluster)
+    from cxr.signals import held_back
+
+    cluster = None
+    try:
+        # A signal while the cluster starts is held back until it has started (a cluster cut off half way
+        # could not be closed), then raised again here, so that it is closed below.
+        with held_back(raise_after=False) as signals_seen:
+            # read when the scheduler and the worker processes start
+            with dask.config.set(worker_config), _children_ignore_sigint():
+                cluster = LocalCluster(
+                    n_workers=n,
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address="127.0.0.1:0",
+                    memory_limit=memory_limit,
+                )
+            client = Client(cluster)
+        if signals_seen:
+            signal.raise_signal(signals_seen[0])
+    except BaseException as err:
+        _silence_if_interrupted(err)
+        if cluster is not None:
+            cluster.close()
+            _stop_resource_tracker(err)
+        raise
     try:
         if announce:
             announce(
@@ -104,6 +178,12 @@ def dask_client(
                 f"dashboard {client.dashboard_link}"
             )
         yield client
-    finally:
+    except BaseException as err:
+        _silence_if_interrupted(err, client)
+        client.close()
+        cluster.close()
+        _stop_resource_tracker(err)
+        raise
+    else:
         client.close()
         cluster.close()

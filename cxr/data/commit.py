@@ -142,7 +142,7 @@ def commit_version(draft: VersionDraft) -> Committed:
         if created:
             try:
                 _write(draft, held)
-            except Exception:
+            except BaseException:  # a signal too: no version folder is left without its dataset.json
                 _discard_incomplete(draft)
                 raise
         version = open_version(draft.path)

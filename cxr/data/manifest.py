@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 import pyarrow as pa
@@ -302,17 +303,68 @@ def _settings(info: ManifestInfo) -> dict[str, object]:
     }
 
 
-def write_manifest(manifest: Manifest, out: str) -> None:
+class ManifestExistsError(ValueError):
+    """The output folder holds another manifest; ``overwrite`` replaces it."""
+
+
+def write_manifest(manifest: Manifest, out: str, overwrite: bool = False) -> bool:
     """``charts/balance.png``, ``manifest.parquet``, then ``manifest.json`` (written last: it marks completion).
 
     The two are a pair bound by the manifest digest, which :func:`read_manifest` checks: a reader between
     the two writes (or after a rewrite that was killed half way) gets an error, never a mixed pair.
+    A folder that already holds this manifest, whole, is left as it is (returns False: unchanged); one that
+    holds another manifest is refused (:class:`ManifestExistsError`) unless ``overwrite``. Returns True
+    when written.
     """
     from cxr.charts import balance_chart
 
+    try:
+        existing = read_manifest_info(out)
+    except FileNotFoundError:
+        existing = None
+    except ValueError:  # a manifest.json that is not one (edited, or of another schema)
+        existing = None if overwrite else _refuse(out, "a manifest.json that cannot be read")
+    if existing is not None and existing.digest == manifest.digest:
+        try:
+            read_manifest(out)
+            return False  # the same pair, whole: unchanged
+        except (FileNotFoundError, IntegrityError):
+            pass  # its manifest.parquet is missing or does not match: written again below
+    elif existing is not None and not overwrite:
+        _refuse(
+            out,
+            f"manifest {existing.digest} ({existing.strategy}, seed {existing.seed}, "
+            f"dataset {existing.dataset_digest})",
+        )
     storage.write_bytes(storage.join(out, "charts", "balance.png"), balance_chart(manifest.info))
     storage.write_parquet(manifest.table, storage.join(out, "manifest.parquet"))
     storage.write_text(storage.join(out, "manifest.json"), manifest.info.to_json(), durable=True)
+    return True
+
+
+def _refuse(out: str, what: str) -> NoReturn:
+    raise ManifestExistsError(f"{out} already holds {what}; choose another --out, or pass --overwrite to replace it")
+
+
+def manifest_warnings(info: ManifestInfo) -> list[str]:
+    """What balancing did that a person should know before training on it: findings left without a positive."""
+    warnings = []
+    before, reuse = info.train_prevalence["before"], info.reuse
+    lost = [f for f in info.findings if before.get(f, 0) > 0 and reuse.distinct_positive_images.get(f, 0) == 0]
+    if reuse.rows_dropped:
+        rows = info.splits["train"].rows + reuse.rows_dropped
+        line = f"undersampling keeps {info.splits['train'].rows} of {rows} training rows"
+        if lost:
+            line += f" and leaves {len(lost)} finding(s) without a positive: {', '.join(lost)}"
+        warnings.append(line + "; --mode over keeps every row")
+    elif lost:
+        warnings.append(f"{len(lost)} finding(s) left without a training positive: {', '.join(lost)}")
+    if info.floor_unreachable:
+        warnings.append(
+            f"resampling skips {', '.join(info.floor_unreachable)}: no positive in the training split "
+            f"(the floor of {info.floor} is reached by the other findings only)"
+        )
+    return warnings
 
 
 def read_manifest_info(url: str) -> ManifestInfo:

@@ -81,6 +81,21 @@ def reuse_finished_part(part: PartFiles) -> bool:
     return True
 
 
+def finished_keys(parts: Iterable[PartFiles], out: str) -> set[str]:
+    """The keys of the parts that are finished and can be trusted (nothing marked: a count to report)."""
+    listing = {e["url"]: e["size"] for e in storage.list_files_detail(parts_root(out), recursive=True)}
+    done = set()
+    for part in parts:
+        if part.records_url not in listing:
+            continue
+        try:
+            if _problem(part, storage.read_parquet(part.records_url), listing) is None:
+                done.add(part.key)
+        except FileNotFoundError:
+            continue
+    return done
+
+
 def mark_in_use(part: PartFiles) -> None:
     """Record that an ingest needs this part now (cleanup leaves it alone for :data:`PART_IDLE_S`)."""
     folder = posixpath.dirname(part.records_url)

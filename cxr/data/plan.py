@@ -34,7 +34,9 @@ class IngestOptions:
     limits: DecodeLimits = DecodeLimits()
     test_share: float = TEST_SHARE  # patients to test when no official list names them
     val_share: float = VAL_SHARE  # patients to validation, out of train/val
-    part_images: int | None = None  # images per part on average; None: as many as fit PART_BYTES, at most 64
+    # Images per part on average; None: as many as fit PART_BYTES at every size together, between 8 and 64.
+    # Parts end at content-defined boundaries (chunk_images), so one part holds 1 to 4 x this many images.
+    part_images: int | None = None
 
     def __post_init__(self) -> None:
         if not self.sizes or any(not 16 <= s <= 2048 for s in self.sizes) or len(set(self.sizes)) != len(self.sizes):
@@ -114,8 +116,52 @@ def chunk_images(images: list[PartImage], target: int) -> list[tuple[PartImage, 
     return chunks
 
 
-def plan_ingest(source_url: str, out: str, options: IngestOptions = IngestOptions()) -> IngestPlan:
-    """Read and reconcile the archive's tables and files; cut the work into parts."""
+def _where(url: str) -> str:
+    """A URL to compare places by: a local path resolved (links, ``..``), a remote one without its trailing slash."""
+    import os
+
+    return url.rstrip("/") if storage.is_remote(url) else os.path.realpath(storage.absolute(url))
+
+
+def _inside(inner: str, outer: str) -> bool:
+    return inner == outer or inner.startswith(outer.rstrip("/") + "/")
+
+
+def check_output(source_url: str, out: str, new_source: bool = False) -> None:
+    """Refuse, before anything is read, an output inside the source, or a dataset root made from another source.
+
+    A root's versions are snapshots of one source: a grown archive at the same URL is its next version, but
+    an archive at another URL would move ``LATEST`` to unrelated data; ``new_source`` allows that.
+    """
+    source, target = _where(source_url), _where(out)
+    if _inside(target, source):
+        raise ValueError(
+            f"--out {out} is inside the source {source_url}: the dataset would be written into the archive; "
+            "choose an output outside it"
+        )
+    latest = read_latest(out)
+    if latest is None or new_source:
+        return
+    try:
+        made_from = open_version(storage.join(storage.absolute(out), latest)).info.get("source", {}).get("root")
+    except FileNotFoundError:
+        return
+    if made_from and _where(made_from) != source:
+        raise ValueError(
+            f"{out} holds versions of another source ({made_from}; LATEST {latest}), not of {source_url}; "
+            "ingest into another --out, or pass --new-source to make this source's version LATEST there"
+        )
+
+
+def plan_ingest(
+    source_url: str, out: str, options: IngestOptions = IngestOptions(), new_source: bool = False
+) -> IngestPlan:
+    """Read and reconcile the archive's tables and files; cut the work into parts.
+
+    The output is checked first (:func:`check_output`): never inside the source, and a root that holds
+    versions of another source only with ``new_source``.
+    """
+    check_output(source_url, out, new_source)
     out = storage.absolute(out)
     source = read_source(source_url)
     layout, labels = source.layout, source.labels

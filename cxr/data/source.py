@@ -32,6 +32,7 @@ LABEL_TABLE_NAMES = (
     "Data_Entry_2017.csv.gz",
 )
 BOX_LIST_NAMES = ("BBox_List_2017.csv", "BBox_List_2017.csv.gz")
+SPLIT_LIST_NAMES = ("train_val_list.txt", "test_list.txt")
 _NUMBERED_FOLDER = re.compile(r"images_\d{3}")
 
 
@@ -73,6 +74,12 @@ def _first_existing(root: str, names: tuple[str, ...], present: set[str]) -> str
         if name in present:
             return storage.join(root, name)
     return None
+
+
+def is_image_folder(url: str) -> bool:
+    """Whether a folder of an archive's root is one of its image folders (``images``, ``images_NNN``)."""
+    base = posixpath.basename(url.rstrip("/"))
+    return base == "images" or _NUMBERED_FOLDER.fullmatch(base) is not None
 
 
 def image_folders(root: str) -> list[str]:
@@ -192,8 +199,20 @@ class SourceSummary:
     rows_without_file: int
     files_without_row: int
     boxes: int
-    train_val_listed: int | None
-    test_listed: int | None
+    train_val_listed: int | None  # images train_val_list.txt names; None: the archive has no such file
+    test_listed: int | None  # images test_list.txt names; None: the archive has no such file
+
+
+def split_lists_text(summary: SourceSummary) -> str:
+    """The split lists as a person reads them, and what a missing one means for the splits (:mod:`.splits`)."""
+    listed = (("train_val_list.txt", summary.train_val_listed), ("test_list.txt", summary.test_listed))
+    text = ", ".join(f"{name}: {n} images" if n is not None else f"{name}: missing" for name, n in listed)
+    missing = sum(n is None for _, n in listed)
+    if missing == 2:
+        return f"split lists: {text} (splits are made by patient)"
+    if missing == 1:
+        return f"split lists: {text} (images no list names are split by patient)"
+    return f"split lists: {text}"
 
 
 def summarize(source: NihSource) -> SourceSummary:

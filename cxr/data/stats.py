@@ -154,7 +154,14 @@ def compute_stats(
 
 
 def dataset_stats(version: DatasetVersion, client: Any | None = None) -> LabelStats:
-    """Statistics of a dataset version, tagged with its digest."""
+    """Statistics of a dataset version, tagged with its digest; a version without an accepted image is refused."""
+    accounting = version.accounting
+    if accounting.accepted == 0:
+        raise ValueError(
+            f"dataset {version.digest} has no accepted image (all {accounting.inputs} inputs are quarantined): "
+            f"nothing to count; see its quarantine.parquet (reasons: "
+            f"{', '.join(f'{k} {v}' for k, v in accounting.quarantined_by_reason.items()) or 'none'})"
+        )
     return replace(compute_stats(version.verify_file("metadata.parquet"), client), dataset_digest=version.digest)
 
 

@@ -6,6 +6,13 @@ its real prevalence even on small datasets. Patients get several images (follow-
 release. Each finding leaves a sign inside a box that ``BBox_List_2017.csv`` records (in 1024 px
 coordinates, like the real list), so localization can be scored. The same seed gives the same bytes:
 each image has its own random stream seeded from (seed, index), whatever the number of workers.
+
+Outputs are never silently replaced. ``.cxr-synth.json`` in the output records the settings (and, once
+the archive is complete, its result); the label table is written last, so an interrupted synth leaves
+no archive that reads as complete. Into a folder that is not empty, a synth of the same settings
+finishes or reuses what is there; anything else is refused unless ``overwrite`` (which first removes
+the old archive's images and tables). Rendering processes ignore SIGINT (a Ctrl-C reaches the whole
+process group): the parent stops them when it is interrupted.
 """
 
 from __future__ import annotations
@@ -13,8 +20,10 @@ from __future__ import annotations
 import io
 import json
 import math
+import multiprocessing
+import posixpath
+import signal
 from collections.abc import Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal
@@ -23,8 +32,11 @@ import numpy as np
 from PIL import Image
 
 from cxr import storage
+from cxr.data.decode import DecodeLimits
+from cxr.data.source import BOX_LIST_NAMES, LABEL_TABLE_NAMES, SPLIT_LIST_NAMES, is_image_folder
 from cxr.data.synth_render import Acquisition, render
 from cxr.findings import FINDINGS, NO_FINDING
+from cxr.records import to_plain
 
 Edition = Literal["2017", "v2020"]
 LABEL_HEADER = (
@@ -34,6 +46,7 @@ LABEL_HEADER = (
 BOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
 OFFICIAL_TEST_SHARE = 25_596 / 112_120  # the official test list's share of images
 MAX_IMAGES_PER_PATIENT = 30  # the release's tail reaches 184; small datasets would be a handful of patients
+MARKER = ".cxr-synth.json"  # {"settings": ..., "result": ... or null until the archive is complete}
 
 
 @dataclass(frozen=True)
@@ -60,8 +73,10 @@ class SynthConfig:
             raise ValueError(f"edition must be '2017' or 'v2020', got {self.edition!r}")
         if self.strength < 0:
             raise ValueError(f"strength must be >= 0, got {self.strength}")
-        if self.per_folder < 1 or self.workers < 1:
-            raise ValueError("per_folder and workers must be >= 1")
+        if self.per_folder < 1:
+            raise ValueError(f"per_folder must be >= 1, got {self.per_folder}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
         if not 0.2 <= self.prevalence_power <= 2.0:
             raise ValueError(f"prevalence_power must be in [0.2, 2], got {self.prevalence_power}")
 
@@ -74,6 +89,89 @@ class SynthResult:
     n_boxes: int
     n_test: int
     positives: Mapping[str, int] = field(default_factory=dict)
+    reused: bool = False  # True: the output already held this very synth, complete; nothing was written
+
+
+class SynthOutputExistsError(ValueError):
+    """The output holds files that are not this synth; ``overwrite`` replaces them."""
+
+
+def check_ingestible(size: int, limits: DecodeLimits | None = None) -> None:
+    """Refuse an image side that ingest would quarantine as ``bad_dimensions`` (smaller than ``min_side``)."""
+    limits = limits or DecodeLimits()
+    if size < limits.min_side:
+        raise ValueError(
+            f"size {size} px: ingest rejects images smaller than {limits.min_side} px (bad_dimensions); "
+            f"use --size {limits.min_side} or more"
+        )
+
+
+def _settings(config: SynthConfig) -> dict[str, Any]:
+    """What decides the output's bytes: every setting but where it goes and how many processes render it."""
+    plain = to_plain(config)
+    return {k: v for k, v in plain.items() if k not in ("out", "workers")}
+
+
+def _read_marker(out: str) -> dict[str, Any] | None:
+    try:
+        marker = json.loads(storage.read_text(storage.join(out, MARKER)))
+    except (FileNotFoundError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def _write_marker(config: SynthConfig, result: SynthResult | None) -> None:
+    # neither where it went nor whether it was reused: the same settings give the same bytes, this file too
+    plain = None if result is None else {k: v for k, v in to_plain(result).items() if k not in ("out", "reused")}
+    marker = {"settings": _settings(config), "result": plain}
+    storage.write_text(storage.join(config.out, MARKER), json.dumps(marker, indent=2, sort_keys=True) + "\n")
+
+
+def _archive_files(out: str) -> list[str]:
+    """What a synth (or another NIH archive) holds at ``out``: its image folders and its tables."""
+    names = {*LABEL_TABLE_NAMES, *BOX_LIST_NAMES, *SPLIT_LIST_NAMES, MARKER}
+    found = [d for d in storage.list_dirs(out) if is_image_folder(d)]
+    return found + [f for f in storage.list_files(out) if posixpath.basename(f) in names]
+
+
+def prepare_output(config: SynthConfig, overwrite: bool = False) -> SynthResult | None:
+    """Check the output before anything is rendered: the result of the same synth, complete, to reuse; else None.
+
+    An empty or missing output, or one holding an unfinished synth of the same settings, is None (render).
+    Any other content is refused (:class:`SynthOutputExistsError`) unless ``overwrite``, which removes the
+    old archive's image folders and tables (files of other names are left alone).
+    """
+    out = config.out
+    if storage.is_file(out):
+        raise NotADirectoryError(0, "is a file", out)
+    present = storage.list_files(out, recursive=True) if storage.exists(out) else []
+    if not present:
+        return None
+    marker = _read_marker(out)
+    same = marker is not None and marker.get("settings") == _settings(config)
+    if same and not overwrite:
+        result = marker.get("result") if marker else None
+        label_table = "Data_Entry_2017.csv" if config.edition == "2017" else "Data_Entry_2017_v2020.csv"
+        if isinstance(result, dict) and storage.exists(storage.join(out, label_table)):
+            return SynthResult(**{**result, "out": out, "reused": True})
+        return None  # an unfinished synth of the same settings: render again (same bytes)
+    if not overwrite:
+        if marker is not None:
+            theirs = marker.get("settings") or {}
+            ours = _settings(config)
+            changed = ", ".join(
+                f"{k} {theirs.get(k)!r} -> {ours[k]!r}" for k in sorted(ours) if theirs.get(k) != ours[k]
+            )
+            what = f"a synth of other settings ({changed})"
+        else:
+            what = f"{len(present)} files that no synth of these settings wrote"
+        raise SynthOutputExistsError(
+            f"{out} already holds {what}; choose an empty folder, or pass --overwrite to remove its images "
+            "and tables first"
+        )
+    for url in _archive_files(out):
+        storage.remove(url, recursive=True)
+    return None
 
 
 def load_profile() -> dict[str, Any]:
@@ -180,30 +278,78 @@ def _label_table(rows: list[dict[str, Any]], edition: Edition) -> str:
     return "\n".join(lines) + "\n"
 
 
-def synthesize(config: SynthConfig, progress: Callable[[int], None] | None = None) -> SynthResult:
-    """Write a synthetic NIH-layout dataset to ``config.out`` (a folder or an ``s3://`` prefix)."""
+def _ignore_interrupts() -> None:
+    """In a rendering process: a Ctrl-C reaches the whole process group; the parent decides, and stops us
+    with SIGTERM (whose default action ends the process; the handlers a fork copied from the parent go)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_DFL)
+
+
+def _render_chunk_star(args: tuple[SynthConfig, list[tuple[int, str, str]]]) -> list:
+    return _render_chunk(*args)
+
+
+def _render_all(
+    config: SynthConfig, chunks: list[list[tuple[int, str, str]]], progress: Callable[[int], None] | None
+) -> list[list[tuple[str, float, float, float, float]]]:
+    """Every chunk's boxes, in order; rendering processes are stopped (never left behind) on any interruption."""
+    boxes: list[list[tuple[str, float, float, float, float]]] = []
+    done = 0
+    try:
+        if config.workers == 1:
+            for c in chunks:
+                boxes.extend(_render_chunk(config, c))
+                done += len(c)
+                if progress:
+                    progress(len(c))
+            return boxes
+        pool = multiprocessing.get_context().Pool(config.workers, initializer=_ignore_interrupts)
+        try:
+            for c, rendered in zip(chunks, pool.imap(_render_chunk_star, [(config, c) for c in chunks]), strict=True):
+                boxes.extend(rendered)
+                done += len(c)
+                if progress:
+                    progress(len(c))
+            pool.close()
+        except BaseException:
+            pool.terminate()  # SIGTERM to every rendering process, then joined
+            raise
+        finally:
+            pool.join()
+        return boxes
+    except KeyboardInterrupt:
+        from cxr import signals
+
+        signals.note(
+            f"synth stopped after {done} of {config.n_images} images, before the label table; "
+            "the same command finishes it"
+        )
+        raise
+
+
+def synthesize(
+    config: SynthConfig, progress: Callable[[int], None] | None = None, overwrite: bool = False
+) -> SynthResult:
+    """Write a synthetic NIH-layout dataset to ``config.out`` (a folder or an ``s3://`` prefix).
+
+    The output is checked first (:func:`prepare_output`): the same synth, complete, is reused, not redone.
+    """
+    reused = prepare_output(config, overwrite)
+    if reused is not None:
+        if progress:
+            progress(config.n_images)
+        return reused
     profile = load_profile()
     the_plan = plan(config, profile)
     rows = the_plan.rows
     jobs = [(i, r["image_id"], r["labels"]) for i, r in enumerate(rows)]
     chunk = max(1, min(64, math.ceil(len(jobs) / (config.workers * 4))))
     chunks = [jobs[i : i + chunk] for i in range(0, len(jobs), chunk)]
-    boxes: list[list[tuple[str, float, float, float, float]]] = []
     storage.makedirs(config.out)
-    if config.workers == 1:
-        for c in chunks:
-            boxes.extend(_render_chunk(config, c))
-            if progress:
-                progress(len(c))
-    else:
-        with ProcessPoolExecutor(max_workers=config.workers) as pool:
-            for c, done in zip(chunks, pool.map(_render_chunk, [config] * len(chunks), chunks), strict=True):
-                boxes.extend(done)
-                if progress:
-                    progress(len(c))
+    _write_marker(config, None)
+    boxes = _render_all(config, chunks, progress)
 
-    name = "Data_Entry_2017.csv" if config.edition == "2017" else "Data_Entry_2017_v2020.csv"
-    storage.write_text(storage.join(config.out, name), _label_table(rows, config.edition))
     box_lines = [BOX_HEADER]
     for r, image_boxes in zip(rows, boxes, strict=True):
         for finding, x, y, w, h in image_boxes:
@@ -214,13 +360,15 @@ def synthesize(config: SynthConfig, progress: Callable[[int], None] | None = Non
     train_val = [r["image_id"] for r in rows if r["patient_id"] not in the_plan.test_patients]
     storage.write_text(storage.join(config.out, "train_val_list.txt"), "".join(f"{i}\n" for i in train_val))
     storage.write_text(storage.join(config.out, "test_list.txt"), "".join(f"{i}\n" for i in test))
+    name = "Data_Entry_2017.csv" if config.edition == "2017" else "Data_Entry_2017_v2020.csv"
+    storage.write_text(storage.join(config.out, name), _label_table(rows, config.edition))  # last: complete
 
     positives = dict.fromkeys(FINDINGS, 0)
     for r in rows:
         if r["labels"] != NO_FINDING:
             for f in r["labels"].split("|"):
                 positives[f] += 1
-    return SynthResult(
+    result = SynthResult(
         out=config.out,
         n_images=len(rows),
         n_patients=rows[-1]["patient_id"],
@@ -228,3 +376,5 @@ def synthesize(config: SynthConfig, progress: Callable[[int], None] | None = Non
         n_test=len(test),
         positives=positives,
     )
+    _write_marker(config, result)
+    return result
