@@ -9,6 +9,8 @@ Each is a default (``setdefault``): a user's own setting wins. The reasons:
   seconds and go on (:mod:`cxr.tracking.mlflow_run` keeps the backlog and retries it itself).
 - MLflow writes "View run ... at: <tracking URI>" straight to stdout when a run ends, past every
   redaction (:mod:`cxr.redact`): a URI with credentials in it would be printed as it is.
+- MLflow logs at INFO to stderr ("Creating initial MLflow database tables..."): a command's own
+  lines (one ``error:`` line for a user error) would drown in them. Warnings and errors still show.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ OFFLINE_ENV: dict[str, str] = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
 }
 
 

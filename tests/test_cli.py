@@ -52,10 +52,16 @@ FIXTURE_IMAGE = next((FIXTURE_FILE.parent / "images").glob("*.png"))
         (["synth", "--out", "x", "--edition", "2019"], "edition must be"),
         (["synth", "--out", "x", "--size", "32"], "size 32 px: ingest rejects images smaller than 64 px"),
         (["synth", "--out", "x", "--workers", "0"], "workers must be >= 1, got 0"),
-        (["predict", str(FIXTURE_IMAGE), "--model", "m.pt", "--device", "bogus"], "device must be auto, cpu, cuda or cuda:N"),
+        (
+            ["predict", str(FIXTURE_IMAGE), "--model", "m.pt", "--device", "bogus"],
+            "device must be auto, cpu, cuda or cuda:N",
+        ),
         (["inspect", str(FIXTURE_FILE)], "is a file, where the archive's folder was expected"),
         (["gc", "/nonexistent/datasets"], "datasets root '/nonexistent/datasets' does not exist"),
-        (["predict", str(FIXTURE_IMAGE), "--model", str(FIXTURE_FILE.parent)], "is a folder, where a file was expected"),
+        (
+            ["predict", str(FIXTURE_IMAGE), "--model", str(FIXTURE_FILE.parent)],
+            "is a folder, where a file was expected",
+        ),
     ],
 )
 def test_bad_input_gives_one_clear_line_and_exit_code_2(args, message):

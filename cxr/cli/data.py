@@ -294,7 +294,7 @@ def gc(
     from cxr.tracking.mlflow_run import tracking_uri as default_uri
     from cxr.tracking.needed import needed_versions
 
-    guarded(check_root, root)  # before the tracking store is opened
+    guarded(check_root, root, keep)  # before the tracking store is opened
     uri = tracking_uri or default_uri()
     needed = guarded(needed_versions, uri)
     report = guarded(collect_garbage, root, needed, keep, cache or str(cache_root()), apply)

@@ -77,8 +77,12 @@ def evaluate(
 ) -> None:
     """Per-finding AUROC (95 % interval over patients), AUPRC, sensitivity and specificity, and CAM localization."""
     from cxr.data.version import open_version
+    from cxr.learn.reference import check_device, model_reference
 
-    guarded(open_version, dataset)  # a wrong --dataset is named before torch and the model load (seconds)
+    # a wrong --model, --device or --dataset is named before torch and the model load (seconds)
+    model_uri = guarded(model_reference, model_uri)
+    guarded(check_device, device)
+    guarded(open_version, dataset)
     from cxr.learn.evaluate import evaluate_model
     from cxr.reports import evaluation_table
 

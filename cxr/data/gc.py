@@ -136,10 +136,15 @@ def _cache_removals(cache: str, keep: set[str], removed_now: set[str], now: floa
     return out
 
 
-def check_root(root: str) -> None:
-    """Raise ``FileNotFoundError`` unless the datasets root exists."""
+def check_root(root: str, keep: int = KEEP_NEWEST) -> None:
+    """Refuse what ``cxr gc`` cannot work on, before anything else is opened: a datasets root that does not
+    exist or is a file, a negative ``keep``."""
+    if keep < 0:
+        raise ValueError(f"keep must be >= 0, got {keep}")
     if not storage.exists(root):
         raise FileNotFoundError(f"datasets root {root!r} does not exist")
+    if storage.is_file(root):
+        raise ValueError(f"{root}: is a file, where a datasets root (the --out of cxr ingest) was expected")
 
 
 def plan_gc(

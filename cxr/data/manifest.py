@@ -156,6 +156,9 @@ def _balance_binary(y: np.ndarray, mode: str, rng: np.random.Generator) -> np.nd
     return repeat
 
 
+MAX_GROWTH = 1000  # oversampling gives up beyond this many draws per training row
+
+
 def _oversample_to_floor(
     labels: np.ndarray, floor: float, rng: np.random.Generator, max_rounds: int = 1000
 ) -> np.ndarray:
@@ -164,6 +167,8 @@ def _oversample_to_floor(
     order = rng.permutation(len(labels))  # seeded tie-break among equally repeated rows
     for _ in range(max_rounds):
         draws = int(repeat.sum())
+        if draws > MAX_GROWTH * len(labels):  # the findings keep diluting each other: the draws grow without end
+            break
         positive_draws = repeat @ labels
         share = np.where(labels.any(axis=0), positive_draws / draws, np.inf)  # no positive: nothing to repeat
         f = int(np.argmin(share))
@@ -177,8 +182,8 @@ def _oversample_to_floor(
         repeat[rows] += base
         repeat[rows[:extra]] += 1
     raise ValueError(
-        f"oversampling did not reach a floor of {floor} within {max_rounds} rounds: raising one finding's share "
-        "dilutes the others too much on this data; choose a lower floor"
+        f"oversampling did not reach a floor of {floor} within {max_rounds} rounds or {MAX_GROWTH} times the "
+        "training rows: raising one finding's share dilutes the others too much on this data; choose a lower --floor"
     )
 
 

@@ -27,6 +27,7 @@ from cxr.learn.inference import load_model, predict_rows, shard_store, single_pr
 from cxr.learn.localize import LocalizationScore, class_activation_maps, heatmap_box, localization_accuracy
 from cxr.learn.metrics import FindingMetrics, evaluate_predictions, specificity_threshold, youden_threshold
 from cxr.learn.models import Classifier
+from cxr.learn.reference import model_reference
 from cxr.learn.shards import Rows, ShardStore, gather, split_rows
 from cxr.records import from_json, to_json
 
@@ -106,6 +107,7 @@ def evaluate_model(
         raise ValueError(f"specificity must be in (0, 1] (e.g. 0.9), got {specificity}")
     if n_boot < 0:
         raise ValueError(f"bootstrap resamples must be >= 0 (0: no interval), got {n_boot}")
+    model_uri = model_reference(model_uri)
     info = single_process(device)
     version = open_version(dataset)
     metadata = version.metadata()

@@ -21,6 +21,7 @@ from cxr.learn.augment import resize
 from cxr.learn.checkpoint import ModelBundle
 from cxr.learn.distributed import DistInfo, all_gather_rows
 from cxr.learn.models import Classifier, build_model
+from cxr.learn.reference import check_device
 from cxr.learn.shards import Rows, ShardStore, gather, split_rows
 
 PREDICT_BATCH = 64  # images per forward pass when predicting; memory, not results, depends on it
@@ -28,19 +29,18 @@ PREDICT_BATCH = 64  # images per forward pass when predicting; memory, not resul
 
 def single_process(device: str | torch.device = "cpu") -> DistInfo:
     """The :class:`DistInfo` of a process that is not part of a process group (``auto``: the GPU if any)."""
+    if isinstance(device, str):
+        check_device(device)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        chosen = torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}") from err
+    chosen = torch.device(device)
     if chosen.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {device!r} asked for, but no CUDA GPU is available here (use auto or cpu)")
         if chosen.index is not None and chosen.index >= torch.cuda.device_count():
             raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s)")
     elif chosen.type != "cpu":
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+        check_device(chosen.type)  # a torch.device of another kind
     return DistInfo(chosen)
 
 

@@ -21,6 +21,7 @@ from cxr import storage
 from cxr.data.decode import ImageRejected, decode_image
 from cxr.data.quarantine import Reason
 from cxr.findings import FINDINGS
+from cxr.learn.reference import check_device, model_reference
 from cxr.storage import StorageError
 
 if TYPE_CHECKING:  # torch and the model code load after the inputs are checked (predict_images)
@@ -99,6 +100,8 @@ def predict_images(
     check_images(paths)
     if heatmaps_dir and storage.is_file(heatmaps_dir):
         raise ValueError(f"--heatmaps {heatmaps_dir} is a file: give a folder for the overlays (made if missing)")
+    model_uri = model_reference(model_uri)
+    check_device(device)
     import torch
 
     from cxr.charts import heatmap_overlay

@@ -109,12 +109,12 @@ def run_of_file(path: str) -> str:
 
 def lineage(model_uri: str, uri: str | None = None) -> Lineage:
     """The chain behind a model: a ``model.pt`` or run folder, or an MLflow URI (see the module docstring)."""
-    mlflow_client = client(uri)
     if model_uri.startswith(MLFLOW_SCHEMES):
         run_id, name, version = resolve_run(model_uri, uri)
-    else:
+    else:  # a file is read (and a missing one named) before the tracking store is opened
         run_id, name, version = run_of_file(model_uri), None, None
         model_uri = storage.absolute(model_uri)
+    mlflow_client = client(uri)
     run = mlflow_client.get_run(run_id)
     run_tags = run.data.tags
     model = ModelLink(model_uri, name, version)
