@@ -26,6 +26,8 @@ from types import FrameType
 from typing import Any
 
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# multiprocessing's resource tracker ignores SIGINT and SIGTERM and ends by itself when this process does
+SELF_ENDING = "multiprocessing.resource_tracker"
 
 
 class Interrupted(KeyboardInterrupt):
@@ -149,12 +151,19 @@ def stopping_on_signals() -> Iterator[Stop]:
         _current = None
 
 
-def stop_children(timeout: float = 5.0) -> int:
+def stop_children(timeout: float = 5.0) -> list[str]:
     """Terminate every process this one started that is still alive (SIGTERM, then SIGKILL after
-    ``timeout`` seconds); how many there were."""
+    ``timeout`` seconds); their names."""
     import psutil
 
-    children = psutil.Process().children(recursive=True)
+    children, names = [], []
+    for child in psutil.Process().children(recursive=True):
+        with suppress(psutil.Error):
+            command = " ".join(child.cmdline())
+            if SELF_ENDING in command:
+                continue
+            children.append(child)
+            names.append(command[:80] or child.name())
     for child in children:
         with suppress(psutil.Error):
             child.terminate()
@@ -163,4 +172,4 @@ def stop_children(timeout: float = 5.0) -> int:
         with suppress(psutil.Error):
             child.kill()
     psutil.wait_procs(alive, timeout=timeout)
-    return len(children)
+    return names

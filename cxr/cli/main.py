@@ -50,9 +50,9 @@ def _usage_error(err: typer.TyperException) -> None:
     print(f"error: {message}{hint}", file=sys.stderr, flush=True)
 
 
-def _report(stop: Stop, left: int) -> None:
+def _report(stop: Stop, left: list[str]) -> None:
     notes = list(stop.notes)
     if left:
-        notes.append(f"stopped {left} process{'es' if left != 1 else ''} it had started")
+        notes.append(f"stopped {len(left)} process{'es' if len(left) != 1 else ''} it had started ({'; '.join(left)})")
     text = "; ".join(notes) or "stopped"
     print(f"interrupted by {signal.Signals(stop.signum).name}: {text}", file=sys.stderr, flush=True)

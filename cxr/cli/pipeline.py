@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -49,8 +51,9 @@ def _track_here() -> str:
     return uri
 
 
-def ui_hints(tracking_uri: str, prefect_api: str | None) -> tuple[str, str]:
-    """How to open the MLflow and Prefect UIs: the servers in use, or the commands that serve the local stores."""
+def ui_hints(tracking_uri: str, prefect_api: str | None, prefect_home: Path | None = None) -> tuple[str, str]:
+    """How to open the MLflow and Prefect UIs: the servers in use, or the commands that serve the local stores
+    (``prefect_home``: where the command's own Prefect server kept its database)."""
     if tracking_uri.startswith("sqlite"):
         mlflow_ui = f"{BIN / 'mlflow'} ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
         mlflow_ui += "  (then http://127.0.0.1:5000)"
@@ -58,7 +61,32 @@ def ui_hints(tracking_uri: str, prefect_api: str | None) -> tuple[str, str]:
         mlflow_ui = tracking_uri
     if prefect_api:
         return mlflow_ui, prefect_api.removesuffix("/api")
-    return mlflow_ui, f"{BIN / 'prefect'} server start --host 127.0.0.1  (then http://127.0.0.1:4200)"
+    home = f"PREFECT_HOME={prefect_home} " if prefect_home else ""
+    return mlflow_ui, f"{home}{BIN / 'prefect'} server start --host 127.0.0.1  (then http://127.0.0.1:4200)"
+
+
+@contextmanager
+def _rerun_hint(command: str) -> Iterator[None]:
+    """On an interruption, say what the same command does next (for the one line ``cxr`` prints)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        from cxr.signals import note
+
+        note(f"the same `{command}` again reuses every finished step and trains what did not finish")
+        raise
+
+
+@contextmanager
+def _flow_api(workdir: Path) -> Iterator[Path | None]:
+    """The Prefect API the command's flow reports to: PREFECT_API_URL's, else a server of the command's own in
+    a process group of its own, so that a Ctrl-C stops the flow, which records its crash there, and not the
+    server first (:mod:`cxr.services.flowserver`). Yields where that server kept its database, if it ran."""
+    from cxr.services.flowserver import flow_server
+    from flows.api import reporting_to
+
+    with flow_server(workdir / "flow-server") as own, reporting_to(own[0] if own else None):
+        yield own[1] if own else None
 
 
 def demo(
@@ -100,13 +128,14 @@ def demo(
     source = _synthetic_source(workdir / "source", n_images, size, seed)
     uri = _track_here()
     console.print(f"[bold]retrain flow[/] (Prefect): {source} -> {workdir}; MLflow at {uri}")
-    summary = guarded(retrain, source=str(source), workdir=str(workdir.resolve()), **parameters)
+    with _flow_api(workdir) as prefect_home, _rerun_hint("cxr demo"):
+        summary = guarded(retrain, source=str(source), workdir=str(workdir.resolve()), **parameters)
     out.print(rich_table(positives_table(open_version(summary.ingest.path))))
     out.print(summary.headline(), highlight=False)
     out.print(rich_table(evaluation_table(summary.evaluation)))
     r = summary.registration
     out.print(f"model {r.name} version {r.version}: {r.verdict} ({'; '.join(r.reasons)})", highlight=False)
-    mlflow_ui, prefect_ui = ui_hints(uri, os.environ.get("PREFECT_API_URL"))
+    mlflow_ui, prefect_ui = ui_hints(uri, os.environ.get("PREFECT_API_URL"), prefect_home)
     evaluation_dir = Path(summary.trained.model_url).with_name("evaluation")
     out.print(
         f"\nlineage:    {BIN / 'cxr'} lineage models:/cxr-demo@champion\n"
@@ -212,19 +241,20 @@ def study(
     _track_here()
     from flows.study import study as study_flow
 
-    report = guarded(
-        study_flow,
-        source=source,
-        workdir=str(workdir.resolve()),
-        sizes=[shard_size],
-        shifted_images=shifted_images,
-        strategies=list(strategies),
-        seeds=list(seeds),
-        model=model,
-        epochs=epochs,
-        strength=strength,
-        workers=workers,
-        device=device,
-    )
+    with _flow_api(workdir), _rerun_hint("cxr study"):
+        report = guarded(
+            study_flow,
+            source=source,
+            workdir=str(workdir.resolve()),
+            sizes=[shard_size],
+            shifted_images=shifted_images,
+            strategies=list(strategies),
+            seeds=list(seeds),
+            model=model,
+            epochs=epochs,
+            strength=strength,
+            workers=workers,
+            device=device,
+        )
     out.print("\n".join(f"- {line}" for line in report.verdict), highlight=False)
     console.print(f"report: {report.report}; MLflow parent run {report.parent_run_id}", highlight=False)

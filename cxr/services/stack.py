@@ -57,6 +57,11 @@ class StackPaths:
     def credentials(self) -> Path:
         return self.root / "credentials.env"
 
+    @property
+    def prefect_home(self) -> Path:
+        """The Prefect server's PREFECT_HOME (its database, prefect.db)."""
+        return self.root / "prefect"
+
 
 def _paths(root: str | Path) -> StackPaths:
     return StackPaths(Path(root).resolve())
@@ -93,7 +98,7 @@ class PrefectServer(ServerProcess):
         # `--port` alone leaves the UI's settings (`/ui-settings`) naming the API at the default port 4200, or
         # at the environment's PREFECT_API_URL: a browser would look for the API there, not on this server.
         own = {
-            "PREFECT_HOME": str(self.paths.root / "prefect"),
+            "PREFECT_HOME": str(self.paths.prefect_home),
             "PREFECT_API_URL": self.url,
             "PREFECT_SERVER_UI_API_URL": self.url,
         }
