@@ -265,3 +265,21 @@ def test_an_output_given_as_a_relative_path_ingests_like_an_absolute_one(synthet
     monkeypatch.chdir(tmp_path)
     relative = ingest(str(synthetic), "rel", IngestOptions(sizes=(32,)))  # publish once found no shard of it
     assert relative.digest == absolute.digest and (tmp_path / "rel" / "LATEST").read_text().strip() == relative.digest
+
+
+def test_the_part_size_rule_the_readme_states_holds_on_nih_scale_ids():
+    """README: parts of N images on average (64 MiB of pixels at all sizes, 8 to 64; 64 at 256 px), one part
+    up to 4 N (NIH: up to 256). The docs said "parts of at most 64 images", while NIH's had 207 and 256."""
+    from cxr.data.parts import PartImage
+    from cxr.data.plan import IngestOptions, chunk_images
+
+    root = Path(__file__).parents[1]
+    readme, architecture = (root / "README.md").read_text(), (root / "docs" / "architecture.md").read_text()
+    assert "at most 64" not in readme + architecture  # "one file per part of at most 64 images" was false
+    assert "up to `4 N` (NIH: up to 256)" in readme and "1 to `4 N` images (NIH at 256 px: up to 256)" in architecture
+    assert IngestOptions(sizes=(256,)).images_per_part == 64
+    assert IngestOptions(sizes=(2048,)).images_per_part == 16 and IngestOptions(sizes=(16,)).images_per_part == 64
+    ids = [f"{p:08d}_{k:03d}.png" for p in range(1, 30_806) for k in range(4)][:112_120]  # NIH's count and names
+    parts = chunk_images([PartImage(i, i, 0, "") for i in ids], 64)
+    sizes = [len(p) for p in parts]
+    assert sum(sizes) == len(ids) and max(sizes) == 4 * 64 and 55 <= len(ids) / len(parts) <= 73

@@ -80,8 +80,8 @@ def evaluate(
     from cxr.learn.reference import check_device, model_reference
 
     # a wrong --model, --device or --dataset is named before torch and the model load (seconds)
-    model_uri = guarded(model_reference, model_uri)
     guarded(check_device, device)
+    model_uri = guarded(model_reference, model_uri)
     guarded(open_version, dataset)
     from cxr.learn.evaluate import evaluate_model
     from cxr.reports import evaluation_table

@@ -100,8 +100,8 @@ def predict_images(
     check_images(paths)
     if heatmaps_dir and storage.is_file(heatmaps_dir):
         raise ValueError(f"--heatmaps {heatmaps_dir} is a file: give a folder for the overlays (made if missing)")
-    model_uri = model_reference(model_uri)
     check_device(device)
+    model_uri = model_reference(model_uri)
     import torch
 
     from cxr.charts import heatmap_overlay
