@@ -96,11 +96,8 @@ def cases(missing: str, folder: str, dataset: str) -> list[tuple[list[str], str]
         # demo, study, deploy (each costs Prefect's import: a few cases; their settings are the flows' own configs,
         # refused above through the commands that build them)
         (["demo", "--workdir", FILE], FILE),
-        (["demo", "--workdir", folder, "--strategy", "bogus"], "bogus"),
-        (["study", "--workdir", FILE], FILE),
         (["study", "--workdir", folder, "--source", missing], missing),
         (["deploy", "--source", folder, "--workdir", folder, "--cron", "every night"], "every night"),
-        (["deploy", "--source", folder, "--workdir", folder, "--model", "bogus"], "bogus"),
         # stack
         (["stack", "up", "--service", "nope"], "nope"),
         (["stack", "up", "--dir", FILE], FILE),

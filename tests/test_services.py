@@ -25,6 +25,7 @@ from cxr.redact import install_log_redaction, redact
 from cxr.services.process import ProcessId, free_port
 from cxr.services.s3server import S3Server
 from cxr.services.stackstate import STARTING, ServiceRecord, StackState, write_state
+from tests.terminal import as_at_a_terminal
 
 CXR = str(Path(sys.executable).parent / "cxr")
 
@@ -36,10 +37,6 @@ def _clean_env() -> dict[str, str]:
 
 def _cxr(*args: str, env: dict[str, str], timeout: int = 120) -> subprocess.CompletedProcess:
     return subprocess.run([CXR, *args], capture_output=True, text=True, env=env, timeout=timeout)
-
-
-def _sigint_by_default() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _group_alive(pgid: int) -> bool:
@@ -77,9 +74,7 @@ def test_ctrl_c_while_the_stack_starts_stops_every_server_it_started_and_the_nex
         stderr=subprocess.PIPE,
         text=True,
         env=env,
-        # As at a terminal: SIGINT not ignored. (A suite started as a background job without job control
-        # inherits SIGINT ignored, and `stack up` keeps an ignored signal ignored, as `nohup` expects.)
-        preexec_fn=_sigint_by_default,
+        preexec_fn=as_at_a_terminal,  # SIGINT not ignored, even when the suite runs as a background job
     )
     descendants: set[psutil.Process] = set()  # every process `stack up` started, and theirs, seen while it ran
 

@@ -23,6 +23,7 @@ from cxr.data.manifest import ManifestConfig, build_manifest, write_manifest
 from cxr.data.plan import IngestOptions
 from cxr.data.synth import SynthConfig, synthesize
 from cxr.data.version import open_version
+from tests.terminal import as_at_a_terminal
 
 TINY = ["--model", "small", "--batch-size", "8", "--seed", "0"]
 
@@ -65,7 +66,13 @@ def start(root: Path, *args: str) -> tuple[subprocess.Popen, Path]:
     command = [sys.executable, "-m", "cxr.cli", "train", *args]
     with open(err, "w") as handle:
         proc = subprocess.Popen(
-            command, cwd=root, env=env(root), stdout=subprocess.DEVNULL, stderr=handle, start_new_session=True
+            command,
+            cwd=root,
+            env=env(root),
+            stdout=subprocess.DEVNULL,
+            stderr=handle,
+            start_new_session=True,
+            preexec_fn=as_at_a_terminal,
         )
     return proc, err
 
@@ -102,7 +109,7 @@ def survivors(processes: list[psutil.Process]) -> list[str]:
     return alive
 
 
-def test_ctrl_c_kills_the_mlflow_run_and_resume_goes_on_in_it_and_refuses_another_schedule(root):
+def test_ctrl_c_kills_the_mlflow_run_and_resume_goes_on_in_it_and_refuses_another_schedule(root, reliability_record):
     out = root / "interrupted"
     flags = ["--manifest", "m", "--output-dir", str(out), *TINY, "--epochs", "40", "--checkpoint-every", "1"]
     proc, err = start(root, *flags)
@@ -128,9 +135,15 @@ def test_ctrl_c_kills_the_mlflow_run_and_resume_goes_on_in_it_and_refuses_anothe
     assert json.loads((out / "result.json").read_text())["tracked"]["run_id"] == run.info.run_id
     [again] = [r for r in mlflow_runs(root) if r.data.tags.get("cxr.manifest_uri", "").endswith("m")]
     assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"  # no second run
+    reliability_record.record(
+        "interruptions",
+        "`cxr train` stopped by Ctrl-C mid-training",
+        "exit 130, one line naming the kept checkpoint; MLflow run KILLED; a resume with another --epochs refused "
+        "in one line; --resume continues the same MLflow run to FINISHED",
+    )
 
 
-def test_sigterm_to_cxr_alone_stops_its_torchrun_processes_and_kills_the_mlflow_run(root):
+def test_sigterm_to_cxr_alone_stops_its_torchrun_processes_and_kills_the_mlflow_run(root, reliability_record):
     out = root / "terminated"
     flags = ["--manifest", "m", "--output-dir", str(out), *TINY, "--epochs", "40", "--experiment", "ddp"]
     proc, err = start(root, *flags, "--nproc", "2", "--checkpoint-every", "1")
@@ -145,6 +158,11 @@ def test_sigterm_to_cxr_alone_stops_its_torchrun_processes_and_kills_the_mlflow_
     client = MlflowClient(tracking_uri(root))
     [run] = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
     assert run.info.status == "KILLED"
+    reliability_record.record(
+        "interruptions",
+        "`cxr train --nproc 2`: SIGTERM to `cxr` alone (torchrun and its 2 ranks get nothing from outside)",
+        "exit 143 with one line; torchrun and both ranks stopped by `cxr`; MLflow run KILLED; checkpoint kept",
+    )
 
 
 def test_plain_trains_get_folders_of_their_own_and_a_run_folder_is_replaced_only_when_asked(root):
