@@ -112,11 +112,15 @@ OVERLAY_MIN_SIDE = 256  # px: a smaller image is enlarged (smoothly) to this, so
 OVERLAY_MAX_SIDE = 2048  # px: a larger one is reduced to this (a PNG of 3000 px films, 14 of them, takes seconds)
 
 
+OVERLAY_PNG_LEVEL = 1  # zlib level of overlay PNGs: 6x faster to write than Pillow's default 6, 15 % larger
+
+
 def heatmap_overlay(
     image: np.ndarray, heatmap: np.ndarray, boxes: list[tuple[str, tuple[float, float, float, float], str]], title: str
 ) -> bytes:
     """A gray image at its own resolution with a jet-coloured heatmap blended over it, labelled boxes and a
-    title band above it; Pillow only, no matplotlib figure (encoding the PNG takes most of its time).
+    title band above it; Pillow only, no matplotlib figure. Encoding the PNG takes most of its time: zlib
+    level :data:`OVERLAY_PNG_LEVEL` (a 1024 px overlay: 0.07 s and 1.2 MB, against 0.42 s and 1.0 MB at 6).
 
     ``heatmap`` (values in [0, 1]) may be smaller than the image (the model's input size): it is upsampled
     bilinearly to the image's size. Boxes are ``(name, (x, y, w, h) in the image's pixels, colour)``; each
@@ -163,7 +167,7 @@ def heatmap_overlay(
         draw.rectangle(spot, fill=col)
         draw.text((spot[0] + pad, spot[1] + pad), text, fill=_contrast(col), font=label_font, anchor="la")
     buf = io.BytesIO()
-    canvas.save(buf, format="PNG")
+    canvas.save(buf, format="PNG", compress_level=OVERLAY_PNG_LEVEL)
     return buf.getvalue()
 
 

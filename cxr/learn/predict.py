@@ -10,8 +10,10 @@ the model are loaded (seconds): a bad file is named at once, all bad files in on
 
 from __future__ import annotations
 
+import os
 import posixpath
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -90,6 +92,12 @@ def model_input(gray: np.ndarray, bundle: ModelBundle, device: torch.device) -> 
     return resize(to_float(torch.from_numpy(shard.copy())[None, None].to(device)), int(bundle.image_size))
 
 
+def _draw(gray: np.ndarray, heatmap: np.ndarray, box: tuple, title: str, target: str) -> None:
+    from cxr.charts import heatmap_overlay
+
+    storage.write_bytes(target, heatmap_overlay(gray, heatmap, [box], title))
+
+
 def predict_images(
     paths: list[str], model_uri: str, heatmaps_dir: str | None = None, device: str = "cpu"
 ) -> list[Prediction]:
@@ -104,7 +112,6 @@ def predict_images(
     model_uri = model_reference(model_uri)
     import torch
 
-    from cxr.charts import heatmap_overlay
     from cxr.learn.evaluate import BOX_FRAME
     from cxr.learn.inference import load_model, single_process
     from cxr.learn.localize import class_activation_maps, heatmap_box
@@ -114,7 +121,12 @@ def predict_images(
     size = int(bundle.image_size)
     thresholds = list(bundle.thresholds) or [0.5] * len(FINDINGS)
     results = []
-    for path in paths:
+    # Overlays are drawn and written by threads while the next findings and images are scored: encoding a
+    # full-resolution PNG (about 0.07 s at 1024 px) releases the GIL.
+    drawing = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+    drawn: list[Future[None]] = []
+
+    def predict_one(path: str) -> Prediction:
         gray = np.asarray(decode_image(storage.read_bytes(path)))
         height, width = gray.shape
         x = model_input(gray, bundle, info.device)
@@ -140,8 +152,18 @@ def predict_images(
             if heatmaps_dir:  # at the file's own resolution: the heatmap upsampled to it, the box in its pixels
                 name = f"{posixpath.splitext(posixpath.basename(path))[0]}_{FINDINGS[i]}.png"
                 title = f"{posixpath.basename(path)}: {FINDINGS[i]} {probs[i]:.2f}"
-                png = heatmap_overlay(gray, maps[k], [(FINDINGS[i], box_px, "red")], title)
-                storage.write_bytes(storage.join(heatmaps_dir, name), png)
+                target = storage.join(heatmaps_dir, name)
+                drawn.append(drawing.submit(_draw, gray, maps[k], (FINDINGS[i], box_px, "red"), title, target))
         probabilities = {f: float(p) for f, p in zip(FINDINGS, probs, strict=True)}
-        results.append(Prediction(path, (width, height), probabilities, tuple(findings)))
+        return Prediction(path, (width, height), probabilities, tuple(findings))
+
+    try:
+        for path in paths:
+            results.append(predict_one(path))
+    except BaseException:  # an error or an interruption: the overlays not begun are not drawn
+        drawing.shutdown(wait=True, cancel_futures=True)
+        raise
+    drawing.shutdown(wait=True)
+    for future in drawn:
+        future.result()  # an overlay that could not be written fails the command, never leaves a silent gap
     return results
