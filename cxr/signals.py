@@ -17,7 +17,9 @@ shell's background job ignores SIGINT, ``nohup`` SIGHUP).
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -28,6 +30,7 @@ from typing import Any
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # multiprocessing's resource tracker ignores SIGINT and SIGTERM and ends by itself when this process does
 SELF_ENDING = "multiprocessing.resource_tracker"
+REDELIVER_S = 0.05  # a signal whose Interrupted a finalizer dropped is sent again after this long
 
 
 class Interrupted(KeyboardInterrupt):
@@ -82,7 +85,8 @@ def raised_as_interrupted() -> Iterator[None]:
 @contextmanager
 def held_back(raise_after: bool = True) -> Iterator[list[int]]:
     """Within the block, handled signals are only noted (the list it yields); after it, the first one is
-    raised as :class:`Interrupted` when ``raise_after``, else dropped (for clean-up that must finish)."""
+    sent again to the handler around the block when ``raise_after`` (else dropped, for clean-up that must
+    finish): it raises :class:`Interrupted` as it would have (and the command's handler records it)."""
     noted: list[int] = []
     if not _in_main_thread():
         yield noted
@@ -98,6 +102,8 @@ def held_back(raise_after: bool = True) -> Iterator[list[int]]:
         for s, h in previous.items():
             signal.signal(s, h)
     if noted and raise_after:
+        if callable(previous.get(noted[0])):  # the handler around the block (the command's) decides and records
+            signal.raise_signal(noted[0])
         raise Interrupted(noted[0])
 
 
@@ -141,13 +147,28 @@ def stopping_on_signals() -> Iterator[Stop]:
         if len(stop.received) == 1:
             raise Interrupted(signum)
 
-    previous = _install(handler)
+    def swallowed(unraisable: Any) -> None:
+        """Python may run the handler inside a finalizer or a weakref callback, which prints the exception
+        raised there and drops it: then the command never stopped, and the signal is sent again."""
+        if isinstance(unraisable.exc_value, Interrupted) and stop.received:
+            stop.received.clear()
+            threading.Timer(REDELIVER_S, redeliver, (unraisable.exc_value.signum,)).start()
+            return
+        hook(unraisable)
+
+    def redeliver(signum: int) -> None:
+        if _current is stop and not stop.received:  # unless another signal has stopped the command meanwhile
+            os.kill(os.getpid(), signum)
+
+    previous, hook = _install(handler), sys.unraisablehook
+    sys.unraisablehook = swallowed
     _current = stop
     try:
         yield stop
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        sys.unraisablehook = hook
         _current = None
 
 

@@ -17,7 +17,7 @@ import sys
 
 import typer
 
-from cxr.signals import Stop, stop_children, stopping_on_signals
+from cxr.signals import HANDLED, Stop, stop_children, stopping_on_signals
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> None:
             left = stop_children()
             _report(stop, left)
             code = 128 + stop.signum
+    if stop.signum is not None:  # stopping already: a late signal must not end the exit half way
+        for handled in HANDLED:
+            signal.signal(handled, signal.SIG_IGN)
     sys.exit(code)
 
 

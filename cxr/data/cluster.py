@@ -184,6 +184,7 @@ def dask_client(
         cluster.close()
         _stop_resource_tracker(err)
         raise
-    else:
-        client.close()
-        cluster.close()
+    else:  # the work is done: a signal while the cluster closes waits until it has closed, then stops the command
+        with held_back():
+            client.close()
+            cluster.close()
