@@ -13,6 +13,15 @@ import pytest
 from cxr.signals import Interrupted, stopping_on_signals
 
 
+@pytest.fixture(autouse=True)
+def sigint_handled():
+    """SIGINT handled as at a terminal: a suite run as a background job inherits it ignored, and
+    stopping_on_signals leaves an ignored signal ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 class _Thing:
     pass
 
