@@ -47,10 +47,15 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def _first_file(path: str | None) -> str | None:
-    """The part of ``path`` that exists as a file (``a/b.csv`` for ``a/b.csv/c``): what was given wrongly."""
-    import os
+def require_folder(path: str | os.PathLike[str], option: str) -> None:
+    """Refuse a local path under which a file stands where a folder belongs, before any work."""
+    found = first_file(os.fspath(path))
+    if found:
+        fail(f"{option} {path}: {found} is a file, where a folder was expected")
 
+
+def first_file(path: str | None) -> str | None:
+    """The part of ``path`` that exists as a file (``a/b.csv`` for ``a/b.csv/c``): what was given wrongly."""
     while path and not os.path.isfile(path):
         parent = os.path.dirname(path)
         if parent == path:
@@ -78,7 +83,7 @@ def guarded(fn: Callable[..., T], *args: object, **kwargs: object) -> T:
     except IsADirectoryError as err:
         fail(f"{err.filename or err}: is a folder, where a file was expected (e.g. a run folder's model.pt)")
     except NotADirectoryError as err:
-        fail(f"{_first_file(err.filename) or err}: is a file, where a folder was expected")
+        fail(f"{first_file(err.filename) or err}: is a file, where a folder was expected")
     except StorageError as err:
         fail(str(err))
     except Exception as err:

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from cxr.cli.console import console, fail, guarded, out
+from cxr.cli.console import console, fail, guarded, out, require_folder
 from cxr.cli.data import render_archive
 from cxr.cli.tables import rich_table
 from flows.deploy import DEFAULTS
@@ -33,13 +33,6 @@ def _synthetic_source(folder: Path, n_images: int, size: int, seed: int, strengt
             )
         )
     return folder.resolve()
-
-
-def _require_folder(path: Path, option: str) -> None:
-    """Refuse a file given where a folder belongs, before any work."""
-    for part in (path, *path.parents):
-        if part.is_file():
-            fail(f"{option} {path}: {part} is a file, where a folder was expected")
 
 
 def _track_here() -> str:
@@ -111,7 +104,7 @@ def demo(
     from cxr.reports import evaluation_table, positives_table
     from flows.retrain import check_parameters, retrain
 
-    _require_folder(workdir, "--workdir")
+    require_folder(workdir, "--workdir")
     parameters = {
         "sizes": [shard_size],
         "strategy": strategy,
@@ -227,7 +220,7 @@ def study(
     from cxr import storage
     from cxr.study import StudyConfig
 
-    _require_folder(workdir, "--workdir")
+    require_folder(workdir, "--workdir")
     if source is not None and not guarded(storage.exists, source):
         fail(f"--source {source}: does not exist (give an archive in the NIH layout, or no --source)")
     defaults = StudyConfig()
