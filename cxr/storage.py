@@ -237,6 +237,60 @@ def read_bytes(url: str) -> bytes:
     return retrying("read", url, lambda: fs.cat_file(path))
 
 
+def read_range(url: str, start: int, end: int) -> bytes:
+    """Bytes ``[start, end)`` of a file or object (one ranged request on S3)."""
+    fs, path = filesystem(url)
+    return retrying("read", url, lambda: fs.cat_file(path, start=start, end=end))
+
+
+class SourceReadError(StorageUnavailableError):
+    """Reading a stream from the store failed midway (not the data's fault: retry the whole read)."""
+
+
+class _Stream(io.RawIOBase):
+    """A file opened for reading whose own read errors are told apart from errors in what it holds."""
+
+    def __init__(self, url: str, handle: Any) -> None:
+        self.url, self._handle, self.consumed = url, handle, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            data = self._handle.read(len(buffer))
+        except Exception as err:
+            raise SourceReadError(f"reading {self.url} failed: {type(err).__name__}: {err}") from err
+        buffer[: len(data)] = data
+        self.consumed += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        with suppress(Exception):
+            self._handle.close()
+        super().close()
+
+
+STREAM_BLOCK = 8 * 2**20  # bytes per request when a large object is read front to back
+
+
+def open_stream(url: str) -> _Stream:
+    """A file or object opened for one read front to back; ``consumed`` counts the bytes read so far.
+
+    Errors reading it raise :class:`SourceReadError`, so a caller that parses the stream can tell a
+    store that failed from data that is damaged.
+    """
+    fs, path = filesystem(url)
+    handle = retrying("open", url, lambda: fs.open(path, "rb", block_size=STREAM_BLOCK))
+    return _Stream(url, handle)
+
+
+def open_random(url: str) -> Any:
+    """A seekable file object over a file or object (ranged reads on S3), e.g. for a zip's directory."""
+    fs, path = filesystem(url)
+    return retrying("open", url, lambda: fs.open(path, "rb", block_size=2**20))
+
+
 _TEMP_MARK = ".cxr-tmp."
 _PROCESS_START = time.time()  # temp files older than this, of a writer that is gone, are a killed write's
 FOREIGN_TEMP_AGE_S = 3600.0  # another host's temp file (a shared filesystem) counts as stale after this
@@ -439,20 +493,26 @@ def list_files_detail(url: str, recursive: bool = False) -> list[dict[str, Any]]
         entries = fs.find(path, withdirs=False, detail=True).values() if recursive else fs.ls(path, detail=True)
         return [e for e in entries if e.get("type") == "file"]
 
-    out = []
-    for e in retrying("list", url, run):
-        version = e.get("ETag") or e.get("etag") or e.get("mtime") or e.get("LastModified") or ""
-        modified = e.get("mtime") or e.get("LastModified") or 0.0
-        modified = modified.timestamp() if hasattr(modified, "timestamp") else float(modified)
-        out.append(
-            {
-                "url": _unstrip(fs, e["name"]),
-                "size": int(e.get("size") or 0),
-                "version": str(version),
-                "modified": modified,
-            }
-        )
-    return sorted(out, key=lambda e: e["url"])
+    return sorted((_detail(fs, e) for e in retrying("list", url, run)), key=lambda e: e["url"])
+
+
+def _detail(fs: fsspec.AbstractFileSystem, e: dict[str, Any]) -> dict[str, Any]:
+    version = e.get("ETag") or e.get("etag") or e.get("mtime") or e.get("LastModified") or ""
+    modified = e.get("mtime") or e.get("LastModified") or 0.0
+    modified = modified.timestamp() if hasattr(modified, "timestamp") else float(modified)
+    return {
+        "url": _unstrip(fs, e["name"]),
+        "size": int(e.get("size") or 0),
+        "version": str(version),
+        "modified": modified,
+    }
+
+
+def file_detail(url: str) -> dict[str, Any]:
+    """One file's listing details, as :func:`list_files_detail` gives them."""
+    fs, path = filesystem(url)
+    e = retrying("stat", url, lambda: fs.info(path))
+    return _detail(fs, e)
 
 
 def list_dirs(url: str) -> list[str]:

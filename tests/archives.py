@@ -31,3 +31,35 @@ def grow(src: Path, n: int, start: int = 900) -> list[str]:
         added.append(new_id)
     table.write_text("\n".join([*lines, *new_rows]) + "\n")
     return added
+
+
+def pack_targz(src: Path, dst: Path, n_archives: int) -> list[Path]:
+    """``src``'s images as ``n_archives`` ``images_NNN.tar.gz`` files in ``dst`` (members ``images/<id>``, in id
+    order, as NIH publishes them), with its tables copied beside them."""
+    import tarfile
+
+    dst.mkdir(parents=True, exist_ok=True)
+    images = sorted(src.rglob("images/*.png"), key=lambda p: p.name)
+    per = -(-len(images) // n_archives)
+    archives = []
+    for k in range(n_archives):
+        path = dst / f"images_{k + 1:03d}.tar.gz"
+        with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+            for image in images[k * per : (k + 1) * per]:
+                tar.add(image, arcname=f"images/{image.name}")
+        archives.append(path)
+    for table in src.iterdir():
+        if table.is_file():
+            shutil.copy(table, dst / table.name)
+    return archives
+
+
+def pack_zip(src: Path, dst: Path) -> Path:
+    """``src`` (tables and ``images_NNN/images/``) as one zip, the layout of the mirrors' single download."""
+    import zipfile
+
+    with zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        for path in sorted(src.rglob("*")):
+            if path.is_file():
+                z.write(path, path.relative_to(src).as_posix())
+    return dst

@@ -80,9 +80,9 @@ def test_symlinks_are_listed_and_quarantined_and_never_followed(tmp_path):
         (None, str(src / "images_003")),
     }
     assert plan.quarantine and all(q.reason == Reason.SYMLINK for q in plan.quarantine)
-    assert "00000001_000.png" not in plan.candidates["image_id"].to_pylist()
+    assert "00000001_000.png" not in plan.listed["image_id"].to_pylist()
     assert plan.counts["image_files"] == 8 + 2 and plan.counts["inputs"] == 8 + 2
-    assert plan.candidates.num_rows + len(plan.quarantine) == plan.counts["inputs"]
+    assert plan.listed.num_rows + plan.unlisted.num_rows + len(plan.quarantine) == plan.counts["inputs"]
 
 
 def test_a_file_name_that_is_not_utf8_is_quarantined_under_a_printable_name(tmp_path):
@@ -97,7 +97,7 @@ def test_a_file_name_that_is_not_utf8_is_quarantined_under_a_printable_name(tmp_
     [record] = plan.quarantine
     assert record.reason == Reason.NON_UTF8_NAME and record.image_id == "caf\\xe9.png"
     assert record.source_uri == f"{folder}/caf\\xe9.png"
-    assert plan.counts["inputs"] == 4 + 1 == plan.candidates.num_rows + len(plan.quarantine)
+    assert plan.counts["inputs"] == 4 + 1 == plan.listed.num_rows + plan.unlisted.num_rows + len(plan.quarantine)
 
 
 def test_wrong_s3_keys_name_the_variables_to_check_and_never_the_secret(s3_bucket):

@@ -13,7 +13,16 @@ from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from cxr.redact import redact
@@ -92,12 +101,13 @@ def guarded(fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         raise
 
 
-def progress() -> Progress:
-    """A progress bar on stderr (shown on a terminal, or with CXR_PROGRESS=1)."""
+def progress(in_bytes: bool = False) -> Progress:
+    """A progress bar on stderr (shown on a terminal, or with CXR_PROGRESS=1); counts, or bytes with their rate."""
+    counts = (DownloadColumn(binary_units=True), TransferSpeedColumn()) if in_bytes else (MofNCompleteColumn(),)
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        *counts,
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,

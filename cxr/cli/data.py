@@ -169,15 +169,16 @@ def ingest(
         console.print(f"unchanged source: version {plan.existing} already holds it; nothing to do")
     else:
         todo = guarded(PartsToDo.of, plan)
-        console.print(
-            f"{plan.counts['label_rows']} label rows, {plan.counts['image_files']} image files; {todo.line()}"
+        files = f"{plan.counts['image_files']} image files" + (
+            f" and {len(plan.archives)} .tar.gz archives" if plan.archives else ""
         )
+        console.print(f"{plan.counts['label_rows']} label rows, {files}; {todo.line()}")
         try:
             with (
                 dask_client(dask_address, workers, announce=announce, memory_limit=memory) as client,
-                progress() as bar,
+                progress(in_bytes=True) as bar,
             ):
-                task = bar.add_task("decoding", total=todo.images)
+                task = bar.add_task("reading and decoding", total=todo.bytes)
                 guarded(run_parts, plan, client, lambda n: bar.advance(task, n))
         except KeyboardInterrupt:  # counted once the workers have stopped: what the rerun will reuse
             signals.note(PartsToDo.of(plan).kept())

@@ -18,6 +18,8 @@ or for a file that no row names. So ``inputs = label rows + files no row names =
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -34,38 +36,56 @@ from cxr.data.part_files import finished_keys, parts_root, read_finished_part
 from cxr.data.parts import PartResult, PartSpec, process_part
 from cxr.data.plan import IngestOptions, IngestPlan, plan_ingest
 from cxr.data.quarantine import QuarantineRecord, Reason, count_by_reason, quarantine_table
+from cxr.data.reconcile import Settled, settle
+from cxr.data.splits import assign_splits
+from cxr.data.tar_scan import PROGRESS_TOPIC, ArchiveResult, scan_archive, scan_on_worker, scanned
 from cxr.data.version import METADATA_SCHEMA, SCHEMA_VERSION, DatasetVersion, content_digest, open_version
 from cxr.records import to_plain
 
 
 @dataclass(frozen=True)
 class PartsToDo:
-    """Before decoding: how many parts (and images) an earlier run finished, and what is left."""
+    """Before decoding: how many parts, images and archives an earlier run finished, and what is left."""
 
     parts: int
     images: int
     reused_parts: int
     reused_images: int
+    archives: int = 0  # .tar.gz files, read front to back, one task each
+    reused_archives: int = 0
+    bytes: int = 0  # source bytes still to read: image files, plus the packed size of archives not yet read
 
     @classmethod
     def of(cls, plan: IngestPlan) -> PartsToDo:
         done = finished_keys(plan.parts, plan.out)
+        scanned_keys = scanned(plan.archives)
         return cls(
             parts=len(plan.parts),
             images=sum(len(p.images) for p in plan.parts),
             reused_parts=sum(1 for p in plan.parts if p.key in done),
             reused_images=sum(len(p.images) for p in plan.parts if p.key in done),
+            archives=len(plan.archives),
+            reused_archives=sum(1 for a in plan.archives if a.key in scanned_keys),
+            bytes=sum(i.size for p in plan.parts if p.key not in done for i in p.images)
+            + sum(a.size for a in plan.archives if a.key not in scanned_keys),
         )
 
     def kept(self) -> str:
         """After an interruption (counted once the workers stopped): what a rerun will reuse."""
-        return f"{self.reused_parts} of {self.parts} parts finished are kept; a rerun reuses them"
+        text = f"{self.reused_parts} of {self.parts} parts finished are kept"
+        if self.archives:
+            text += f", {self.reused_archives} of {self.archives} archives read"
+        return text + "; a rerun reuses them"
 
     def line(self) -> str:
         """``3 of 6 parts reused, decoding 300 images in 3 parts`` (or ``decoding 600 images in 6 parts``)."""
         parts = self.parts - self.reused_parts
         left = f"decoding {self.images - self.reused_images} images in {parts} part{'s' if parts != 1 else ''}"
-        return f"{self.reused_parts} of {self.parts} parts reused, {left}" if self.reused_parts else left
+        text = f"{self.reused_parts} of {self.parts} parts reused, {left}" if self.reused_parts else left
+        if self.archives:
+            todo = self.archives - self.reused_archives
+            text += f"; {self.reused_archives} of {self.archives} .tar.gz archives read before, reading {todo}"
+        return text
 
 
 @dataclass(frozen=True)
@@ -76,41 +96,60 @@ class DecodeSummary:
     images: int
     skipped_parts: int
     skipped_images: int
+    archives: int = 0
+    skipped_archives: int = 0  # read by an earlier run: not read again
+    archive_images: int = 0  # image members of the archives (all of them, read now or before)
+    damaged_archives: tuple[str, ...] = ()  # names of archives read only up to damage
 
     @property
     def decoded(self) -> int:
-        """Images decoded by this run."""
+        """Images decoded by this run (archive members only in archives read now)."""
         return self.images - self.skipped_images
 
     @classmethod
-    def of(cls, results: list[PartResult]) -> DecodeSummary:
+    def of(cls, results: list[PartResult], archives: list[ArchiveResult] | None = None) -> DecodeSummary:
+        archives = archives or []
         return cls(
             parts=len(results),
             images=sum(r.images for r in results),
             skipped_parts=sum(1 for r in results if r.skipped),
             skipped_images=sum(r.images for r in results if r.skipped),
+            archives=len(archives),
+            skipped_archives=sum(1 for a in archives if a.skipped),
+            archive_images=sum(a.images for a in archives),
+            damaged_archives=tuple(a.name for a in archives if a.damaged),
         )
 
     @classmethod
     def nothing_to_do(cls, plan: IngestPlan) -> DecodeSummary:
         """An unchanged source: every part is already in a version."""
         images = sum(len(p.images) for p in plan.parts)
-        return cls(len(plan.parts), images, len(plan.parts), images)
+        n = len(plan.archives)
+        return cls(len(plan.parts), images, len(plan.parts), images, n, n)
+
+
+class ArchiveCrashError(RuntimeError):
+    """The workers reading a .tar.gz died (a crash in the decoder, or more memory than a worker may use)."""
 
 
 def run_parts(
     plan: IngestPlan, client: Any | None = None, progress: Callable[[int], None] | None = None
 ) -> DecodeSummary:
-    """Decode every part not yet done, with Dask when ``client`` is given (else in this process)."""
+    """Read every archive and decode every part not yet done, with Dask when ``client`` is given (else here).
+
+    ``progress(n)`` is told the source bytes read as they are: an image file's size when its part is
+    done, an archive's packed bytes as it is read (:data:`PROGRESS_TOPIC` events from its worker).
+    """
     if plan.existing:
         return DecodeSummary.nothing_to_do(plan)
     if client is None:
+        scans = [scan_archive(spec, progress) for spec in plan.archives]
         results = []
         for spec in plan.parts:
             results.append(process_part(spec))
-            if progress:
-                progress(len(spec.images))
-        return DecodeSummary.of(results)
+            if progress and not results[-1].skipped:
+                progress(sum(i.size for i in spec.images))
+        return DecodeSummary.of(results, scans)
     from distributed import as_completed
 
     from cxr.data.isolate import isolate_crashes, worker_died
@@ -118,25 +157,64 @@ def run_parts(
     # One Dask task per part, never one per image, submitted largest first (part sizes vary:
     # content-defined boundaries) so that each worker's last task is a small one. A bag over the
     # same parts ran 2 workers at 1.79x of one; these priorities at 1.91x (bench/ingest.py).
-    futures = [
-        client.submit(process_part, spec, key=f"process_part-{spec.key}", priority=len(spec.images), pure=False)
-        for spec in plan.parts
-    ]
-    spec_of = {f.key: spec for f, spec in zip(futures, plan.parts, strict=True)}
-    results: list[PartResult] = []
-    crashed: list[PartSpec] = []  # parts whose workers died: isolated image by image once the rest is done
-    for future in as_completed(futures):
-        if worker_died(future):
-            crashed.append(spec_of[future.key])
-            continue
-        results.append(future.result())
-        if progress:
-            progress(len(spec_of[future.key].images))
-    for spec in crashed:
-        results.append(isolate_crashes(client, spec))
-        if progress:
-            progress(len(spec.images))
-    return DecodeSummary.of(results)
+    # Archives go first of all: each is one long task.
+    token = uuid.uuid4().hex
+    reported: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def on_event(event: Any) -> None:
+        message = event[1] if isinstance(event, tuple) else event
+        if isinstance(message, dict) and message.get("token") == token and progress:
+            with lock:
+                reported[message["key"]] = reported.get(message["key"], 0) + message["bytes"]
+            progress(message["bytes"])
+
+    if progress and plan.archives:
+        client.subscribe_topic(PROGRESS_TOPIC, on_event)
+    try:
+        archive_futures = [
+            client.submit(
+                scan_on_worker, spec, token, key=f"scan_archive-{spec.key}", priority=2**40 + spec.size, pure=False
+            )
+            for spec in plan.archives
+        ]
+        futures = [
+            client.submit(process_part, spec, key=f"process_part-{spec.key}", priority=len(spec.images), pure=False)
+            for spec in plan.parts
+        ]
+        spec_of = {f.key: spec for f, spec in zip(futures, plan.parts, strict=True)}
+        archive_of = {f.key: spec for f, spec in zip(archive_futures, plan.archives, strict=True)}
+        results: list[PartResult] = []
+        scans: list[ArchiveResult] = []
+        crashed: list[PartSpec] = []  # parts whose workers died: isolated image by image once the rest is done
+        for future in as_completed(archive_futures + futures):
+            if future.key in archive_of:
+                archive = archive_of[future.key]
+                if worker_died(future):
+                    raise ArchiveCrashError(
+                        f"{archive.url}: the workers reading it died (a crash in the decoder, or more memory "
+                        "than a worker may use: see --worker-memory); the parts it finished are kept"
+                    )
+                scans.append(future.result())
+                with lock:
+                    rest = archive.size - reported.get(archive.key, 0)
+                if progress and not scans[-1].skipped and rest > 0:
+                    progress(rest)
+                continue
+            if worker_died(future):
+                crashed.append(spec_of[future.key])
+                continue
+            results.append(future.result())
+            if progress and not results[-1].skipped:
+                progress(sum(i.size for i in spec_of[future.key].images))
+        for spec in crashed:
+            results.append(isolate_crashes(client, spec))
+            if progress:
+                progress(sum(i.size for i in spec.images))
+    finally:
+        if progress and plan.archives:
+            client.unsubscribe_topic(PROGRESS_TOPIC)
+    return DecodeSummary.of(results, scans)
 
 
 @dataclass(frozen=True)
@@ -162,35 +240,56 @@ class IngestSummary:
 def publish(plan: IngestPlan) -> IngestSummary:
     """Assemble the version from the finished parts, write it, then move LATEST forward.
 
-    Every part must be finished and whole (:func:`cxr.data.part_files.read_finished_part`); writing,
-    LATEST and the cleanup of idle parts are safe beside other ingests (:mod:`cxr.data.commit`). Temp
-    files that killed writes left in the output are removed first.
+    Rows are matched to the members of ``.tar.gz`` archives first (:mod:`cxr.data.reconcile`), and the
+    splits assigned to the images that exist. Every part must be finished and whole
+    (:func:`cxr.data.part_files.read_finished_part`); writing, LATEST and the cleanup of idle parts are
+    safe beside other ingests (:mod:`cxr.data.commit`). Temp files that killed writes left in the output
+    are removed first.
     """
     storage.remove_stale_temps(plan.out, recursive=True)
     if plan.existing:
         return IngestSummary.of(open_version(storage.join(plan.out, plan.existing)), created=False)
+    settled = settle(plan)
+    candidates = _candidates(plan, settled)
     listing = {e["url"]: e["size"] for e in storage.list_files_detail(parts_root(plan.out), recursive=True)}
-    # Parts hold the candidates in order, so records line up with candidate rows one to one.
-    shards: list[ShardSource] = []
+    records: dict[str, dict[str, dict[str, Any]]] = {}  # part key -> image id -> its record
+    hashes: dict[str, Mapping[int, Any]] = {}
+    for key in [spec.key for spec in plan.parts] + settled.archive_parts:
+        files = PartSpec(key, storage.join(parts_root(plan.out), key), (), plan.options.sizes, plan.options.limits)
+        part = read_finished_part(files, listing)
+        records[key] = {r["image_id"]: r for r in part.records.to_pylist()}
+        hashes[key] = part.hashes
+
+    shard_names: dict[str, str] = {}
     columns: dict[str, list] = {n: [] for n in ("png_width", "png_height", "sha256", "shard", "shard_index")}
     keep: list[bool] = []
-    quarantine = list(plan.quarantine)
-    for spec in plan.parts:
-        part = read_finished_part(spec, listing)
-        records = part.records.to_pylist()
-        if [r["image_id"] for r in records] != [image.image_id for image in spec.images]:
-            raise RuntimeError(f"part {spec.work_dir} does not hold the images it was planned with")
-        name = f"shard-{len({s.name for s in shards}):05d}"
-        shards += [ShardSource(size, name, spec.shard_url(size), h) for size, h in sorted(part.hashes.items())]
-        for r, image in zip(records, spec.images, strict=True):
-            keep.append(r["reason"] is None)
-            if r["reason"] is not None:
-                quarantine.append(QuarantineRecord(image.url, image.image_id, Reason(r["reason"]), r["detail"]))
-                continue
-            for column in ("png_width", "png_height", "sha256", "shard_index"):
-                columns[column].append(r[column])
-            columns["shard"].append(name)
-    metadata = plan.candidates.filter(pa.array(keep, pa.bool_()))
+    quarantine = list(plan.quarantine) + settled.quarantine
+    for image_id in candidates["image_id"].to_pylist():
+        found = settled.found[image_id]
+        if found.reason is not None:
+            quarantine.append(QuarantineRecord(found.uri, image_id, found.reason, found.detail or ""))
+            keep.append(False)
+            continue
+        assert found.part is not None
+        r = records[found.part][image_id]
+        keep.append(r["reason"] is None)
+        if r["reason"] is not None:
+            quarantine.append(QuarantineRecord(found.uri, image_id, Reason(r["reason"]), r["detail"]))
+            continue
+        for column in ("png_width", "png_height", "sha256", "shard_index"):
+            columns[column].append(r[column])
+        columns["shard"].append(shard_names.setdefault(found.part, f"shard-{len(shard_names):05d}"))
+    shards = [
+        ShardSource(
+            size,
+            name,
+            PartSpec(key, storage.join(parts_root(plan.out), key), (), (), plan.options.limits).shard_url(size),
+            h,
+        )
+        for key, name in shard_names.items()
+        for size, h in sorted(hashes[key].items())
+    ]
+    metadata = candidates.filter(pa.array(keep, pa.bool_()))
     for column, values in columns.items():
         metadata = metadata.append_column(column, pa.array(values, METADATA_SCHEMA.field(column).type))
     metadata = metadata.select(METADATA_SCHEMA.names).cast(METADATA_SCHEMA)
@@ -209,7 +308,7 @@ def publish(plan: IngestPlan) -> IngestSummary:
     ]
     all_quarantine = quarantine + box_quarantine + list(plan.split_quarantine)
     q_table = quarantine_table(all_quarantine)
-    accounting = _accounting(plan, metadata.num_rows, quarantine, boxes.num_rows, box_quarantine)
+    accounting = _accounting(plan, settled, metadata.num_rows, quarantine, boxes.num_rows, box_quarantine)
 
     digest = content_digest(
         metadata, boxes, q_table, list(plan.options.sizes), PIXEL_PIPELINE_VERSION, plan.source_root
@@ -225,19 +324,39 @@ def publish(plan: IngestPlan) -> IngestSummary:
         "pixel_pipeline_version": PIXEL_PIPELINE_VERSION,
         "limits": asdict(plan.options.limits),
         "splits": dict(sorted(Counter(metadata["split"].to_pylist()).items())),
-        "shards": len({s.name for s in shards}),
+        "shards": len(shard_names),
         "accounting": to_plain(accounting),
     }
     tables = {"metadata.parquet": metadata, "quarantine.parquet": q_table, "boxes.parquet": boxes}
-    draft = VersionDraft(
-        plan.out, digest, tables, tuple(shards), info, plan.observed_at, tuple(spec.key for spec in plan.parts)
-    )
+    parts_used = tuple(spec.key for spec in plan.parts) + tuple(settled.archive_parts)
+    draft = VersionDraft(plan.out, digest, tables, tuple(shards), info, plan.observed_at, parts_used)
     committed = commit_version(draft)
     return IngestSummary.of(committed.version, committed.created, committed.latest)
 
 
+def _candidates(plan: IngestPlan, settled: Settled) -> pa.Table:
+    """Every label row with a file (listed, or found in an archive), by image id, with its split."""
+    unlisted_ids = plan.unlisted["image_id"].to_pylist()
+    found = [i for i, image_id in enumerate(unlisted_ids) if image_id in settled.found]
+    extra = plan.unlisted.take(pa.array(found, pa.int64())).drop_columns(["row_uri"])
+    extra = extra.append_column(
+        "source_uri", pa.array([settled.found[unlisted_ids[i]].uri for i in found], pa.string())
+    )
+    candidates = pa.concat_tables([plan.listed, extra.select(plan.listed.schema.names)]).sort_by("image_id")
+    split = assign_splits(
+        candidates["image_id"].to_pylist(),
+        candidates["patient_id"].to_pylist(),
+        plan.split_lists[0],
+        plan.split_lists[1],
+        plan.options.test_share,
+        plan.options.val_share,
+    )
+    return candidates.append_column("split", split)
+
+
 def _accounting(
     plan: IngestPlan,
+    settled: Settled,
     accepted: int,
     quarantine: list[QuarantineRecord],
     boxes: int,
@@ -245,8 +364,8 @@ def _accounting(
 ) -> Accounting:
     return Accounting(
         label_rows=plan.counts["label_rows"],
-        image_files=plan.counts["image_files"],
-        inputs=plan.counts["inputs"],
+        image_files=plan.counts["image_files"] + settled.image_files,
+        inputs=plan.counts["inputs"] + settled.unnamed,
         accepted=accepted,
         quarantined=len(quarantine),
         quarantined_by_reason=count_by_reason(quarantine),

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +22,9 @@ from cxr.data.decode import DecodeLimits, ImageRejected, decode_image, resize_sq
 from cxr.data.integrity import FileHash, with_part_hashes
 from cxr.data.part_files import reuse_finished_part
 from cxr.data.quarantine import Reason
+
+if TYPE_CHECKING:
+    from cxr.data.zip_members import ZipMember
 
 RECORD_SCHEMA = pa.schema(
     [
@@ -38,9 +42,10 @@ RECORD_SCHEMA = pa.schema(
 @dataclass(frozen=True)
 class PartImage:
     image_id: str
-    url: str
+    url: str  # a file, or a member of an archive (cxr.data.archives.member_uri)
     size: int  # bytes, from the listing
-    version: str  # mtime or ETag, from the listing
+    version: str  # mtime or ETag, from the listing (an archive member: the archive's)
+    member: ZipMember | None = None  # a zip member: where its bytes are in the zip
 
 
 @dataclass(frozen=True)
@@ -84,23 +89,37 @@ class PartResult:
 
 
 def decode_one(
-    image: PartImage, limits: DecodeLimits, sizes: tuple[int, ...]
+    image: PartImage, limits: DecodeLimits, sizes: tuple[int, ...], data: bytes | ImageRejected | None = None
 ) -> tuple[str, int, int, list[np.ndarray]]:
     """Read and decode one image: its sha256, its size in px and its pixels at each size, or raise ImageRejected.
 
-    A read that is refused (no permission) is a reason; a store that cannot be reached is not (it raises).
+    ``data``: its bytes already read (an archive member), or why they could not be. A read that is
+    refused (no permission) is a reason; a store that cannot be reached is not (it raises).
     """
+    if isinstance(data, ImageRejected):
+        raise data
     if image.size > limits.max_bytes:
         raise ImageRejected(Reason.TOO_LARGE, f"{image.size} bytes > {limits.max_bytes}")
+    if data is None and image.member is not None:
+        from cxr.data.zip_members import read_members
+
+        data = _read_or_refuse(lambda: read_members([image.member], limits)[image.member])
+    if data is None:
+        data = _read_or_refuse(lambda: storage.read_bytes(image.url))
+    if isinstance(data, ImageRejected):
+        raise data
+    gray = decode_image(data, limits)
+    width, height = gray.size
+    return hashlib.sha256(data).hexdigest(), width, height, [resize_square(gray, size) for size in sizes]
+
+
+def _read_or_refuse(read: Callable[[], bytes | ImageRejected]) -> bytes | ImageRejected:
     try:
-        data = storage.read_bytes(image.url)
+        return read()
     except FileNotFoundError:
         raise ImageRejected(Reason.MISSING_IMAGE, "the file disappeared after it was listed") from None
     except PermissionError as err:
         raise ImageRejected(Reason.PERMISSION_DENIED, f"reading it was refused: {err.strerror or err}") from None
-    gray = decode_image(data, limits)
-    width, height = gray.size
-    return hashlib.sha256(data).hexdigest(), width, height, [resize_square(gray, size) for size in sizes]
 
 
 def check_one(image: PartImage, limits: DecodeLimits, sizes: tuple[int, ...]) -> str | None:
@@ -112,16 +131,27 @@ def check_one(image: PartImage, limits: DecodeLimits, sizes: tuple[int, ...]) ->
     return None
 
 
-def process_part(spec: PartSpec, crashed: Mapping[str, str] | None = None) -> PartResult:
+def process_part(
+    spec: PartSpec, crashed: Mapping[str, str] | None = None, data: Mapping[str, bytes] | None = None
+) -> PartResult:
     """Decode a part's images once and write its shards and records; a finished part is skipped.
 
     ``crashed`` names images (id -> detail) that killed the worker decoding them: they are not read
-    again, only recorded as ``decode_crashed``.
+    again, only recorded as ``decode_crashed``. ``data``: the images' bytes by URL, when they were read
+    already (from a ``.tar.gz`` stream); zip members are read here, those close together at once.
     """
     if reuse_finished_part(spec):  # records, and every shard they name with its recorded size
         done = storage.read_parquet(spec.records_url, columns=["reason"])
         return PartResult(spec.key, done.num_rows, done["reason"].null_count, skipped=True)
     crashed = crashed or {}
+    known: dict[str, bytes | ImageRejected] = dict(data or {})
+    zipped = [i.member for i in spec.images if i.member is not None and i.image_id not in crashed]
+    if zipped:
+        from cxr.data.zip_members import read_members
+
+        by_member = {i.member: i.url for i in spec.images if i.member is not None}
+        for member, content in read_members(zipped, spec.limits).items():
+            known[by_member[member]] = content
     n = len(spec.images)
     shards = {size: np.empty((n, size, size), dtype=np.uint8) for size in spec.sizes}
     cols: dict[str, list] = {name: [] for name in RECORD_SCHEMA.names}
@@ -139,7 +169,9 @@ def process_part(spec: PartSpec, crashed: Mapping[str, str] | None = None) -> Pa
         try:
             if image.image_id in crashed:
                 raise ImageRejected(Reason.DECODE_CRASHED, crashed[image.image_id])
-            row["sha256"], row["png_width"], row["png_height"], pixels = decode_one(image, spec.limits, spec.sizes)
+            row["sha256"], row["png_width"], row["png_height"], pixels = decode_one(
+                image, spec.limits, spec.sizes, known.get(image.url)
+            )
             for shard, resized in zip(shards.values(), pixels, strict=True):
                 shard[accepted] = resized
             row["shard_index"] = accepted
@@ -160,11 +192,17 @@ def process_part(spec: PartSpec, crashed: Mapping[str, str] | None = None) -> Pa
 
 
 def warm_up() -> None:
-    """Import and exercise the decoding path once (plugins, allocators), e.g. on fresh Dask workers."""
-    buf = io.BytesIO()
+    """Import and exercise the decoding path once (plugins, allocators), e.g. on fresh Dask workers.
+
+    NIH's two layouts (8-bit gray, RGBA) through the default fast path (libpng, loaded on first use), and
+    the RGBA one again through Pillow, the fallback.
+    """
     from PIL import Image
 
-    Image.fromarray(np.zeros((64, 64), np.uint8)).save(buf, format="PNG")
-    resize_square(decode_image(buf.getvalue()), 32)
+    for shape in ((64, 64), (64, 64, 4)):
+        buf = io.BytesIO()
+        Image.fromarray(np.zeros(shape, np.uint8)).save(buf, format="PNG")
+        resize_square(decode_image(buf.getvalue()), 32)
+    resize_square(decode_image(buf.getvalue(), decoder="pillow"), 32)
     _npy_bytes(np.zeros((1, 2, 2), np.uint8))
     import pyarrow.parquet  # noqa: F401

@@ -1,8 +1,10 @@
 """Planning an ingest: everything decided before any pixel is decoded.
 
 :func:`plan_ingest` reads the archive's tables, lists its images, settles every input that needs no
-pixels (rows without a file, files without a row, bad rows), assigns splits, and cuts the rest into
-parts at content-defined boundaries, so a grown archive changes only the parts around its new images.
+pixels (files without a row, bad rows), and cuts the rest into parts at content-defined boundaries, so a
+grown archive changes only the parts around its new images. Images in ``.tar.gz`` archives are listed
+only as they are read (:mod:`cxr.data.tar_scan`): rows no file holds are settled at publish, when every
+archive has been read, and so are the splits (they depend on which images exist).
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from typing import Any
 import pyarrow as pa
 
 from cxr import storage
+from cxr.data.archives import ArchiveSpec, archive_key
 from cxr.data.decode import PIXEL_PIPELINE_VERSION, DecodeLimits
 from cxr.data.labels import BOX_SCHEMA
 from cxr.data.parts import PartImage, PartSpec, part_key
 from cxr.data.quarantine import QuarantineRecord, Reason
 from cxr.data.source import NihSource, read_source
-from cxr.data.splits import TEST_SHARE, VAL_SHARE, assign_splits
+from cxr.data.splits import TEST_SHARE, VAL_SHARE
 from cxr.data.version import SCHEMA_VERSION, observed_now, open_version, read_latest
 
 PART_BYTES = 64 * 2**20  # decoded pixels held by one part, all sizes together
@@ -59,8 +62,12 @@ class IngestPlan:
     out: str
     options: IngestOptions
     fingerprint: str
-    candidates: pa.Table  # label rows with a file, sorted by image_id, with split, source_uri
+    listed: pa.Table  # label rows whose image a file or zip member holds, sorted by image_id, with source_uri
+    unlisted: pa.Table  # label rows no file holds, with row_uri: found in a .tar.gz when decoding, or missing
+    named: frozenset[str]  # image ids the label table names (rows accepted or quarantined)
     parts: list[PartSpec]
+    archives: list[ArchiveSpec]  # the source's .tar.gz files, one scan each
+    split_lists: tuple[tuple[str, ...] | None, tuple[str, ...] | None]  # train_val_list, test_list image ids
     quarantine: list[QuarantineRecord]  # rows and files settled without pixels
     boxes: pa.Table
     box_quarantine: list[QuarantineRecord]
@@ -77,7 +84,7 @@ def _fingerprint(source: NihSource, files: list[dict[str, Any]], options: Ingest
     for url in (layout.label_table, layout.box_list, layout.train_val_list, layout.test_list):
         h.update(f"\n{url and posixpath.basename(url)}".encode())
         if url:
-            h.update(hashlib.sha256(storage.read_bytes(url)).digest())
+            h.update(hashlib.sha256(layout.read(url)).digest())
     for f in files:  # a name that is not UTF-8 arrives with surrogates: hash its bytes
         h.update(f"\n{f['url']}\t{f['size']}\t{f['version']}".encode("utf-8", "surrogateescape"))
     for url in sorted(layout.links.values()) + [q.source_uri for q in layout.quarantine]:
@@ -89,10 +96,19 @@ def _list_images(source: NihSource) -> dict[str, dict[str, Any]]:
     """Listing details (size, version) of every image file, by URL."""
     from cxr.data.source import image_folders
 
+    layout = source.layout
     details: dict[str, dict[str, Any]] = {}
-    for folder in image_folders(source.layout.root):
+    if layout.zip_members:  # a zip source: its members, each with the zip's own version
+        version = storage.file_detail(layout.root)["version"]
+        for uri in layout.image_files.values():
+            member = layout.zip_members[uri]
+            details[uri] = {"url": uri, "size": member.size, "version": f"{version}:{member.crc:08x}"}
+        return details
+    for folder in image_folders(layout.root):
         for entry in storage.list_files_detail(folder):
             details[entry["url"]] = entry
+    for entry in layout.archives:
+        details[entry["url"]] = entry
     return details
 
 
@@ -186,37 +202,47 @@ def plan_ingest(
     rows = labels.rows
     ids = rows["image_id"].to_pylist()
     has_file = [i in layout.image_files for i in ids]
+    unlisted_rows = []
     for index, (image_id, present) in enumerate(zip(ids, has_file, strict=True)):
         if present:
             continue
         if image_id in layout.links:
-            reason, detail = Reason.SYMLINK, f"{layout.links[image_id]} is a symbolic link, never followed"
+            uri = labels.row_uri(layout.label_table, index)
+            detail = f"{layout.links[image_id]} is a symbolic link, never followed"
+            quarantine.append(QuarantineRecord(uri, image_id, Reason.SYMLINK, detail))
         else:
-            reason, detail = Reason.MISSING_IMAGE, f"no file {image_id} under images/ or images_NNN/images/"
-        quarantine.append(QuarantineRecord(labels.row_uri(layout.label_table, index), image_id, reason, detail))
-    candidates = rows.filter(pa.array(has_file, pa.bool_())).sort_by("image_id")
-    split = assign_splits(
-        candidates["image_id"].to_pylist(),
-        candidates["patient_id"].to_pylist(),
-        source.train_val.image_ids if source.train_val else None,
-        source.test.image_ids if source.test else None,
-        options.test_share,
-        options.val_share,
+            unlisted_rows.append(index)
+    listed = rows.filter(pa.array(has_file, pa.bool_())).sort_by("image_id")
+    listed = listed.append_column(
+        "source_uri", pa.array([layout.image_files[i] for i in listed["image_id"].to_pylist()], pa.string())
     )
-    candidates = candidates.append_column("split", split).append_column(
-        "source_uri", pa.array([layout.image_files[i] for i in candidates["image_id"].to_pylist()], pa.string())
+    unlisted = rows.take(pa.array(unlisted_rows, pa.int64())).append_column(
+        "row_uri", pa.array([labels.row_uri(layout.label_table, i) for i in unlisted_rows], pa.string())
     )
 
     work = storage.join(out, ".work", "parts")
     per_part = options.images_per_part
     images = [
-        PartImage(i, u, details[u]["size"], details[u]["version"])
-        for i, u in zip(candidates["image_id"].to_pylist(), candidates["source_uri"].to_pylist(), strict=True)
+        PartImage(i, u, details[u]["size"], details[u]["version"], layout.zip_members.get(u))
+        for i, u in zip(listed["image_id"].to_pylist(), listed["source_uri"].to_pylist(), strict=True)
     ]
     parts = []
     for chunk in chunk_images(images, per_part):
         key = part_key(chunk, options.sizes, options.limits, PIXEL_PIPELINE_VERSION)
         parts.append(PartSpec(key, storage.join(work, key), chunk, tuple(options.sizes), options.limits))
+    archives = [
+        ArchiveSpec(
+            e["url"],
+            e["size"],
+            e["version"],
+            archive_key(e["url"], e["size"], e["version"], tuple(options.sizes), options.limits),
+            out,
+            tuple(options.sizes),
+            options.limits,
+            per_part,
+        )
+        for e in layout.archives
+    ]
 
     boxes = source.boxes.rows if source.boxes else pa.Table.from_pylist([], schema=BOX_SCHEMA)
     box_quarantine = list(source.boxes.quarantine) if source.boxes else []
@@ -242,8 +268,15 @@ def plan_ingest(
         out=out,
         options=options,
         fingerprint=fingerprint,
-        candidates=candidates,
+        listed=listed,
+        unlisted=unlisted,
+        named=frozenset(named),
         parts=parts,
+        archives=archives,
+        split_lists=(
+            tuple(source.train_val.image_ids) if source.train_val else None,
+            tuple(source.test.image_ids) if source.test else None,
+        ),
         quarantine=quarantine,
         boxes=boxes,
         box_quarantine=box_quarantine,

@@ -30,6 +30,8 @@ class Reason(StrEnum):
     OVER_MEMORY_BUDGET = "over_memory_budget"  # decoding it would need more memory than one image may use
     DECODE_ERROR = "decode_error"  # the decoder failed in an unexpected way (the exception type is in the detail)
     DECODE_CRASHED = "decode_crashed"  # its worker process died decoding it, in its part and alone (crash or memory)
+    ENCRYPTED = "encrypted"  # a zip member stored encrypted (the ingest reads no passwords)
+    DAMAGED_ARCHIVE = "damaged_archive"  # a packed archive ends early or is corrupt: what could not be read
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,12 +7,14 @@ optional ``BBox_List_2017.csv``, optional ``train_val_list.txt`` / ``test_list.t
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from cxr import storage
+from cxr.data.archives import find_archives, image_id_of, is_member_uri, member_uri, unsafe_name
 from cxr.data.labels import (
     BoxList,
     LabelTable,
@@ -23,6 +25,7 @@ from cxr.data.labels import (
     read_split_list,
 )
 from cxr.data.quarantine import QuarantineRecord, Reason, count_by_reason
+from cxr.data.zip_members import ZipMember, list_zip, read_member
 from cxr.findings import FINDING_COLUMNS, FINDINGS
 
 LABEL_TABLE_NAMES = (
@@ -50,10 +53,21 @@ class SourceLayout:
     # a linked image folder (not followed), a link whose name is also a file's.
     quarantine: list[QuarantineRecord] = field(default_factory=list)
     links: dict[str, str] = field(default_factory=dict)  # symbolic links in image folders: name -> URL, never read
+    # A zip source: its members by URI (tables and images; image_files names the images' URIs).
+    zip_members: dict[str, ZipMember] = field(default_factory=dict)
+    # ``images_*.tar.gz`` files in the root, by name: listing details (url, size, version), read when decoding.
+    archives: list[dict] = field(default_factory=list)
 
     @property
     def n_image_files(self) -> int:
+        """Image files known before decoding (the members of ``.tar.gz`` archives are counted when they are read)."""
         return len(self.image_files) + len(self.links) + len(self.quarantine)
+
+    def read(self, url: str) -> bytes:
+        """A table's bytes, from a file or from a member of the zip source."""
+        if is_member_uri(url):
+            return read_member(self.zip_members[url])
+        return storage.read_bytes(url)
 
 
 def printable(url: str) -> str:
@@ -98,7 +112,11 @@ def discover(root: str) -> SourceLayout:
     """Find the label table, box list, split lists and image files of an archive at ``root``."""
     root = root.rstrip("/") if storage.is_remote(root) else root
     if storage.is_file(root):
-        raise NihFormatError(f"{root}: is a file, where the archive's folder was expected (the folder that holds it)")
+        if root.lower().endswith(".zip"):
+            return discover_zip(root)
+        raise NihFormatError(
+            f"{root}: is a file, where the archive's folder (or a .zip) was expected (the folder that holds it)"
+        )
     present = {posixpath.basename(p) for p in storage.list_files(root)}
     label_table = _first_existing(root, LABEL_TABLE_NAMES, present)
     if label_table is None:
@@ -154,6 +172,67 @@ def discover(root: str) -> SourceLayout:
         image_files=images,
         quarantine=settled,
         links=links,
+        archives=find_archives(root),
+    )
+
+
+def _in_image_folder(name: str) -> bool:
+    """``images/<file>`` or ``images_NNN/images/<file>``, as in the release."""
+    parts = name.split("/")
+    if len(parts) == 2:
+        return parts[0] == "images"
+    return len(parts) == 3 and _NUMBERED_FOLDER.fullmatch(parts[0]) is not None and parts[1] == "images"
+
+
+def discover_zip(url: str) -> SourceLayout:
+    """The layout of a ``.zip`` holding the release's folders (tables at its top, or else beside the zip)."""
+    members = list_zip(url)
+    by_uri = {member_uri("zip", url, m.name): m for m in members}
+    top = {m.name for m in members if "/" not in m.name}
+
+    def table(names: tuple[str, ...]) -> str | None:
+        for name in names:
+            if name in top:
+                return member_uri("zip", url, name)
+        beside = posixpath.dirname(url) if storage.is_remote(url) else os.path.dirname(url)
+        present = {posixpath.basename(p) for p in storage.list_files(beside)}
+        return _first_existing(beside, names, present)
+
+    label_table = table(LABEL_TABLE_NAMES)
+    if label_table is None:
+        raise NihFormatError(
+            f"{url}: no label table in the zip or beside it; expected one of {', '.join(LABEL_TABLE_NAMES)}"
+        )
+    images: dict[str, str] = {}
+    settled: list[QuarantineRecord] = []
+    for member in members:
+        if member.is_dir:
+            continue
+        uri = member_uri("zip", url, member.name)
+        problem = unsafe_name(member.name)
+        if problem:
+            detail = f"{problem}; a member may not leave its folder"
+            settled.append(QuarantineRecord(uri, image_id_of(member.name), Reason.UNSAFE_PATH, detail))
+            continue
+        if not _in_image_folder(member.name):
+            continue
+        name = image_id_of(member.name)
+        if member.link:
+            settled.append(QuarantineRecord(uri, name, Reason.SYMLINK, "a symbolic link, never followed"))
+        elif name in images:
+            detail = f"the same file name is also at {images[name]}"
+            settled.append(QuarantineRecord(uri, name, Reason.DUPLICATE_IMAGE_ID, detail))
+        else:
+            images[name] = uri
+    return SourceLayout(
+        root=url,
+        label_table=label_table,
+        box_list=table(BOX_LIST_NAMES),
+        train_val_list=table(("train_val_list.txt",)),
+        test_list=table(("test_list.txt",)),
+        image_files=images,
+        quarantine=settled,
+        zip_members=by_uri,
     )
 
 
@@ -171,14 +250,12 @@ class NihSource:
 def read_source(root: str) -> NihSource:
     """Discover an archive and parse its label table, box list and split lists."""
     layout = discover(root)
-    labels = read_label_table(storage.read_bytes(layout.label_table), layout.label_table)
-    boxes = read_box_list(storage.read_bytes(layout.box_list), layout.box_list) if layout.box_list else None
+    labels = read_label_table(layout.read(layout.label_table), layout.label_table)
+    boxes = read_box_list(layout.read(layout.box_list), layout.box_list) if layout.box_list else None
     train_val = (
-        read_split_list(storage.read_bytes(layout.train_val_list), layout.train_val_list)
-        if layout.train_val_list
-        else None
+        read_split_list(layout.read(layout.train_val_list), layout.train_val_list) if layout.train_val_list else None
     )
-    test = read_split_list(storage.read_bytes(layout.test_list), layout.test_list) if layout.test_list else None
+    test = read_split_list(layout.read(layout.test_list), layout.test_list) if layout.test_list else None
     return NihSource(layout, labels, boxes, train_val, test)
 
 

@@ -74,28 +74,46 @@ class DatasetNotFoundError(FileNotFoundError):
     """No complete dataset version at the given place."""
 
 
-def _relative(uri: str, root: str) -> str:
-    prefix = root.rstrip("/") + "/"
-    return uri[len(prefix) :] if uri.startswith(prefix) else uri
+PLACEMENT_COLUMNS = ("source_uri", "shard", "shard_index")  # where an image came from and where it is kept
+DIGEST_RULE = 2  # 2: placement left out, so packed and unpacked sources give one digest (1: placement hashed)
+
+
+def _location_key(uri: str, root: str) -> str:
+    """A quarantined input without an image id, named without its source's place: a path under the root, or
+    the member name of an archive, keeping a ``#line=N`` fragment."""
+    path, _, fragment = uri.partition("#")
+    if path.startswith(("zip://", "tar://")) and "::" in path:
+        path = path.split("://", 1)[1].split("::", 1)[0]
+    else:
+        prefix = root.rstrip("/") + "/"
+        path = path[len(prefix) :] if path.startswith(prefix) else path
+    return f"{path}#{fragment}" if fragment else path
 
 
 def content_digest(
     metadata: pa.Table, boxes: pa.Table, quarantine: pa.Table, sizes: list[int], pipeline_version: int, source_root: str
 ) -> str:
-    """The digest of a version: its tables, shard sizes and pixel pipeline, source URIs made relative."""
+    """The digest of a version: what its images are, not where they came from or where they are kept.
 
-    def relative(row: dict[str, Any]) -> dict[str, Any]:
-        if "source_uri" in row:
-            row["source_uri"] = _relative(row["source_uri"], source_root)
-        return row
-
-    header = {"schema_version": SCHEMA_VERSION, "sizes": sorted(sizes), "pixel_pipeline_version": pipeline_version}
+    Hashed: the metadata without :data:`PLACEMENT_COLUMNS` (ids, labels, splits, pixel sha256s, sizes),
+    the boxes, and each quarantined input as (image id, or its place under the root when it has none;
+    reason); the shard sizes and the pixel pipeline. So the same images give the same digest whether they
+    came in ``.tar.gz`` archives, a zip or folders, from any place, and whatever the shards' layout.
+    """
+    keys = [r["image_id"] or _location_key(r["source_uri"], source_root) for r in quarantine.to_pylist()]
+    inputs = pa.table({"input": pa.array(keys, pa.string()), "reason": quarantine["reason"]})
+    header = {
+        "schema_version": SCHEMA_VERSION,
+        "digest_rule": DIGEST_RULE,
+        "sizes": sorted(sizes),
+        "pixel_pipeline_version": pipeline_version,
+    }
     tables = [
-        ("metadata", metadata, ["image_id"]),
+        ("metadata", metadata.drop_columns([c for c in PLACEMENT_COLUMNS if c in metadata.column_names]), ["image_id"]),
         ("boxes", boxes, ["image_id", "finding", "x", "y", "w", "h"]),
-        ("quarantine", quarantine, ["source_uri", "reason", "detail"]),
+        ("quarantine", inputs, ["input", "reason"]),
     ]
-    return canonical_digest(header, tables, relative)
+    return canonical_digest(header, tables)
 
 
 @dataclass(frozen=True)
