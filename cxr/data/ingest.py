@@ -98,13 +98,13 @@ class DecodeSummary:
     skipped_images: int
     archives: int = 0
     skipped_archives: int = 0  # read by an earlier run: not read again
-    archive_images: int = 0  # image members of the archives (all of them, read now or before)
+    archive_images: int = 0  # image members of the archives that this run decoded
     damaged_archives: tuple[str, ...] = ()  # names of archives read only up to damage
 
     @property
     def decoded(self) -> int:
-        """Images decoded by this run (archive members only in archives read now)."""
-        return self.images - self.skipped_images
+        """Images decoded by this run: in parts, and in the archives it read."""
+        return self.images - self.skipped_images + self.archive_images
 
     @classmethod
     def of(cls, results: list[PartResult], archives: list[ArchiveResult] | None = None) -> DecodeSummary:
@@ -116,7 +116,7 @@ class DecodeSummary:
             skipped_images=sum(r.images for r in results if r.skipped),
             archives=len(archives),
             skipped_archives=sum(1 for a in archives if a.skipped),
-            archive_images=sum(a.images for a in archives),
+            archive_images=sum(a.decoded for a in archives),
             damaged_archives=tuple(a.name for a in archives if a.damaged),
         )
 
@@ -160,14 +160,18 @@ def run_parts(
     # Archives go first of all: each is one long task.
     token = uuid.uuid4().hex
     reported: dict[str, int] = {}
+    completed: set[str] = set()  # archives whose remainder was counted: a late event is not counted twice
     lock = threading.Lock()
 
     def on_event(event: Any) -> None:
         message = event[1] if isinstance(event, tuple) else event
-        if isinstance(message, dict) and message.get("token") == token and progress:
-            with lock:
-                reported[message["key"]] = reported.get(message["key"], 0) + message["bytes"]
-            progress(message["bytes"])
+        if not (isinstance(message, dict) and message.get("token") == token and progress):
+            return
+        with lock:
+            if message["key"] in completed:
+                return
+            reported[message["key"]] = reported.get(message["key"], 0) + message["bytes"]
+        progress(message["bytes"])
 
     if progress and plan.archives:
         client.subscribe_topic(PROGRESS_TOPIC, on_event)
@@ -197,6 +201,7 @@ def run_parts(
                     )
                 scans.append(future.result())
                 with lock:
+                    completed.add(archive.key)
                     rest = archive.size - reported.get(archive.key, 0)
                 if progress and not scans[-1].skipped and rest > 0:
                     progress(rest)

@@ -99,7 +99,8 @@ class ArchiveResult:
     key: str
     name: str
     members: int
-    images: int  # image members decoded or tried
+    images: int  # image members passed to decoding (by this run or before)
+    decoded: int  # images this run decoded (a chunk finished before a kill is not decoded again)
     skipped: bool  # scanned by an earlier run: nothing read now
     damaged: str | None  # what went wrong in the stream, if anything
 
@@ -136,22 +137,24 @@ def scan_archive(spec: ArchiveSpec, report: Callable[[int], None] | None = None)
         listing = read_listing(spec)
         assert listing is not None
         images = sum(1 for p in listing["part"].to_pylist() if p)
-        return ArchiveResult(spec.key, spec.name, listing.num_rows, images, skipped=True, damaged=None)
+        return ArchiveResult(spec.key, spec.name, listing.num_rows, images, 0, skipped=True, damaged=None)
     rows: list[dict[str, Any]] = []
     chunk: list[PartImage] = []
     data: dict[str, bytes] = {}
     seen: dict[str, str] = {}  # image id -> member name, within this archive
     members: dict[str, str] = {}  # member URI -> member name, for the chunk being filled
     reported = 0
+    decoded = 0
     damaged: str | None = None
     current: str | None = None  # the member being read when the stream failed
 
     def flush() -> None:
-        nonlocal chunk, data, reported
+        nonlocal chunk, data, reported, decoded
         if chunk:
             part = chunk_part(spec, tuple(chunk))
             try:
-                process_part(part, data=data)
+                result = process_part(part, data=data)
+                decoded += 0 if result.skipped else result.images
             except Exception as err:
                 raise _WriteFailed() from err
             for image in chunk:
@@ -232,7 +235,7 @@ def scan_archive(spec: ArchiveSpec, report: Callable[[int], None] | None = None)
     listing = _listing_table(rows, spec)
     storage.write_parquet(listing, spec.listing_url)
     images = sum(1 for r in rows if r.get("part"))
-    return ArchiveResult(spec.key, spec.name, listing.num_rows, images, skipped=False, damaged=damaged)
+    return ArchiveResult(spec.key, spec.name, listing.num_rows, images, decoded, skipped=False, damaged=damaged)
 
 
 def scan_on_worker(spec: ArchiveSpec, token: str) -> ArchiveResult:
