@@ -38,10 +38,17 @@ def source_lines(summary: SourceSummary) -> str:
     from cxr.data.source import split_lists_text
 
     quarantined = ", ".join(f"{k} {v}" for k, v in summary.rows_quarantined.items()) or "none"
+    files = f"image files: {summary.image_files}   "
+    if summary.archives:  # members of .tar.gz files are listed only by reading them (ingest does)
+        files += (
+            f"and {summary.archives} .tar.gz archives ({summary.archive_bytes / 1e9:.2f} GB, members listed when "
+            f"ingest reads them)   rows without an unpacked file: {summary.rows_without_file}"
+        )
+    else:
+        files += f"rows without a file: {summary.rows_without_file}"
     return (
         f"rows: {summary.rows_in} read, {summary.rows_accepted} accepted, quarantined: {quarantined}\n"
-        f"patients: {summary.patients}   image files: {summary.image_files}   "
-        f"rows without a file: {summary.rows_without_file}   files without a row: {summary.files_without_row}\n"
+        f"patients: {summary.patients}   {files}   files without a row: {summary.files_without_row}\n"
         f"boxes: {summary.boxes}   {split_lists_text(summary)}"
     )
 

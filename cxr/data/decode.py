@@ -181,11 +181,14 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits(), *, decoder:
                     f"convert, more than the {limits.max_image_bytes / 2**20:.0f} MiB one image may use",
                 )
             mode = probe.mode
-            probe.verify()  # chunk CRCs and structure, without decoding pixels
             if decoder == "fast" and min(width, height) >= limits.min_side:
+                # verify() would check the CRCs from the pixel data to IEND: on the fast path libpng checks
+                # every IDAT's (it refuses a bad one, and then Pillow decides), and fast_layout takes only
+                # IDATs and then IEND after the first IDAT; Pillow's open() checked the chunks before.
                 fast = _decode_fast(data, mode, width, height, limits)
                 if fast is not None:
                     return fast
+            probe.verify()  # chunk CRCs and structure, without decoding pixels
             image = Image.open(io.BytesIO(data))
             image.load()
             if min(width, height) < limits.min_side:

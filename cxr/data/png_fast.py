@@ -1,8 +1,10 @@
 """A faster PNG pixel decoder (libpng through ``imagecodecs``) for the files where it gives Pillow's pixels exactly.
 
 :func:`cxr.data.decode.decode_image` validates every file with Pillow first (signature, limits, the
-header, every chunk's CRC by ``verify()``); then, for the layouts :func:`fast_layout` accepts, it asks
-:func:`fast_pixels` for the pixels instead of Pillow's ``load()``. Anything else, or any error here, and
+header and the CRCs of the chunks before the pixel data); then, for the layouts :func:`fast_layout`
+accepts, it asks :func:`fast_pixels` for the pixels instead of Pillow's ``verify()`` and ``load()``:
+libpng checks the CRC of every ``IDAT`` chunk and refuses a bad one (tests/test_decode_fast.py), and
+after the pixel data only ``IEND`` may follow, so a file that ``verify()`` would refuse goes to Pillow. Anything else, or any error here, and
 Pillow decodes as before and gives the verdict, so what is accepted or rejected, and why, never changes.
 
 What Pillow's ``load()`` may still reject after ``verify()``, and why libpng cannot accept it instead:
@@ -63,7 +65,8 @@ class FastLayout(NamedTuple):
 def fast_layout(data: bytes) -> FastLayout | None:
     """The file's size and Pillow mode if its layout is one libpng decodes to Pillow's pixels, else None.
 
-    Reads only chunk headers (Pillow has checked the CRCs): ``IHDR`` first, a type in :data:`FAST_TYPES`,
+    Reads only chunk headers (Pillow's open() checked the CRCs before the pixel data, libpng checks the
+    pixel data's; no ``verify()`` on this path): ``IHDR`` first, a type in :data:`FAST_TYPES`,
     not interlaced, none of ``tRNS``/``acTL``/``fcTL`` before the pixel data, and after the first ``IDAT``
     only more ``IDAT`` then ``IEND``.
     """
@@ -85,6 +88,8 @@ def fast_layout(data: bytes) -> FastLayout | None:
             shape = (height, width) if channels == 1 else (height, width, channels)
             return FastLayout(width, height, mode, shape, dtype)
         if kind == b"IDAT":
+            if pos + 12 + length > end:
+                return None  # cut short: Pillow says how
             pixels = True
         elif pixels:
             return None  # a chunk between the pixel data and IEND: Pillow parses it in load(), libpng may not

@@ -278,6 +278,8 @@ class SourceSummary:
     boxes: int
     train_val_listed: int | None  # images train_val_list.txt names; None: the archive has no such file
     test_listed: int | None  # images test_list.txt names; None: the archive has no such file
+    archives: int = 0  # images_*.tar.gz files: their members are known only once ingest reads them
+    archive_bytes: int = 0
 
 
 def split_lists_text(summary: SourceSummary) -> str:
@@ -313,4 +315,6 @@ def summarize(source: NihSource) -> SourceSummary:
         boxes=source.boxes.rows.num_rows if source.boxes else 0,
         train_val_listed=len(source.train_val.image_ids) if source.train_val else None,
         test_listed=len(source.test.image_ids) if source.test else None,
+        archives=len(source.layout.archives),
+        archive_bytes=sum(a["size"] for a in source.layout.archives),
     )
