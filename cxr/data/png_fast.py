@@ -4,8 +4,9 @@
 header and the CRCs of the chunks before the pixel data); then, for the layouts :func:`fast_layout`
 accepts, it asks :func:`fast_pixels` for the pixels instead of Pillow's ``verify()`` and ``load()``:
 libpng checks the CRC of every ``IDAT`` chunk and refuses a bad one (tests/test_decode_fast.py), and
-after the pixel data only ``IEND`` may follow, so a file that ``verify()`` would refuse goes to Pillow. Anything else, or any error here, and
-Pillow decodes as before and gives the verdict, so what is accepted or rejected, and why, never changes.
+after the pixel data only ``IEND`` may follow, so a file that ``verify()`` would refuse goes to Pillow.
+Anything else, or any error here, and Pillow decodes as before and gives the verdict, so what is
+accepted or rejected, and why, never changes.
 
 What Pillow's ``load()`` may still reject after ``verify()``, and why libpng cannot accept it instead:
 
