@@ -7,6 +7,7 @@ no traceback, and quickly: the check comes before any expensive work (decoding, 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,6 +52,8 @@ def cases(missing: str, folder: str, dataset: str) -> list[tuple[list[str], str]
         (["ingest", "--source", folder, "--out", f"{folder}/out", "--workers", "0"], "workers"),
         (["ingest", "--source", folder, "--out", f"{folder}/out", "--test-share", "1.5"], "test"),
         (["ingest", "--source", folder, "--out", f"{folder}/out", "--worker-memory", "lots"], "lots"),
+        (["ingest", "--source", f"{dataset}-tables-only", "--out", f"{folder}/out"], "no image here"),
+        (["ingest", "--source", f"{dataset}-broken.zip", "--out", f"{folder}/out"], "not a readable zip"),
         # stats
         (["stats", "--dataset", missing], missing),
         (["stats", "--dataset", FILE], FILE),
@@ -129,6 +132,9 @@ def test_every_command_answers_bad_arguments_with_one_line_and_exit_code_2(tmp_p
     dataset = tmp_path / "dataset"
     synthesize(SynthConfig(out=str(tmp_path / "source"), n_images=40, size=64, seed=0, workers=1))
     ingest(str(tmp_path / "source"), str(dataset), IngestOptions(sizes=(64,)))
+    (tmp_path / "dataset-tables-only").mkdir()  # a label table, and no image anywhere
+    shutil.copy(tmp_path / "source" / "Data_Entry_2017_v2020.csv", tmp_path / "dataset-tables-only")
+    (tmp_path / "dataset-broken.zip").write_bytes(b"PK\x03\x04 not really a zip")
     table = cases(str(tmp_path / "missing"), str(folder), str(dataset))
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(lambda case: _run(case[0], work), table))
