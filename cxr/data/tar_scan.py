@@ -1,7 +1,7 @@
 """One ``.tar.gz`` of a source, read front to back once: its members listed and its images decoded into parts.
 
-The archive is streamed from storage (local or S3), inflated (ISA-L's ``igzip`` when installed, 2.8x
-zlib on NIH's archives; else :mod:`gzip`) and read as a tar stream, never unpacked to disk. Images are
+The archive is streamed from storage (local or S3), inflated (ISA-L's ``isal_zlib`` when installed, 2.8x
+zlib on NIH's archives; else :mod:`zlib`) and read as a tar stream, never unpacked to disk. Images are
 decoded as they pass, in chunks of ``images_per_part`` that become ordinary parts
 (:func:`cxr.data.parts.process_part`, keyed by the archive's identity and the members), so a scan that
 was killed and is run again decodes only the chunks it had not finished (the stream is read again).
@@ -17,7 +17,6 @@ download comes as twelve archives, which spreads over twelve workers.
 
 from __future__ import annotations
 
-import gzip
 import logging
 import tarfile
 import zlib
@@ -46,15 +45,18 @@ from cxr.data.quarantine import Reason
 log = logging.getLogger(__name__)
 PROGRESS_TOPIC = "cxr-ingest-progress"  # Dask events: packed bytes an archive's worker has read
 _CHECK_TAIL = 2**20  # bytes read at a time when checking that nothing follows the tar's last member
+_PACKED_READ = 2**16  # packed bytes inflated at a time: a deflate error loses what the last of them gave
+_INFLATE_STEP = 2**20  # inflated bytes per call at most
 
 
-def _gzip_reader(stream: Any) -> Any:
+def _inflater() -> Any:
+    """An inflater for one gzip member: ISA-L's when installed, else zlib's."""
     try:
-        from isal import igzip
+        from isal import isal_zlib
 
-        return igzip.GzipFile(fileobj=stream, mode="rb")
+        return isal_zlib.decompressobj(31)
     except ImportError:  # ISA-L is optional: zlib is 2.8x slower at inflating, still a small share of decoding
-        return gzip.GzipFile(fileobj=stream, mode="rb")
+        return zlib.decompressobj(31)
 
 
 class BombError(Exception):
@@ -65,26 +67,49 @@ class _WriteFailed(Exception):
     """Writing a part failed: not the archive's fault (the cause is raised)."""
 
 
-def _stream_errors() -> tuple[type[BaseException], ...]:
-    """What a damaged archive makes the reader raise (not a store that fails: SourceReadError)."""
-    errors: list[type[BaseException]] = [BombError, EOFError, gzip.BadGzipFile, zlib.error, tarfile.TarError]
+def _inflate_errors() -> tuple[type[BaseException], ...]:
+    """What the inflater raises on data that does not inflate."""
     try:
         from isal import isal_zlib
 
-        errors.append(isal_zlib.error)
+        return (zlib.error, isal_zlib.error)
     except ImportError:
-        pass
-    return tuple(errors)
+        return (zlib.error,)
+
+
+def _stream_errors() -> tuple[type[BaseException], ...]:
+    """What a damaged archive makes the reader raise (not a store that fails: SourceReadError)."""
+    return (BombError, EOFError, tarfile.TarError, *_inflate_errors())
 
 
 class _Inflated:
-    """The inflated stream, counting what it gives and refusing a decompression bomb."""
+    """The inflated stream, counting what it gives and refusing a decompression bomb.
 
-    def __init__(self, raw: storage._Stream, inner: Any, packed_size: int) -> None:
-        self.raw, self.inner, self.packed_size, self.given = raw, inner, packed_size, 0
+    Inflated here, not by a GzipFile: a GzipFile (zlib's or ISA-L's) that meets damage raises and drops
+    the bytes it had inflated before it, and tarfile drops what it was gathering for the read that
+    raised, so members before the damage were lost (three 3 KB images before a cut). Here damage ends
+    the stream instead (reads give b""; tarfile then stops or raises its own error) and is kept in
+    ``damage``: a stream cut short gives every byte it holds; a deflate error loses what the packed
+    bytes read since the last :data:`_PACKED_READ` boundary inflated to (the inflater drops the output
+    of the call that fails), a part of one NIH image at most.
+    """
+
+    def __init__(self, raw: storage._Stream) -> None:
+        self.raw, self.given = raw, 0
+        self.inflater = _inflater()
+        self.packed = b""  # read, not yet inflated
+        self.ready, self.at = b"", 0  # inflated; given up to ``at``
+        self.raw_ended = False  # the packed file has been read to its end
+        self.done = False  # the stream ended, whole or damaged
+        self.damage: BaseException | None = None
 
     def read(self, n: int = -1) -> bytes:
-        data = self.inner.read(n)
+        """Up to ``n`` bytes (fewer when fewer are inflated yet); b"" at the end, or at damage."""
+        while self.at == len(self.ready) and not self.done:
+            self.ready, self.at = self._inflate(), 0
+        end = len(self.ready) if n < 0 else self.at + n
+        data = self.ready[self.at : end]
+        self.at += len(data)
         self.given += len(data)
         if self.given > MAX_RATIO * max(self.raw.consumed, 1) + RATIO_SLACK:
             raise BombError(
@@ -92,6 +117,27 @@ class _Inflated:
                 f"{self.raw.consumed}): a decompression bomb; nothing after this point is read"
             )
         return data
+
+    def _inflate(self) -> bytes:
+        """Inflate a little more, or end the stream (``done``; ``damage`` when it is damaged)."""
+        if not self.packed and not self.raw_ended:
+            self.packed = self.raw.read(_PACKED_READ)
+            self.raw_ended = not self.packed
+        if self.inflater.eof:  # another gzip member may follow (concatenated files), after zero padding
+            self.packed = self.packed.lstrip(b"\0")
+            if not self.packed:
+                self.done = self.raw_ended
+                return b""
+            self.inflater = _inflater()
+        try:  # with nothing left to read, this gives what the inflater holds (ISA-L's holds some back)
+            out = self.inflater.decompress(self.packed, _INFLATE_STEP)
+        except _inflate_errors() as err:
+            self.damage, self.done = err, True
+            return b""
+        self.packed = self.inflater.unused_data if self.inflater.eof else self.inflater.unconsumed_tail
+        if self.raw_ended and not (out or self.packed or self.inflater.eof):
+            self.damage, self.done = EOFError("the archive ends inside its gzip stream (cut short)"), True
+        return out
 
 
 @dataclass(frozen=True)
@@ -147,6 +193,7 @@ def scan_archive(spec: ArchiveSpec, report: Callable[[int], None] | None = None)
     decoded = 0
     damaged: str | None = None
     current: str | None = None  # the member being read when the stream failed
+    last: str | None = None  # the last member listed (rows are not in archive order: a chunk's come when written)
 
     def flush() -> None:
         nonlocal chunk, data, reported, decoded
@@ -169,7 +216,7 @@ def scan_archive(spec: ArchiveSpec, report: Callable[[int], None] | None = None)
 
     raw = storage.open_stream(spec.url)
     try:
-        inflated = _Inflated(raw, _gzip_reader(raw), spec.size)
+        inflated = _Inflated(raw)
         try:
             with tarfile.open(fileobj=inflated, mode="r|") as tar:  # type: ignore[call-overload]
                 for member in tar:
@@ -205,13 +252,14 @@ def scan_archive(spec: ArchiveSpec, report: Callable[[int], None] | None = None)
                         members[image.url] = name
                         if len(chunk) >= spec.images_per_part:
                             flush()
-                    current = None
+                    current, last = None, name
                 current = None
-                _check_end(inflated)
+                _check_end(tar, inflated)
         except _WriteFailed as err:
             raise err.__cause__ from None  # type: ignore[misc]
         except _stream_errors() as err:
-            damaged = f"{type(err).__name__}: {err}"
+            cause = inflated.damage or err  # tarfile's own error for a stream that ended early says less
+            damaged = f"{type(cause).__name__}: {cause}"
             if current is not None:
                 settle(current, 0, Reason.DAMAGED_ARCHIVE, f"the archive is damaged inside this member ({damaged})")
         try:
@@ -221,7 +269,6 @@ def scan_archive(spec: ArchiveSpec, report: Callable[[int], None] | None = None)
     finally:
         raw.close()
     if damaged:
-        last = next((r["member"] for r in reversed(rows) if r.get("member")), None)
         where = f"after member {last}" if last else "before its first member"
         rows.append(
             {
@@ -246,14 +293,24 @@ def scan_on_worker(spec: ArchiveSpec, token: str) -> ArchiveResult:
     return scan_archive(spec, lambda n: worker.log_event(PROGRESS_TOPIC, {"token": token, "key": spec.key, "bytes": n}))
 
 
-def _check_end(inflated: _Inflated) -> None:
-    """Raise if anything but zero blocks follows the tar's end: Python's tarfile stops quietly at a bad header."""
+def _check_end(tar: tarfile.TarFile, inflated: _Inflated) -> None:
+    """Raise if anything but zero blocks follows the tar's end: Python's tarfile stops quietly at a bad header.
+
+    Read through tarfile's own stream: it holds up to 10 KiB read ahead, where a bad header near the end
+    and the members after it would go unseen.
+    """
+    stream: Any = tar.fileobj
     while True:
-        block = inflated.read(_CHECK_TAIL)
+        block = stream.read(_CHECK_TAIL)
         if not block:
+            if inflated.damage is not None:  # tarfile stops quietly at a header cut short
+                raise inflated.damage
             return
         if block.count(0) != len(block):
-            raise tarfile.ReadError(f"an unreadable tar header at about byte {inflated.given - len(block)}")
+            raise tarfile.ReadError(
+                f"the tar stream stops at byte {tar.offset} (an unreadable header, or an end-of-archive block "
+                "too early), with data after it"
+            )
 
 
 def _listing_table(rows: list[dict[str, Any]], spec: ArchiveSpec) -> pa.Table:
