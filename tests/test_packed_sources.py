@@ -156,5 +156,6 @@ def test_kill_9_during_a_packed_ingest_then_rerun_reads_only_the_unfinished_arch
     reliability_record.record(
         "packed archives",
         "kill -9 of a running ingest of .tar.gz archives",
-        f"the rerun gave the unpacked folder's digest; the {len(finished)} archive(s) finished before were not read again",
+        f"the rerun gave the unpacked folder's digest; the {len(finished)} archive(s) finished before "
+        "were not read again",
     )

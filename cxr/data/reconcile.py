@@ -80,13 +80,17 @@ def settle(plan: IngestPlan) -> Settled:
                     Reason.DUPLICATE_IMAGE_ID,
                     f"the same image id is also at {settled.found[image_id].uri}",
                 )
-            elif image_id not in plan.named:
-                own(
-                    uri,
-                    image_id,
-                    reason or Reason.UNLABELED_IMAGE,
-                    row["detail"] or "no row in the label table names this file",
-                )
+            elif image_id not in plan.named:  # as for files: unlabeled, unless a link or damaged (never decoded)
+                if reason in (Reason.SYMLINK, Reason.DAMAGED_ARCHIVE):
+                    own(uri, image_id, reason, row["detail"])
+                else:
+                    detail = "no row in the label table names this file"
+                    own(
+                        uri,
+                        image_id,
+                        Reason.UNLABELED_IMAGE,
+                        detail + (f"; {reason}: {row['detail']}" if reason else ""),
+                    )
             elif image_id in waiting:
                 settled.found[image_id] = Found(uri, row["part"], reason, row["detail"])
             # else: named only by a row quarantined already, which stands for it
