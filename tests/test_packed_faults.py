@@ -444,7 +444,7 @@ def test_a_targz_decompression_bomb_stops_the_scan_early(src, tmp_path, reliabil
         AREA,
         "a .tar.gz holding a member of 1 GiB of zeros (a decompression bomb)",
         f"the scan stops early ({out.seconds:.1f} s): the member unlabeled (too large, never read), the rest one "
-        "damaged_archive record ('a decompression bomb'); the images before it accepted, the rows after it missing_image",
+        "damaged_archive record ('a decompression bomb'); images before it accepted, rows after it missing_image",
     )
 
 
