@@ -440,14 +440,29 @@ def read_text(url: str) -> str:
     return read_bytes(url).decode("utf-8")
 
 
-def copy(src: str, dst: str) -> None:
-    """Copy a file or object; S3 to S3 is a server-side copy, anything else goes through this process."""
+def copy(src: str, dst: str, immutable: bool = False) -> None:
+    """Copy a file or object; S3 to S3 is a server-side copy, anything else goes through this process.
+
+    ``immutable``: the source is never changed in place (every write here replaces a file by a new one),
+    so on one local filesystem a hard link stands for the copy: no bytes written, no disk taken twice.
+    """
     fs, src_path = filesystem(src)
     if src.startswith("s3://") and dst.startswith("s3://"):
         _, dst_path = filesystem(dst)
         retrying("copy", src, lambda: fs.copy(src_path, dst_path))
-    else:
-        write_bytes(dst, read_bytes(src))
+        return
+    if immutable and not is_remote(src) and not is_remote(dst):
+        _, dst_path = filesystem(dst)
+        os.makedirs(os.path.dirname(dst_path) or ".", exist_ok=True)
+        tmp = _temp_path(dst_path)
+        try:
+            os.link(src_path, tmp)
+            os.replace(tmp, dst_path)
+            return
+        except OSError:  # another filesystem, or links not allowed: copy the bytes
+            with suppress(FileNotFoundError):
+                os.unlink(tmp)
+    write_bytes(dst, read_bytes(src))
 
 
 def exists(url: str) -> bool:

@@ -52,6 +52,9 @@ def test_tar_gz_archives_and_a_zip_give_the_digest_of_the_unpacked_folder(source
         assert all(u.startswith(prefix) and "::" in u for u in uris), uris[:3]
     # nothing was unpacked to disk: the outputs hold no PNG
     assert not list(tmp_path.rglob("*.png"))
+    # a version's shards are hard links to its parts' (locally): the pixels are on disk once
+    shards = list((tmp_path / "targz").glob("*/shards/32/*.npy"))
+    assert shards and all(p.stat().st_nlink == 2 for p in shards)
 
 
 def test_a_packed_ingest_on_a_dask_cluster_reports_every_byte_and_gives_the_same_digest(

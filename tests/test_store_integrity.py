@@ -184,9 +184,10 @@ def small_disk(tmp_path):
 def test_an_ingest_into_a_full_filesystem_fails_cleanly(small_disk, tmp_path, reliability_record):
     src = archive(tmp_path / "src", 30, seed=3)
     out = small_disk / "ds"
-    first = ingest(str(src), str(out), IngestOptions(sizes=(128,), part_images=8))
+    # 30 images at 192 px (36 KiB each) fit; 60 do not (a version's shards are hard links to its parts)
+    first = ingest(str(src), str(out), IngestOptions(sizes=(192,), part_images=8))
     grow(src, 30)
-    run = [sys.executable, "-c", INGEST, str(src), str(out), "128", "8"]
+    run = [sys.executable, "-c", INGEST, str(src), str(out), "192", "8"]
     failed = subprocess.run(run, capture_output=True, text=True, timeout=300)
     assert failed.returncode != 0
     assert f"StorageFullError: [Errno 28] no space left on the device writing {out}/" in failed.stderr

@@ -78,7 +78,7 @@ def _copy_shards(draft: VersionDraft) -> None:
     for shard in draft.shards:
         target = shard_url(draft.path, shard.size, shard.name)
         if present.get(target) != shard.hash.bytes:
-            storage.copy(shard.source, target)
+            storage.copy(shard.source, target, immutable=True)  # part shards are replaced, never rewritten
 
 
 def _write(draft: VersionDraft, held: Held) -> None:
