@@ -1,9 +1,9 @@
 """One ``.tar.gz`` of a source, read front to back once: its members listed and its images decoded into parts.
 
 The archive is streamed from storage (local or S3), inflated (ISA-L's ``isal_zlib`` when installed, 2.8x
-zlib on NIH's archives; else :mod:`zlib`) and read as a tar stream, never unpacked to disk. Images are
-decoded as they pass, in chunks of ``images_per_part`` that become ordinary parts
-(:func:`cxr.data.parts.process_part`, keyed by the archive's identity and the members), so a scan that
+zlib on NIH's archives; else :mod:`zlib`) and read as a tar stream (:mod:`cxr.data.tar_stream`), never
+unpacked to disk. Images are decoded as they pass, in chunks of ``images_per_part`` that become ordinary
+parts (:func:`cxr.data.parts.process_part`, keyed by the archive's identity and the members), so a scan that
 was killed and is run again decodes only the chunks it had not finished (the stream is read again).
 The listing (``<out>/.work/archives/<key>.parquet``) is written last: with it, and every part it names,
 the archive counts as scanned and a rerun does not read it again. Every member gets one listing row;
@@ -41,10 +41,10 @@ from cxr.data.decode import PIXEL_PIPELINE_VERSION
 from cxr.data.part_files import finished_keys, parts_root
 from cxr.data.parts import PartImage, PartSpec, part_key, process_part
 from cxr.data.quarantine import Reason
+from cxr.data.tar_stream import TarStream
 
 log = logging.getLogger(__name__)
 PROGRESS_TOPIC = "cxr-ingest-progress"  # Dask events: packed bytes an archive's worker has read
-_CHECK_TAIL = 2**20  # bytes read at a time when checking that nothing follows the tar's last member
 _PACKED_READ = 2**16  # packed bytes inflated at a time: a deflate error loses what the last of them gave
 _INFLATE_STEP = 2**20  # inflated bytes per call at most
 
@@ -86,9 +86,9 @@ class _Inflated:
     """The inflated stream, counting what it gives and refusing a decompression bomb.
 
     Inflated here, not by a GzipFile: a GzipFile (zlib's or ISA-L's) that meets damage raises and drops
-    the bytes it had inflated before it, and tarfile drops what it was gathering for the read that
+    the bytes it had inflated before it, and tarfile dropped what it was gathering for the read that
     raised, so members before the damage were lost (three 3 KB images before a cut). Here damage ends
-    the stream instead (reads give b""; tarfile then stops or raises its own error) and is kept in
+    the stream instead (reads give b""; the tar reader then raises EOFError) and is kept in
     ``damage``: a stream cut short gives every byte it holds; a deflate error loses what the packed
     bytes read since the last :data:`_PACKED_READ` boundary inflated to (the inflater drops the output
     of the call that fails), a part of one NIH image at most.
@@ -218,47 +218,40 @@ def scan_archive(spec: ArchiveSpec, report: Callable[[int], None] | None = None)
     try:
         inflated = _Inflated(raw)
         try:
-            with tarfile.open(fileobj=inflated, mode="r|") as tar:  # type: ignore[call-overload]
-                for member in tar:
-                    current = member.name
-                    tar.members = []  # stream mode keeps every header it read: hold none
-                    if member.isdir():
-                        continue
-                    name, image_id = member.name, image_id_of(member.name)
-                    problem = unsafe_name(name)
-                    if problem:
-                        settle(name, member.size, Reason.UNSAFE_PATH, f"{problem}; a member may not leave its folder")
-                    elif member.issym() or member.islnk():
-                        kind = "a symbolic link" if member.issym() else "a hard link"
-                        settle(name, 0, Reason.SYMLINK, f"{kind} to {member.linkname!r}, never followed")
-                    elif not member.isreg():
-                        settle(name, member.size, Reason.UNREADABLE_IMAGE, "a tar member that is not a file")
-                    elif image_id in seen:
-                        settle(
-                            name, member.size, Reason.DUPLICATE_IMAGE_ID, f"also at {seen[image_id]} in this archive"
-                        )
-                    elif member.size > spec.limits.max_bytes:
-                        settle(name, member.size, Reason.TOO_LARGE, f"{member.size} bytes > {spec.limits.max_bytes}")
-                    else:
-                        seen[image_id] = name
-                        handle = tar.extractfile(member)
-                        assert handle is not None
-                        content = handle.read()
-                        if len(content) != member.size:
-                            raise EOFError(f"the archive ends inside {name}")
-                        image = PartImage(image_id, member_uri("tar", spec.url, name), member.size, spec.version)
-                        chunk.append(image)
-                        data[image.url] = content
-                        members[image.url] = name
-                        if len(chunk) >= spec.images_per_part:
-                            flush()
-                    current, last = None, name
-                current = None
-                _check_end(tar, inflated)
+            tar = TarStream(inflated)
+            for member in tar.members():
+                if member.isdir():
+                    continue
+                name, image_id = member.name, image_id_of(member.name)
+                current = name
+                problem = unsafe_name(name)
+                if problem:
+                    settle(name, member.size, Reason.UNSAFE_PATH, f"{problem}; a member may not leave its folder")
+                elif member.issym() or member.islnk():
+                    kind = "a symbolic link" if member.issym() else "a hard link"
+                    settle(name, 0, Reason.SYMLINK, f"{kind} to {member.linkname!r}, never followed")
+                elif not member.isreg():
+                    settle(name, member.size, Reason.UNREADABLE_IMAGE, "a tar member that is not a file")
+                elif image_id in seen:
+                    settle(name, member.size, Reason.DUPLICATE_IMAGE_ID, f"also at {seen[image_id]} in this archive")
+                elif member.size > spec.limits.max_bytes:
+                    settle(name, member.size, Reason.TOO_LARGE, f"{member.size} bytes > {spec.limits.max_bytes}")
+                else:
+                    content = tar.data(member)
+                    seen[image_id] = name
+                    image = PartImage(image_id, member_uri("tar", spec.url, name), member.size, spec.version)
+                    chunk.append(image)
+                    data[image.url] = content
+                    members[image.url] = name
+                    if len(chunk) >= spec.images_per_part:
+                        flush()
+                current, last = None, name
+            if inflated.damage is not None:  # the stream ended early right at the end-of-archive block
+                raise inflated.damage
         except _WriteFailed as err:
             raise err.__cause__ from None  # type: ignore[misc]
         except _stream_errors() as err:
-            cause = inflated.damage or err  # tarfile's own error for a stream that ended early says less
+            cause = inflated.damage or err  # the tar reader's own error for a stream that ended early says less
             damaged = f"{type(cause).__name__}: {cause}"
             if current is not None:
                 settle(current, 0, Reason.DAMAGED_ARCHIVE, f"the archive is damaged inside this member ({damaged})")
@@ -291,26 +284,6 @@ def scan_on_worker(spec: ArchiveSpec, token: str) -> ArchiveResult:
 
     worker = get_worker()
     return scan_archive(spec, lambda n: worker.log_event(PROGRESS_TOPIC, {"token": token, "key": spec.key, "bytes": n}))
-
-
-def _check_end(tar: tarfile.TarFile, inflated: _Inflated) -> None:
-    """Raise if anything but zero blocks follows the tar's end: Python's tarfile stops quietly at a bad header.
-
-    Read through tarfile's own stream: it holds up to 10 KiB read ahead, where a bad header near the end
-    and the members after it would go unseen.
-    """
-    stream: Any = tar.fileobj
-    while True:
-        block = stream.read(_CHECK_TAIL)
-        if not block:
-            if inflated.damage is not None:  # tarfile stops quietly at a header cut short
-                raise inflated.damage
-            return
-        if block.count(0) != len(block):
-            raise tarfile.ReadError(
-                f"the tar stream stops at byte {tar.offset} (an unreadable header, or an end-of-archive block "
-                "too early), with data after it"
-            )
 
 
 def _listing_table(rows: list[dict[str, Any]], spec: ArchiveSpec) -> pa.Table:
