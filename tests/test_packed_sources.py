@@ -16,6 +16,7 @@ import pytest
 
 from cxr import storage
 from cxr.data.cluster import dask_client
+from cxr.data.gc import NeededVersions, plan_gc
 from cxr.data.ingest import PartsToDo, ingest, publish, run_parts
 from cxr.data.plan import IngestOptions, plan_ingest
 from cxr.data.synth import SynthConfig, synthesize
@@ -93,6 +94,7 @@ def test_a_replaced_archive_is_the_only_one_decoded_again(sources, tmp_path, rel
         )
     out = tmp_path / "ds"
     first = ingest(str(src), str(out), OPTIONS)
+    before = {a.name: a.listing_url for a in plan_ingest(str(src), str(out), OPTIONS).archives}
     # images_002.tar.gz replaced: the same members, one image's bytes changed (a re-exported download)
     unpacked = tmp_path / "unpacked"
     import tarfile
@@ -116,6 +118,9 @@ def test_a_replaced_archive_is_the_only_one_decoded_again(sources, tmp_path, rel
     assert (decoded.skipped_archives, decoded.archive_images) == (2, in_archive)
     second = publish(plan)
     assert second.digest != first.digest and second.accounting.accepted == 90
+    # cxr gc: the replaced archive's old listing names no part of LATEST's version: removed; the others kept
+    report = plan_gc(str(out), NeededVersions({}), keep=1, idle_s=0)
+    assert [r.url for r in report.removals if r.kind == "archive listing"] == [before["images_002.tar.gz"]]
     reliability_record.record(
         "packed archives",
         "one .tar.gz of the source replaced by a new copy",

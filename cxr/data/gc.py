@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from cxr import storage
+from cxr.data.archives import archives_root
 from cxr.data.lock import store_lock
 from cxr.data.part_files import PART_IDLE_S, idle_parts, part_folders
 from cxr.data.version import DatasetVersion, open_version, read_latest
@@ -179,6 +180,13 @@ def plan_gc(
         parts_needed = [f.key for f in folders]
     for f in idle_parts(folders, set(parts_needed), now, idle_s):
         removals.append(Removal("part", f.url, f.bytes, f.files, "not a part of LATEST's version, and idle"))
+    listings = archives_root(root).rstrip("/") + "/"
+    for e in entries:  # an archive's listing is worth keeping while LATEST uses its parts (a rerun skips it)
+        if e["url"].startswith(listings) and e["url"].endswith(".parquet") and now - e["modified"] >= idle_s:
+            named = storage.read_parquet(e["url"], columns=["part"])["part"].drop_null().to_pylist()
+            if not set(named) & set(parts_needed):
+                reason = "a .tar.gz listing none of whose parts LATEST's version uses, and idle"
+                removals.append(Removal("archive listing", e["url"], e["size"], 1, reason))
     for e in entries:
         if storage.is_temp_name(e["url"]) and not storage.is_remote(e["url"]) and storage.is_stale_temp(e["url"]):
             removals.append(Removal("temp file", e["url"], e["size"], 1, "left by a killed write"))
@@ -192,7 +200,7 @@ def plan_gc(
 def _remove(removal: Removal) -> None:
     if removal.kind == "version":
         storage.remove(storage.join(removal.url, "dataset.json"))  # no longer a version, then gone
-    storage.remove(removal.url, recursive=removal.kind != "temp file")
+    storage.remove(removal.url, recursive=removal.kind not in ("temp file", "archive listing"))
 
 
 def collect_garbage(
