@@ -21,7 +21,8 @@ def plan_ingest_task(source: str, out: str, options: IngestOptions) -> IngestPla
 
 @task(name="decode-parts", cache_policy=NO_CACHE, **RETRY)
 def decode_parts_task(plan: IngestPlan, dask_address: str | None, workers: int | None) -> DecodeSummary:
-    """Decode every unfinished part on Dask; finished parts survive a failed try, so a retry resumes."""
+    """Read every .tar.gz not yet read and decode every unfinished part on Dask; finished work survives a failed
+    try, so a retry resumes."""
     if plan.existing or not (plan.parts or plan.archives):
         return DecodeSummary.nothing_to_do(plan)
     with dask_client(dask_address, workers, announce=print) as client:

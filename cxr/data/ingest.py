@@ -78,14 +78,20 @@ class PartsToDo:
         return text + "; a rerun reuses them"
 
     def line(self) -> str:
-        """``3 of 6 parts reused, decoding 300 images in 3 parts`` (or ``decoding 600 images in 6 parts``)."""
-        parts = self.parts - self.reused_parts
-        left = f"decoding {self.images - self.reused_images} images in {parts} part{'s' if parts != 1 else ''}"
-        text = f"{self.reused_parts} of {self.parts} parts reused, {left}" if self.reused_parts else left
+        """``3 of 6 parts reused, decoding 300 images in 3 parts`` (or ``decoding 600 images in 6 parts``),
+        and for archives ``2 of 12 .tar.gz archives read before, reading 10`` (or ``reading 12 .tar.gz archives``)."""
+        said = []
+        if self.parts or not self.archives:
+            parts = self.parts - self.reused_parts
+            left = f"decoding {self.images - self.reused_images} images in {parts} part{'s' if parts != 1 else ''}"
+            said.append(f"{self.reused_parts} of {self.parts} parts reused, {left}" if self.reused_parts else left)
         if self.archives:
             todo = self.archives - self.reused_archives
-            text += f"; {self.reused_archives} of {self.archives} .tar.gz archives read before, reading {todo}"
-        return text
+            if self.reused_archives:
+                said.append(f"{self.reused_archives} of {self.archives} .tar.gz archives read before, reading {todo}")
+            else:
+                said.append(f"reading {todo} .tar.gz archive{'s' if todo != 1 else ''}")
+        return "; ".join(said)
 
 
 @dataclass(frozen=True)
