@@ -72,11 +72,7 @@ def image_id_of(name: str) -> str:
 
 def find_archives(root: str) -> list[dict]:
     """Listing details (url, size, version) of the ``images_*.tar.gz`` files in ``root``, by name."""
-    if storage.is_remote(root) or storage.exists(root):
-        entries = storage.list_files_detail(root)
-    else:
-        entries = []
-    return [e for e in entries if TAR_ARCHIVE.fullmatch(posixpath.basename(e["url"]))]
+    return [e for e in storage.list_files_detail(root) if TAR_ARCHIVE.fullmatch(posixpath.basename(e["url"]))]
 
 
 def archive_key(url: str, size: int, version: str, sizes: tuple[int, ...], limits: DecodeLimits) -> str:
