@@ -17,6 +17,9 @@ import pyarrow as pa
 DIGEST_CHARS = 16
 
 
+_BATCH_ROWS = 4096  # rows turned into Python dicts at once (all 112,120 of NIH's at once took about 350 MB)
+
+
 def canonical_digest(
     header: dict[str, Any],
     tables: Sequence[tuple[str, pa.Table, list[str]]],
@@ -35,6 +38,8 @@ def canonical_digest(
     feed(header)
     for name, table, keys in tables:
         feed({"table": name, "columns": table.schema.names, "rows": table.num_rows})
-        for row in table.sort_by([(k, "ascending") for k in keys]).to_pylist():
-            feed(transform(row) if transform else row)
+        ordered = table.sort_by([(k, "ascending") for k in keys])
+        for batch in ordered.to_batches(max_chunksize=_BATCH_ROWS):  # rows as dicts a batch at a time: flat memory
+            for row in batch.to_pylist():
+                feed(transform(row) if transform else row)
     return h.hexdigest()[:DIGEST_CHARS]
