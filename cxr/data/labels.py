@@ -127,8 +127,11 @@ def _decode_lines(data: bytes, source_uri: str) -> Iterator[tuple[int, str | Non
         raise NihFormatError(f"{source_uri}: UTF-16 encoded; convert it to UTF-8")
     if data[:3] == b"\xef\xbb\xbf":
         data = data[3:]
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        raw = raw.rstrip(b"\r")
+    start, number = 0, 0
+    while start <= len(data):  # one line at a time: splitting all at once held every line twice (NIH: 15 MB)
+        end = data.find(b"\n", start)
+        end = len(data) if end < 0 else end
+        raw, start, number = data[start:end].rstrip(b"\r"), end + 1, number + 1
         if not raw:
             continue
         try:
@@ -245,6 +248,17 @@ def _field_count_ok(fields: list[str], n_header: int, trailing_comma: bool) -> b
     return trailing_comma and len(fields) == n_header - 1
 
 
+_BATCH_ROWS = 8192  # rows held as Python objects at once; all of NIH's 112,120 at once took 150 MB
+
+
+def _batch(cols: dict[str, list]) -> pa.RecordBatch:
+    """The rows gathered so far as an Arrow batch; the lists are emptied."""
+    batch = pa.RecordBatch.from_pydict(cols, schema=LABEL_SCHEMA)
+    for values in cols.values():
+        values.clear()
+    return batch
+
+
 def read_label_table(data: bytes, source_uri: str) -> LabelTable:
     """Parse a label table of either edition (plain or gzip) into normalized rows and quarantine records."""
     decoded = _decode_lines(data, source_uri)
@@ -257,6 +271,7 @@ def read_label_table(data: bytes, source_uri: str) -> LabelTable:
     quarantine: list[QuarantineRecord] = []
     seen: dict[str, int] = {}
     lines: list[int] = []
+    batches: list[pa.RecordBatch] = []
     n_rows = 0
     for number, text, raw in decoded:
         n_rows += 1
@@ -304,8 +319,11 @@ def read_label_table(data: bytes, source_uri: str) -> LabelTable:
         present = set(findings)
         for finding, column in zip(FINDINGS, FINDING_COLUMNS, strict=True):
             cols[column].append(finding in present)
+        if len(cols["image_id"]) == _BATCH_ROWS:
+            batches.append(_batch(cols))
 
-    table = pa.Table.from_pydict(cols, schema=LABEL_SCHEMA)
+    batches.append(_batch(cols))
+    table = pa.Table.from_batches(batches, schema=LABEL_SCHEMA)
     return LabelTable(table, quarantine, "2017" if trailing_comma else "v2020", n_rows, lines)
 
 
