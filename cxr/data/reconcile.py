@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cxr.data.archives import member_uri, read_listing
+from cxr.data.archives import LISTING_SCHEMA, member_uri, read_listing
 from cxr.data.part_files import UnfinishedPartError
 from cxr.data.plan import IngestPlan
 from cxr.data.quarantine import QuarantineRecord, Reason
@@ -21,7 +21,7 @@ from cxr.data.quarantine import QuarantineRecord, Reason
 _OWN_INPUTS = (str(Reason.UNSAFE_PATH), str(Reason.DUPLICATE_IMAGE_ID))  # never matched to a row
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Found:
     """Where a row's image is: its URI, the part holding its pixels, or why it was not decoded."""
 
@@ -61,7 +61,9 @@ def settle(plan: IngestPlan) -> Settled:
         listing = read_listing(spec)
         if listing is None:
             raise UnfinishedPartError(f"{spec.url} has not been read to its end by this ingest; rerun the ingest")
-        for row in listing.to_pylist():
+        names = LISTING_SCHEMA.names
+        for values in zip(*(listing[name].to_pylist() for name in names), strict=True):  # tuples, not dicts
+            row = dict(zip(names, values, strict=True))
             if row["member"] is None:  # the unread tail of a damaged archive
                 own(spec.url, None, Reason.DAMAGED_ARCHIVE, row["detail"])
                 damaged.append(spec.name)
