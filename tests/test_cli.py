@@ -56,7 +56,7 @@ FIXTURE_IMAGE = next((FIXTURE_FILE.parent / "images").glob("*.png"))
             ["predict", str(FIXTURE_IMAGE), "--model", "m.pt", "--device", "bogus"],
             "device must be auto, cpu, cuda or cuda:N",
         ),
-        (["inspect", str(FIXTURE_FILE)], "is a file, where the archive's folder was expected"),
+        (["inspect", str(FIXTURE_FILE)], "is a file, where the archive's folder (or a .zip) was expected"),
         (["gc", "/nonexistent/datasets"], "datasets root '/nonexistent/datasets' does not exist"),
         (
             ["predict", str(FIXTURE_IMAGE), "--model", str(FIXTURE_FILE.parent)],
