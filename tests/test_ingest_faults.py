@@ -135,3 +135,46 @@ def test_local_workers_get_the_default_memory_limit_and_one_retry():
         limits = client.run(lambda dask_worker: dask_worker.memory_manager.memory_limit)
         retries = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.allowed_failures)
     assert list(limits.values()) == [WORKER_MEMORY_LIMIT] and retries == ALLOWED_FAILURES == 1
+
+
+def test_an_image_that_kills_its_worker_inside_a_targz_is_isolated_and_the_rest_of_its_chunk_lands(
+    tmp_path, reliability_record
+):
+    import io
+    import tarfile
+
+    rng = np.random.default_rng(2)
+    images = {f"0000000{i}_000.png": png(rng.integers(0, 256, (96, 96), dtype=np.uint8)) for i in (1, 2, 3, 4, 5)}
+    images["00000007_000.png"] = zeros_png(8192)  # kills a worker of WORKER_MEMORY, in the first archive's only chunk
+    src = tmp_path / "packed"
+    src.mkdir()
+    for archive, ids in (
+        ("images_001.tar.gz", ["00000001_000.png", "00000007_000.png", "00000002_000.png"]),
+        ("images_002.tar.gz", ["00000003_000.png", "00000004_000.png", "00000005_000.png"]),
+    ):
+        with tarfile.open(src / archive, "w:gz") as tar:
+            for image_id in ids:
+                info = tarfile.TarInfo(f"images/{image_id}")
+                info.size = len(images[image_id])
+                tar.addfile(info, io.BytesIO(images[image_id]))
+    rows = [row(image_id, k + 1) for k, image_id in enumerate(sorted(images))]
+    (src / "Data_Entry_2017_v2020.csv").write_text("\n".join([HEADER, *rows]) + "\n")
+
+    out = tmp_path / "out"
+    args = ["ingest", "--source", str(src), "--out", str(out), "--size", "64", "--workers", "2"]
+    done = subprocess.run(
+        [str(CXR), *args, "--worker-memory", WORKER_MEMORY, "--json"], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    version = open_version(str(out / json.loads(done.stdout)["digest"]))
+    assert version.metadata()["image_id"].to_pylist() == sorted(set(images) - {"00000007_000.png"})
+    [record] = version.quarantine().to_pylist()
+    assert record["image_id"] == "00000007_000.png" and record["reason"] == "decode_crashed"
+    assert "KilledWorker" in record["detail"] and record["source_uri"].startswith("tar://images/00000007_000.png::")
+    assert version.accounting.accepted + version.accounting.quarantined == version.accounting.inputs == 6
+    reliability_record.record(
+        "packed archives",
+        "a PNG inside a .tar.gz whose decoding goes over the Dask worker's memory limit",
+        "decode_crashed: the scan's worker died; its first unfinished chunk was decoded image by image, and the "
+        "archive scanned again without it; the other images of its chunk and archive landed",
+    )

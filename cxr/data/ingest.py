@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 
 from cxr import __version__, storage
 from cxr.data.accounting import Accounting, BoxAccounting, SplitListAccounting
+from cxr.data.archives import ArchiveSpec
 from cxr.data.commit import ShardSource, VersionDraft, commit_version
 from cxr.data.decode import PIXEL_PIPELINE_VERSION
 from cxr.data.part_files import finished_keys, parts_root, read_finished_part
@@ -134,10 +135,6 @@ class DecodeSummary:
         return cls(len(plan.parts), images, len(plan.parts), images, n, n)
 
 
-class ArchiveCrashError(RuntimeError):
-    """The workers reading a .tar.gz died (a crash in the decoder, or more memory than a worker may use)."""
-
-
 def run_parts(
     plan: IngestPlan, client: Any | None = None, progress: Callable[[int], None] | None = None
 ) -> DecodeSummary:
@@ -158,7 +155,7 @@ def run_parts(
         return DecodeSummary.of(results, scans)
     from distributed import as_completed
 
-    from cxr.data.isolate import isolate_crashes, worker_died
+    from cxr.data.isolate import isolate_archive_crashes, isolate_crashes, worker_died
 
     # One Dask task per part, never one per image, submitted largest first (part sizes vary:
     # content-defined boundaries) so that each worker's last task is a small one. A bag over the
@@ -197,14 +194,13 @@ def run_parts(
         results: list[PartResult] = []
         scans: list[ArchiveResult] = []
         crashed: list[PartSpec] = []  # parts whose workers died: isolated image by image once the rest is done
+        crashed_archives: list[ArchiveSpec] = []  # archives whose workers died: isolated a chunk at a time
         for future in as_completed(archive_futures + futures):
             if future.key in archive_of:
                 archive = archive_of[future.key]
                 if worker_died(future):
-                    raise ArchiveCrashError(
-                        f"{archive.url}: the workers reading it died (a crash in the decoder, or more memory "
-                        "than a worker may use: see --worker-memory); the parts it finished are kept"
-                    )
+                    crashed_archives.append(archive)
+                    continue
                 scans.append(future.result())
                 with lock:
                     completed.add(archive.key)
@@ -222,6 +218,13 @@ def run_parts(
             results.append(isolate_crashes(client, spec))
             if progress:
                 progress(sum(i.size for i in spec.images))
+        for archive in crashed_archives:
+            scans.append(isolate_archive_crashes(client, archive, token))
+            with lock:
+                completed.add(archive.key)
+                rest = archive.size - reported.get(archive.key, 0)
+            if progress and rest > 0:
+                progress(rest)
     finally:
         if progress and plan.archives:
             client.unsubscribe_topic(PROGRESS_TOPIC)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import tarfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +38,7 @@ from cxr.data.archives import (
     unsafe_name,
 )
 from cxr.data.decode import PIXEL_PIPELINE_VERSION
-from cxr.data.part_files import finished_keys, parts_root
+from cxr.data.part_files import finished_keys, parts_root, reuse_finished_part
 from cxr.data.parts import PartImage, PartSpec, part_key, process_part
 from cxr.data.quarantine import Reason
 from cxr.data.tar_stream import TarStream
@@ -174,10 +174,62 @@ def chunk_part(spec: ArchiveSpec, images: tuple[PartImage, ...]) -> PartSpec:
     return PartSpec(key, storage.join(parts_root(spec.out), key), images, spec.sizes, spec.limits)
 
 
-def scan_archive(spec: ArchiveSpec, report: Callable[[int], None] | None = None) -> ArchiveResult:
+class _Walk:
+    """The members of one archive as the scan sees them: (name, image and its bytes) or (name, a listing row)."""
+
+    def __init__(self, spec: ArchiveSpec, tar: TarStream) -> None:
+        self.spec, self.tar = spec, tar
+        self.current: str | None = None  # the member being read (when the stream fails)
+        self.last: str | None = None  # the last member listed
+
+    def __iter__(self) -> Iterator[tuple[str, PartImage | None, bytes | None, dict[str, Any] | None]]:
+        spec, seen = self.spec, {}  # image id -> member name, within this archive
+        for member in self.tar.members():
+            if member.isdir():
+                continue
+            name, image_id = member.name, image_id_of(member.name)
+            self.current = name
+            problem = unsafe_name(name)
+            row: dict[str, Any] | None = None
+            if problem:
+                row = _row(name, member.size, Reason.UNSAFE_PATH, f"{problem}; a member may not leave its folder")
+            elif member.issym() or member.islnk():
+                kind = "a symbolic link" if member.issym() else "a hard link"
+                row = _row(name, 0, Reason.SYMLINK, f"{kind} to {member.linkname!r}, never followed")
+            elif not member.isreg():
+                row = _row(name, member.size, Reason.UNREADABLE_IMAGE, "a tar member that is not a file")
+            elif image_id in seen:
+                row = _row(name, member.size, Reason.DUPLICATE_IMAGE_ID, f"also at {seen[image_id]} in this archive")
+            elif member.size > spec.limits.max_bytes:
+                row = _row(name, member.size, Reason.TOO_LARGE, f"{member.size} bytes > {spec.limits.max_bytes}")
+            if row is not None:
+                yield name, None, None, row
+            else:
+                content = self.tar.data(member)
+                seen[image_id] = name
+                yield (
+                    name,
+                    PartImage(image_id, member_uri("tar", spec.url, name), member.size, spec.version),
+                    content,
+                    None,
+                )
+            self.current, self.last = None, name
+        if self.tar.stream.damage is not None:  # the stream ended early right at the end-of-archive block
+            raise self.tar.stream.damage
+
+
+def _row(name: str, size: int, reason: Reason, detail: str) -> dict[str, Any]:
+    return {"member": name, "size": size, "reason": str(reason), "detail": detail}
+
+
+def scan_archive(
+    spec: ArchiveSpec, report: Callable[[int], None] | None = None, crashed: Mapping[str, str] | None = None
+) -> ArchiveResult:
     """List and decode one ``.tar.gz``, or skip it when an earlier run scanned it (module docstring).
 
-    ``report(n)`` is called with the packed bytes read since the last call, after each chunk.
+    ``report(n)`` is called with the packed bytes read since the last call, after each chunk. ``crashed``
+    names images (id -> detail) that killed the worker decoding them (:mod:`cxr.data.isolate`): recorded as
+    ``decode_crashed``, not decoded again.
     """
     if spec.key in scanned([spec]):
         listing = read_listing(spec)
@@ -187,20 +239,17 @@ def scan_archive(spec: ArchiveSpec, report: Callable[[int], None] | None = None)
     rows: list[dict[str, Any]] = []
     chunk: list[PartImage] = []
     data: dict[str, bytes] = {}
-    seen: dict[str, str] = {}  # image id -> member name, within this archive
     members: dict[str, str] = {}  # member URI -> member name, for the chunk being filled
     reported = 0
     decoded = 0
     damaged: str | None = None
-    current: str | None = None  # the member being read when the stream failed
-    last: str | None = None  # the last member listed (rows are not in archive order: a chunk's come when written)
 
     def flush() -> None:
         nonlocal chunk, data, reported, decoded
         if chunk:
             part = chunk_part(spec, tuple(chunk))
             try:
-                result = process_part(part, data=data)
+                result = process_part(part, crashed, data=data)
                 decoded += 0 if result.skipped else result.images
             except Exception as err:
                 raise _WriteFailed() from err
@@ -211,50 +260,28 @@ def scan_archive(spec: ArchiveSpec, report: Callable[[int], None] | None = None)
             report(raw.consumed - reported)
             reported = raw.consumed
 
-    def settle(name: str, size: int, reason: Reason, detail: str) -> None:
-        rows.append({"member": name, "size": size, "reason": str(reason), "detail": detail})
-
     raw = storage.open_stream(spec.url)
+    inflated = _Inflated(raw)
+    walk = _Walk(spec, TarStream(inflated))
     try:
-        inflated = _Inflated(raw)
         try:
-            tar = TarStream(inflated)
-            for member in tar.members():
-                if member.isdir():
+            for name, image, content, row in walk:
+                if image is None:
+                    rows.append(row)
                     continue
-                name, image_id = member.name, image_id_of(member.name)
-                current = name
-                problem = unsafe_name(name)
-                if problem:
-                    settle(name, member.size, Reason.UNSAFE_PATH, f"{problem}; a member may not leave its folder")
-                elif member.issym() or member.islnk():
-                    kind = "a symbolic link" if member.issym() else "a hard link"
-                    settle(name, 0, Reason.SYMLINK, f"{kind} to {member.linkname!r}, never followed")
-                elif not member.isreg():
-                    settle(name, member.size, Reason.UNREADABLE_IMAGE, "a tar member that is not a file")
-                elif image_id in seen:
-                    settle(name, member.size, Reason.DUPLICATE_IMAGE_ID, f"also at {seen[image_id]} in this archive")
-                elif member.size > spec.limits.max_bytes:
-                    settle(name, member.size, Reason.TOO_LARGE, f"{member.size} bytes > {spec.limits.max_bytes}")
-                else:
-                    content = tar.data(member)
-                    seen[image_id] = name
-                    image = PartImage(image_id, member_uri("tar", spec.url, name), member.size, spec.version)
-                    chunk.append(image)
-                    data[image.url] = content
-                    members[image.url] = name
-                    if len(chunk) >= spec.images_per_part:
-                        flush()
-                current, last = None, name
-            if inflated.damage is not None:  # the stream ended early right at the end-of-archive block
-                raise inflated.damage
+                chunk.append(image)
+                data[image.url] = content
+                members[image.url] = name
+                if len(chunk) >= spec.images_per_part:
+                    flush()
         except _WriteFailed as err:
             raise err.__cause__ from None  # type: ignore[misc]
         except _stream_errors() as err:
             cause = inflated.damage or err  # the tar reader's own error for a stream that ended early says less
             damaged = f"{type(cause).__name__}: {cause}"
-            if current is not None:
-                settle(current, 0, Reason.DAMAGED_ARCHIVE, f"the archive is damaged inside this member ({damaged})")
+            if walk.current is not None:
+                detail = f"the archive is damaged inside this member ({damaged})"
+                rows.append(_row(walk.current, 0, Reason.DAMAGED_ARCHIVE, detail))
         try:
             flush()
         except _WriteFailed as err:
@@ -262,7 +289,7 @@ def scan_archive(spec: ArchiveSpec, report: Callable[[int], None] | None = None)
     finally:
         raw.close()
     if damaged:
-        where = f"after member {last}" if last else "before its first member"
+        where = f"after member {walk.last}" if walk.last else "before its first member"
         rows.append(
             {
                 "member": None,
@@ -278,12 +305,42 @@ def scan_archive(spec: ArchiveSpec, report: Callable[[int], None] | None = None)
     return ArchiveResult(spec.key, spec.name, listing.num_rows, images, decoded, skipped=False, damaged=damaged)
 
 
-def scan_on_worker(spec: ArchiveSpec, token: str) -> ArchiveResult:
+def unfinished_chunk(spec: ArchiveSpec) -> list[tuple[PartImage, bytes]]:
+    """The images, with their bytes, of the archive's first chunk whose part is not finished ([] if none).
+
+    A scan decodes its chunks in order and keeps the finished ones, so when its worker died, the image that
+    killed it is in this chunk (:func:`cxr.data.isolate.isolate_archive_crashes`). Nothing is decoded here.
+    """
+    raw = storage.open_stream(spec.url)
+    chunk: list[tuple[PartImage, bytes]] = []
+    try:
+        for _, image, content, _ in _Walk(spec, TarStream(_Inflated(raw))):
+            if image is None:
+                continue
+            chunk.append((image, content))  # type: ignore[arg-type]
+            if len(chunk) >= spec.images_per_part:
+                if not reuse_finished_part(chunk_part(spec, tuple(i for i, _ in chunk))):
+                    return chunk
+                chunk = []
+    except _stream_errors():
+        pass
+    finally:
+        raw.close()
+    if chunk and not reuse_finished_part(chunk_part(spec, tuple(i for i, _ in chunk))):
+        return chunk
+    return []
+
+
+def scan_on_worker(spec: ArchiveSpec, token: str, crashed: Mapping[str, str] | None = None) -> ArchiveResult:
     """:func:`scan_archive` on a Dask worker, telling the client its progress as events (:data:`PROGRESS_TOPIC`)."""
     from distributed import get_worker
 
     worker = get_worker()
-    return scan_archive(spec, lambda n: worker.log_event(PROGRESS_TOPIC, {"token": token, "key": spec.key, "bytes": n}))
+
+    def report(n: int) -> None:
+        worker.log_event(PROGRESS_TOPIC, {"token": token, "key": spec.key, "bytes": n})
+
+    return scan_archive(spec, report, crashed)
 
 
 def _listing_table(rows: list[dict[str, Any]], spec: ArchiveSpec) -> pa.Table:
