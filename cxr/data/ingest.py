@@ -37,8 +37,7 @@ from cxr.data.part_files import finished_keys, parts_root, read_finished_part
 from cxr.data.parts import PartResult, PartSpec, process_part
 from cxr.data.plan import IngestOptions, IngestPlan, plan_ingest
 from cxr.data.quarantine import QuarantineRecord, Reason, count_by_reason, quarantine_table
-from cxr.data.reconcile import Settled, settle
-from cxr.data.splits import assign_splits
+from cxr.data.reconcile import Settled, candidates_with_splits, settle
 from cxr.data.tar_scan import PROGRESS_TOPIC, ArchiveResult, scan_archive, scan_on_worker, scanned
 from cxr.data.version import METADATA_SCHEMA, SCHEMA_VERSION, DatasetVersion, content_digest, open_version
 from cxr.records import to_plain
@@ -176,6 +175,14 @@ def run_parts(
             reported[message["key"]] = reported.get(message["key"], 0) + message["bytes"]
         progress(message["bytes"])
 
+    def read(archive: ArchiveSpec, scan: ArchiveResult) -> None:
+        """An archive is done: count what its events did not (late events are not counted then)."""
+        with lock:
+            completed.add(archive.key)
+            rest = archive.size - reported.get(archive.key, 0)
+        if progress and not scan.skipped and rest > 0:
+            progress(rest)
+
     if progress and plan.archives:
         client.subscribe_topic(PROGRESS_TOPIC, on_event)
     try:
@@ -202,11 +209,7 @@ def run_parts(
                     crashed_archives.append(archive)
                     continue
                 scans.append(future.result())
-                with lock:
-                    completed.add(archive.key)
-                    rest = archive.size - reported.get(archive.key, 0)
-                if progress and not scans[-1].skipped and rest > 0:
-                    progress(rest)
+                read(archive, scans[-1])
                 continue
             if worker_died(future):
                 crashed.append(spec_of[future.key])
@@ -220,11 +223,7 @@ def run_parts(
                 progress(sum(i.size for i in spec.images))
         for archive in crashed_archives:
             scans.append(isolate_archive_crashes(client, archive, token))
-            with lock:
-                completed.add(archive.key)
-                rest = archive.size - reported.get(archive.key, 0)
-            if progress and rest > 0:
-                progress(rest)
+            read(archive, scans[-1])
     finally:
         if progress and plan.archives:
             client.unsubscribe_topic(PROGRESS_TOPIC)
@@ -264,13 +263,13 @@ def publish(plan: IngestPlan) -> IngestSummary:
     if plan.existing:
         return IngestSummary.of(open_version(storage.join(plan.out, plan.existing)), created=False)
     settled = settle(plan)
-    candidates = _candidates(plan, settled)
+    candidates = candidates_with_splits(plan, settled)
     listing = {e["url"]: e["size"] for e in storage.list_files_detail(parts_root(plan.out), recursive=True)}
     # part key -> (image id -> row, the record's columns): columns, not a dict per image (NIH: 112,120 of them)
     records: dict[str, tuple[dict[str, int], dict[str, list]]] = {}
     hashes: dict[str, Mapping[int, Any]] = {}
     for key in [spec.key for spec in plan.parts] + settled.archive_parts:
-        files = PartSpec(key, storage.join(parts_root(plan.out), key), (), plan.options.sizes, plan.options.limits)
+        files = PartSpec.at(plan.out, key, (), plan.options.sizes, plan.options.limits)
         part = read_finished_part(files, listing)
         values = part.records.to_pydict()
         records[key] = ({image_id: i for i, image_id in enumerate(values["image_id"])}, values)
@@ -298,12 +297,7 @@ def publish(plan: IngestPlan) -> IngestSummary:
             columns[column].append(values[column][i])
         columns["shard"].append(shard_names.setdefault(found.part, f"shard-{len(shard_names):05d}"))
     shards = [
-        ShardSource(
-            size,
-            name,
-            PartSpec(key, storage.join(parts_root(plan.out), key), (), (), plan.options.limits).shard_url(size),
-            h,
-        )
+        ShardSource(size, name, PartSpec.at(plan.out, key, (), (), plan.options.limits).shard_url(size), h)
         for key, name in shard_names.items()
         for size, h in sorted(hashes[key].items())
     ]
@@ -350,26 +344,6 @@ def publish(plan: IngestPlan) -> IngestSummary:
     draft = VersionDraft(plan.out, digest, tables, tuple(shards), info, plan.observed_at, parts_used)
     committed = commit_version(draft)
     return IngestSummary.of(committed.version, committed.created, committed.latest)
-
-
-def _candidates(plan: IngestPlan, settled: Settled) -> pa.Table:
-    """Every label row with a file (listed, or found in an archive), by image id, with its split."""
-    unlisted_ids = plan.unlisted["image_id"].to_pylist()
-    found = [i for i, image_id in enumerate(unlisted_ids) if image_id in settled.found]
-    extra = plan.unlisted.take(pa.array(found, pa.int64())).drop_columns(["row_uri"])
-    extra = extra.append_column(
-        "source_uri", pa.array([settled.found[unlisted_ids[i]].uri for i in found], pa.string())
-    )
-    candidates = pa.concat_tables([plan.listed, extra.select(plan.listed.schema.names)]).sort_by("image_id")
-    split = assign_splits(
-        candidates["image_id"].to_pylist(),
-        candidates["patient_id"].to_pylist(),
-        plan.split_lists[0],
-        plan.split_lists[1],
-        plan.options.test_share,
-        plan.options.val_share,
-    )
-    return candidates.append_column("split", split)
 
 
 def _accounting(

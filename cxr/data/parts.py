@@ -20,7 +20,7 @@ import pyarrow as pa
 from cxr import storage
 from cxr.data.decode import DecodeLimits, ImageRejected, decode_image, resize_square
 from cxr.data.integrity import FileHash, with_part_hashes
-from cxr.data.part_files import reuse_finished_part
+from cxr.data.part_files import parts_root, reuse_finished_part
 from cxr.data.quarantine import Reason
 
 if TYPE_CHECKING:
@@ -57,6 +57,13 @@ class PartSpec:
     images: tuple[PartImage, ...]
     sizes: tuple[int, ...]
     limits: DecodeLimits
+
+    @classmethod
+    def at(
+        cls, out: str, key: str, images: tuple[PartImage, ...], sizes: tuple[int, ...], limits: DecodeLimits
+    ) -> PartSpec:
+        """The part ``key`` of the output ``out``: its folder is ``<out>/.work/parts/<key>/``."""
+        return cls(key, storage.join(parts_root(out), key), images, tuple(sizes), limits)
 
     @property
     def records_url(self) -> str:

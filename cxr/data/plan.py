@@ -225,7 +225,6 @@ def plan_ingest(
         "row_uri", pa.array([labels.row_uri(layout.label_table, i) for i in unlisted_rows], pa.string())
     )
 
-    work = storage.join(out, ".work", "parts")
     per_part = options.images_per_part
     images = [
         PartImage(i, u, details[u]["size"], details[u]["version"], layout.zip_members.get(u))
@@ -234,7 +233,7 @@ def plan_ingest(
     parts = []
     for chunk in chunk_images(images, per_part):
         key = part_key(chunk, options.sizes, options.limits, PIXEL_PIPELINE_VERSION)
-        parts.append(PartSpec(key, storage.join(work, key), chunk, tuple(options.sizes), options.limits))
+        parts.append(PartSpec.at(out, key, chunk, options.sizes, options.limits))
     archives = [
         ArchiveSpec(
             e["url"],

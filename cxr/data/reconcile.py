@@ -13,10 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pyarrow as pa
+
 from cxr.data.archives import LISTING_SCHEMA, member_uri, read_listing
 from cxr.data.part_files import UnfinishedPartError
 from cxr.data.plan import IngestPlan
 from cxr.data.quarantine import QuarantineRecord, Reason
+from cxr.data.splits import assign_splits
 
 _OWN_INPUTS = (str(Reason.UNSAFE_PATH), str(Reason.DUPLICATE_IMAGE_ID))  # never matched to a row
 
@@ -107,3 +110,23 @@ def settle(plan: IngestPlan) -> Settled:
                 QuarantineRecord(row_uri, image_id, Reason.MISSING_IMAGE, f"no file {image_id} {where}")
             )
     return settled
+
+
+def candidates_with_splits(plan: IngestPlan, settled: Settled) -> pa.Table:
+    """Every label row with a file (listed, or found in an archive), by image id, with its split."""
+    unlisted_ids = plan.unlisted["image_id"].to_pylist()
+    found = [i for i, image_id in enumerate(unlisted_ids) if image_id in settled.found]
+    extra = plan.unlisted.take(pa.array(found, pa.int64())).drop_columns(["row_uri"])
+    extra = extra.append_column(
+        "source_uri", pa.array([settled.found[unlisted_ids[i]].uri for i in found], pa.string())
+    )
+    candidates = pa.concat_tables([plan.listed, extra.select(plan.listed.schema.names)]).sort_by("image_id")
+    split = assign_splits(
+        candidates["image_id"].to_pylist(),
+        candidates["patient_id"].to_pylist(),
+        plan.split_lists[0],
+        plan.split_lists[1],
+        plan.options.test_share,
+        plan.options.val_share,
+    )
+    return candidates.append_column("split", split)

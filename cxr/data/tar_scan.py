@@ -38,7 +38,7 @@ from cxr.data.archives import (
     unsafe_name,
 )
 from cxr.data.decode import PIXEL_PIPELINE_VERSION
-from cxr.data.part_files import finished_keys, parts_root, reuse_finished_part
+from cxr.data.part_files import finished_keys, reuse_finished_part
 from cxr.data.parts import PartImage, PartSpec, part_key, process_part
 from cxr.data.quarantine import Reason
 from cxr.data.tar_stream import TarStream
@@ -152,26 +152,25 @@ class ArchiveResult:
 
 
 def scanned(specs: list[ArchiveSpec]) -> set[str]:
-    """Keys of the archives whose listing exists and whose parts are all finished."""
-    done = set()
+    """Keys of the archives whose listing exists and whose parts are all finished (one listing of the parts)."""
+    wanted: dict[str, set[str]] = {}
+    parts: list[PartSpec] = []
     for spec in specs:
         listing = read_listing(spec)
         if listing is None:
             continue
-        keys = {k for k in listing["part"].to_pylist() if k}
-        parts = [_part_files(spec, k) for k in keys]
-        if finished_keys(parts, spec.out) >= keys:
-            done.add(spec.key)
-    return done
-
-
-def _part_files(spec: ArchiveSpec, key: str) -> PartSpec:
-    return PartSpec(key, storage.join(parts_root(spec.out), key), (), spec.sizes, spec.limits)
+        wanted[spec.key] = {k for k in listing["part"].to_pylist() if k}
+        parts += [PartSpec.at(spec.out, k, (), spec.sizes, spec.limits) for k in wanted[spec.key]]
+    if not wanted:
+        return set()
+    done = finished_keys(parts, specs[0].out)  # the archives of one plan share its output
+    return {key for key, keys in wanted.items() if keys <= done}
 
 
 def chunk_part(spec: ArchiveSpec, images: tuple[PartImage, ...]) -> PartSpec:
-    key = part_key(images, spec.sizes, spec.limits, PIXEL_PIPELINE_VERSION)
-    return PartSpec(key, storage.join(parts_root(spec.out), key), images, spec.sizes, spec.limits)
+    return PartSpec.at(
+        spec.out, part_key(images, spec.sizes, spec.limits, PIXEL_PIPELINE_VERSION), images, spec.sizes, spec.limits
+    )
 
 
 class _Walk:
