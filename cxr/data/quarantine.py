@@ -32,6 +32,9 @@ class Reason(StrEnum):
     DECODE_CRASHED = "decode_crashed"  # its worker process died decoding it, in its part and alone (crash or memory)
     ENCRYPTED = "encrypted"  # a zip member stored encrypted (the ingest reads no passwords)
     DAMAGED_ARCHIVE = "damaged_archive"  # a packed archive ends early or is corrupt: what could not be read
+    NOT_AN_IMAGE = "not_an_image"  # a DICOM object without an image: a structured report, an RT plan or dose, an ECG
+    MULTI_FRAME = "multi_frame"  # a DICOM image of several frames (a cine, a volume): not one radiograph
+    COLOUR_IMAGE = "colour_image"  # a DICOM image in colour (RGB, YBR, palette): not a radiograph
 
 
 @dataclass(frozen=True, slots=True)
