@@ -7,7 +7,8 @@ import gzip
 import pyarrow.compute as pc
 import pytest
 
-from cxr.data.labels import NihFormatError, read_box_list, read_label_table, read_split_list
+from cxr.data.csv_text import SourceFormatError
+from cxr.data.labels import read_box_list, read_label_table, read_split_list
 from cxr.data.quarantine import Reason
 from cxr.findings import FINDING_COLUMNS, FINDINGS
 from tests.conftest import NIH
@@ -163,7 +164,7 @@ def test_original_edition_rows_with_trailing_commas_parse():
     ],
 )
 def test_an_unreadable_table_raises_a_specific_error(data, message):
-    with pytest.raises(NihFormatError, match=r"t\.csv") as err:
+    with pytest.raises(SourceFormatError, match=r"t\.csv") as err:
         read_label_table(data, "t.csv")
     assert message in str(err.value)
 
@@ -207,7 +208,7 @@ def test_box_list_quarantines_bad_rows():
 
 
 def test_box_list_with_a_wrong_header_raises():
-    with pytest.raises(NihFormatError, match="expected a header"):
+    with pytest.raises(SourceFormatError, match="expected a header"):
         read_box_list(b"Image,Label,x,y,w,h\n", "bbox.csv")
 
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from cxr.data.labels import NihFormatError
+from cxr.data.csv_text import SourceFormatError
 from cxr.data.plan import plan_ingest
 from cxr.data.quarantine import Reason
 from cxr.data.source import discover, read_source, summarize
@@ -45,7 +45,7 @@ def test_the_v2020_table_is_preferred_when_both_editions_are_there(tmp_path):
 
 def test_a_folder_without_a_label_table_is_a_clear_error(tmp_path):
     (tmp_path / "images").mkdir()
-    with pytest.raises(NihFormatError, match="no label table"):
+    with pytest.raises(SourceFormatError, match="no label table"):
         discover(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         discover(str(tmp_path / "missing"))

@@ -75,13 +75,13 @@ def first_file(path: str | None) -> str | None:
 
 def guarded(fn: Callable[..., T], *args: object, **kwargs: object) -> T:
     """Call a library function; turn expected failures into one clear line and exit code 2."""
+    from cxr.data.csv_text import SourceFormatError
     from cxr.data.decode import ImageRejected
-    from cxr.data.labels import NihFormatError
     from cxr.storage import StorageError, UnsafePathError
 
     try:
         return fn(*args, **kwargs)
-    except (NihFormatError, UnsafePathError, ValueError) as err:
+    except (SourceFormatError, UnsafePathError, ValueError) as err:
         fail(str(err))
     except ImageRejected as err:
         fail(f"{err.reason}: {err.detail}")

@@ -11,21 +11,28 @@ not quoted, so the comma inside them splits each into two columns. Columns are f
 names, so their order does not matter.
 
 A file that cannot be read as a whole (empty, not UTF-8 in its header, a required column missing) raises
-:class:`NihFormatError`. A row that does not parse becomes a quarantine record with a reason and a detail:
+:class:`SourceFormatError`. A row that does not parse becomes a quarantine record with a reason and a detail:
 rows in = rows accepted + rows quarantined, always. Labels are split on ``|`` and matched exactly.
 """
 
 from __future__ import annotations
 
-import csv
-import gzip
 import math
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from cxr.data.csv_text import (
+    RowError,
+    SourceFormatError,
+    decode_lines,
+    is_safe_name,
+    parse_float,
+    parse_int,
+    read_header,
+    split_csv,
+)
 from cxr.data.quarantine import QuarantineRecord, Reason
 from cxr.findings import BOX_LABEL_ALIASES, FINDING_COLUMNS, FINDINGS, NO_FINDING
 
@@ -79,10 +86,6 @@ _IMAGE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\.png")
 _FINDING_INDEX = {f: i for i, f in enumerate(FINDINGS)}
 
 
-class NihFormatError(ValueError):
-    """A label file that cannot be read as a whole: empty, wrongly encoded, or missing a column."""
-
-
 @dataclass
 class LabelTable:
     """The accepted rows (``LABEL_SCHEMA``), the quarantined ones, and what was read."""
@@ -112,102 +115,33 @@ class SplitList:
     n_input_rows: int = 0
 
 
-class _RowError(Exception):
-    def __init__(self, reason: Reason, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-
-def _decode_lines(data: bytes, source_uri: str) -> Iterator[tuple[int, str | None, bytes]]:
-    """Yield (line number, text or None if not UTF-8, raw bytes) for each non-empty line."""
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        raise NihFormatError(f"{source_uri}: UTF-16 encoded; convert it to UTF-8")
-    if data[:3] == b"\xef\xbb\xbf":
-        data = data[3:]
-    start, number = 0, 0
-    while start <= len(data):  # one line at a time: splitting all at once held every line twice (NIH: 15 MB)
-        end = data.find(b"\n", start)
-        end = len(data) if end < 0 else end
-        raw, start, number = data[start:end].rstrip(b"\r"), end + 1, number + 1
-        if not raw:
-            continue
-        try:
-            yield number, raw.decode("utf-8"), raw
-        except UnicodeDecodeError:
-            yield number, None, raw
-
-
-def _split_csv(line: str) -> list[str]:
-    """One line's fields; a line the csv module rejects raises :class:`_RowError` with the reason."""
-    try:
-        return next(csv.reader([line]))
-    except csv.Error as err:
-        # csv's own message, stable across CPython versions: "field larger than field limit (131072)"
-        if "field larger than field limit" in str(err):
-            limit = csv.field_size_limit()
-            raise _RowError(Reason.FIELD_TOO_LARGE, f"a field is longer than {limit} characters") from None
-        if "\r" in line:
-            raise _RowError(Reason.MALFORMED_ROW, "a carriage return (CR) inside an unquoted field") from None
-        raise _RowError(Reason.MALFORMED_ROW, f"the csv parser rejects the line: {err}") from None
-
-
 def _leading_image_id(line: str) -> str | None:
     """The text before the first comma, if it is a plausible image name (for a row that does not parse)."""
     first = line.split(",", 1)[0].strip()
     return first if _IMAGE_ID.fullmatch(first) else None
 
 
-def _is_safe_name(name: str) -> bool:
-    return not ("/" in name or "\\" in name or ".." in name or name.startswith(".") or "\x00" in name)
-
-
 def _check_image_id(value: str) -> str:
-    if not _is_safe_name(value):
-        raise _RowError(Reason.UNSAFE_PATH, f"image name {value!r} would leave the image folder")
+    if not is_safe_name(value):
+        raise RowError(Reason.UNSAFE_PATH, f"image name {value!r} would leave the image folder")
     if not _IMAGE_ID.fullmatch(value):
-        raise _RowError(Reason.BAD_ROW, f"Image Index {value!r} is not a .png file name")
+        raise RowError(Reason.BAD_ROW, f"Image Index {value!r} is not a .png file name")
     return value
-
-
-def _int(column: str, value: str, lo: int, hi: int) -> int:
-    text = value.strip()
-    if column == "Patient Age" and text[-1:] in ("Y", "y"):  # some copies write 058Y
-        text = text[:-1]
-    try:
-        number = int(text)
-    except ValueError:
-        raise _RowError(Reason.BAD_ROW, f"{column} {value!r} is not an integer") from None
-    if not lo <= number <= hi:
-        raise _RowError(Reason.BAD_ROW, f"{column} {number} is outside [{lo}, {hi}]")
-    return number
-
-
-def _float(column: str, value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise _RowError(Reason.BAD_ROW, f"{column} {value!r} is not a number") from None
-    if not math.isfinite(number) or number <= 0:
-        raise _RowError(Reason.BAD_ROW, f"{column} {value!r} must be a positive number")
-    return number
 
 
 def parse_finding_labels(value: str) -> list[str]:
     """Split ``Finding Labels`` on ``|``; exact names only. Returns the findings in NIH order ([] = No Finding)."""
     if value == "":
-        raise _RowError(Reason.BAD_ROW, "Finding Labels is empty")
+        raise RowError(Reason.BAD_ROW, "Finding Labels is empty")
     labels = value.split("|")
     unknown = [label for label in labels if label not in _FINDING_INDEX and label != NO_FINDING]
     if unknown:
-        raise _RowError(Reason.UNKNOWN_LABEL, "unknown label(s): " + ", ".join(repr(u) for u in unknown))
+        raise RowError(Reason.UNKNOWN_LABEL, "unknown label(s): " + ", ".join(repr(u) for u in unknown))
     if len(set(labels)) != len(labels):
-        raise _RowError(Reason.BAD_ROW, f"repeated label in {value!r}")
+        raise RowError(Reason.BAD_ROW, f"repeated label in {value!r}")
     if NO_FINDING in labels:
         if len(labels) > 1:
-            raise _RowError(Reason.BAD_ROW, f"{NO_FINDING!r} together with findings in {value!r}")
+            raise RowError(Reason.BAD_ROW, f"{NO_FINDING!r} together with findings in {value!r}")
         return []
     return sorted(labels, key=_FINDING_INDEX.__getitem__)
 
@@ -222,23 +156,10 @@ def _locate(header: list[str], wanted: dict[str, tuple[str, ...]], source_uri: s
             missing.append(",".join(names))
         positions[key] = idx
     if missing:
-        raise NihFormatError(
+        raise SourceFormatError(
             f"{source_uri}: missing column(s) {', '.join(repr(m) for m in missing)}; header is {','.join(header)!r}"
         )
     return positions
-
-
-def _header(lines: Iterator[tuple[int, str | None, bytes]], source_uri: str) -> list[str]:
-    try:
-        _, text, raw = next(lines)
-    except StopIteration:
-        raise NihFormatError(f"{source_uri}: the file is empty") from None
-    if text is None:
-        raise NihFormatError(f"{source_uri}: the header is not UTF-8 text: {raw[:60]!r}")
-    try:
-        return _split_csv(text)
-    except _RowError as err:
-        raise NihFormatError(f"{source_uri}: the header does not parse: {err.detail}") from None
 
 
 def _field_count_ok(fields: list[str], n_header: int, trailing_comma: bool) -> bool:
@@ -261,8 +182,8 @@ def _batch(cols: dict[str, list]) -> pa.RecordBatch:
 
 def read_label_table(data: bytes, source_uri: str) -> LabelTable:
     """Parse a label table of either edition (plain or gzip) into normalized rows and quarantine records."""
-    decoded = _decode_lines(data, source_uri)
-    header = _header(decoded, source_uri)
+    decoded = decode_lines(data, source_uri)
+    header = read_header(decoded, source_uri)
     trailing_comma = header[-1].strip() == ""
     pos = _locate(header, _LABEL_COLUMNS, source_uri)
     n_header = len(header)
@@ -279,36 +200,36 @@ def read_label_table(data: bytes, source_uri: str) -> LabelTable:
         image_id: str | None = None
         try:
             if text is None:
-                raise _RowError(Reason.BAD_ROW, f"not UTF-8 text: {raw[:60]!r}")
+                raise RowError(Reason.BAD_ROW, f"not UTF-8 text: {raw[:60]!r}")
             try:
-                fields = _split_csv(text)
-            except _RowError:
+                fields = split_csv(text)
+            except RowError:
                 image_id = _leading_image_id(text) if pos["image_id"][0] == 0 else None
                 raise
             image_id = fields[pos["image_id"][0]].strip() if len(fields) > pos["image_id"][0] else None
             if not _field_count_ok(fields, n_header, trailing_comma):
-                raise _RowError(Reason.BAD_ROW, f"expected {n_header} fields, got {len(fields)}")
+                raise RowError(Reason.BAD_ROW, f"expected {n_header} fields, got {len(fields)}")
             image_id = _check_image_id(fields[pos["image_id"][0]])
             findings = parse_finding_labels(fields[pos["finding_labels"][0]])
             row = {
                 "image_id": image_id,
-                "patient_id": _int("Patient ID", fields[pos["patient_id"][0]], 0, 2**62),
-                "follow_up": _int("Follow-up #", fields[pos["follow_up"][0]], 0, 2**31 - 1),
-                "age": _int("Patient Age", fields[pos["age"][0]], 0, MAX_AGE),
+                "patient_id": parse_int("Patient ID", fields[pos["patient_id"][0]], 0, 2**62),
+                "follow_up": parse_int("Follow-up #", fields[pos["follow_up"][0]], 0, 2**31 - 1),
+                "age": parse_int("Patient Age", fields[pos["age"][0]], 0, MAX_AGE),
                 "sex": fields[pos["sex"][0]],
                 "view": fields[pos["view"][0]],
-                "orig_width": _int("OriginalImage Width", fields[pos["orig_size"][0]], 1, 2**31 - 1),
-                "orig_height": _int("OriginalImage Height", fields[pos["orig_size"][1]], 1, 2**31 - 1),
-                "pixel_spacing_x": _float("OriginalImagePixelSpacing x", fields[pos["pixel_spacing"][0]]),
-                "pixel_spacing_y": _float("OriginalImagePixelSpacing y", fields[pos["pixel_spacing"][1]]),
+                "orig_width": parse_int("OriginalImage Width", fields[pos["orig_size"][0]], 1, 2**31 - 1),
+                "orig_height": parse_int("OriginalImage Height", fields[pos["orig_size"][1]], 1, 2**31 - 1),
+                "pixel_spacing_x": parse_float("OriginalImagePixelSpacing x", fields[pos["pixel_spacing"][0]]),
+                "pixel_spacing_y": parse_float("OriginalImagePixelSpacing y", fields[pos["pixel_spacing"][1]]),
             }
             if row["sex"] not in ("M", "F"):
-                raise _RowError(Reason.BAD_ROW, f"Patient Gender {row['sex']!r} is not M or F")
+                raise RowError(Reason.BAD_ROW, f"Patient Gender {row['sex']!r} is not M or F")
             if row["view"] not in ("PA", "AP"):
-                raise _RowError(Reason.BAD_ROW, f"View Position {row['view']!r} is not PA or AP")
+                raise RowError(Reason.BAD_ROW, f"View Position {row['view']!r} is not PA or AP")
             if image_id in seen:
-                raise _RowError(Reason.DUPLICATE_IMAGE_ID, f"{image_id} already on line {seen[image_id]}")
-        except _RowError as err:
+                raise RowError(Reason.DUPLICATE_IMAGE_ID, f"{image_id} already on line {seen[image_id]}")
+        except RowError as err:
             quarantine.append(QuarantineRecord(where, image_id or None, err.reason, err.detail))
             continue
         seen[image_id] = number
@@ -329,11 +250,11 @@ def read_label_table(data: bytes, source_uri: str) -> LabelTable:
 
 def read_box_list(data: bytes, source_uri: str) -> BoxList:
     """Parse ``BBox_List_2017.csv``: image, label ("Infiltrate" read as Infiltration), x, y, w, h."""
-    lines = _decode_lines(data, source_uri)
-    header = _header(lines, source_uri)
+    lines = decode_lines(data, source_uri)
+    header = read_header(lines, source_uri)
     stripped = [h.strip() for h in header]
     if stripped[:3] != ["Image Index", "Finding Label", "Bbox [x"]:
-        raise NihFormatError(
+        raise SourceFormatError(
             f"{source_uri}: expected a header starting 'Image Index,Finding Label,Bbox [x,y,w,h]', "
             f"got {','.join(header)!r}"
         )
@@ -346,23 +267,23 @@ def read_box_list(data: bytes, source_uri: str) -> BoxList:
         image_id = None
         try:
             if text is None:
-                raise _RowError(Reason.BAD_ROW, f"not UTF-8 text: {raw[:60]!r}")
+                raise RowError(Reason.BAD_ROW, f"not UTF-8 text: {raw[:60]!r}")
             try:
-                fields = _split_csv(text)
-            except _RowError:
+                fields = split_csv(text)
+            except RowError:
                 image_id = _leading_image_id(text)
                 raise
             while fields and fields[-1].strip() == "" and len(fields) > 6:
                 fields.pop()  # the header's trailing commas appear on some copies' rows too
             if len(fields) != 6:
-                raise _RowError(Reason.BAD_ROW, f"expected 6 fields, got {len(fields)}")
+                raise RowError(Reason.BAD_ROW, f"expected 6 fields, got {len(fields)}")
             image_id = _check_image_id(fields[0])
             label = BOX_LABEL_ALIASES.get(fields[1], fields[1])
             if label not in _FINDING_INDEX:
-                raise _RowError(Reason.UNKNOWN_LABEL, f"unknown label {fields[1]!r}")
+                raise RowError(Reason.UNKNOWN_LABEL, f"unknown label {fields[1]!r}")
             x, y = (_coordinate(n, v) for n, v in zip(("x", "y"), fields[2:4], strict=True))
-            w, h = (_float(n, v) for n, v in zip(("w", "h"), fields[4:6], strict=True))
-        except _RowError as err:
+            w, h = (parse_float(n, v) for n, v in zip(("w", "h"), fields[4:6], strict=True))
+        except RowError as err:
             quarantine.append(QuarantineRecord(where, image_id, err.reason, err.detail))
             continue
         for key, value in zip(("image_id", "finding", "x", "y", "w", "h"), (image_id, label, x, y, w, h), strict=True):
@@ -374,9 +295,9 @@ def _coordinate(column: str, value: str) -> float:
     try:
         number = float(value)
     except ValueError:
-        raise _RowError(Reason.BAD_ROW, f"{column} {value!r} is not a number") from None
+        raise RowError(Reason.BAD_ROW, f"{column} {value!r} is not a number") from None
     if not math.isfinite(number) or number < 0:
-        raise _RowError(Reason.BAD_ROW, f"{column} {value!r} must be a number >= 0")
+        raise RowError(Reason.BAD_ROW, f"{column} {value!r} must be a number >= 0")
     return number
 
 
@@ -384,17 +305,17 @@ def read_split_list(data: bytes, source_uri: str) -> SplitList:
     """Parse ``train_val_list.txt`` or ``test_list.txt``: one image name per line."""
     result = SplitList([])
     seen: set[str] = set()
-    for number, text, raw in _decode_lines(data, source_uri):
+    for number, text, raw in decode_lines(data, source_uri):
         result.n_input_rows += 1
         where = f"{source_uri}#line={number}"
         name = text.strip() if text is not None else None
         try:
             if name is None:
-                raise _RowError(Reason.BAD_ROW, f"not UTF-8 text: {raw[:60]!r}")
+                raise RowError(Reason.BAD_ROW, f"not UTF-8 text: {raw[:60]!r}")
             _check_image_id(name)
             if name in seen:
-                raise _RowError(Reason.DUPLICATE_IMAGE_ID, f"{name} listed twice")
-        except _RowError as err:
+                raise RowError(Reason.DUPLICATE_IMAGE_ID, f"{name} listed twice")
+        except RowError as err:
             result.quarantine.append(QuarantineRecord(where, name, err.reason, err.detail))
             continue
         seen.add(name)

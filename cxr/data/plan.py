@@ -18,8 +18,9 @@ import pyarrow as pa
 
 from cxr import storage
 from cxr.data.archives import ArchiveSpec, archive_key
+from cxr.data.csv_text import SourceFormatError
 from cxr.data.decode import PIXEL_PIPELINE_VERSION, DecodeLimits
-from cxr.data.labels import BOX_SCHEMA, NihFormatError
+from cxr.data.labels import BOX_SCHEMA
 from cxr.data.parts import PartImage, PartSpec, part_key
 from cxr.data.quarantine import QuarantineRecord, Reason
 from cxr.data.source import NihSource, read_source
@@ -182,7 +183,7 @@ def plan_ingest(
     source = read_source(source_url)
     layout, labels = source.layout, source.labels
     if labels.rows.num_rows and not (layout.image_files or layout.archives or layout.links or layout.quarantine):
-        raise NihFormatError(
+        raise SourceFormatError(
             f"{layout.root}: the label table names {labels.rows.num_rows} images, and there is no image here: "
             "expected images/ or images_NNN/images/ folders, images_*.tar.gz archives, or a .zip holding them"
         )

@@ -15,15 +15,8 @@ from dataclasses import dataclass, field
 
 from cxr import storage
 from cxr.data.archives import find_archives, image_id_of, is_member_uri, member_uri, unsafe_name
-from cxr.data.labels import (
-    BoxList,
-    LabelTable,
-    NihFormatError,
-    SplitList,
-    read_box_list,
-    read_label_table,
-    read_split_list,
-)
+from cxr.data.csv_text import SourceFormatError
+from cxr.data.labels import BoxList, LabelTable, SplitList, read_box_list, read_label_table, read_split_list
 from cxr.data.quarantine import QuarantineRecord, Reason, count_by_reason
 from cxr.data.zip_members import ZipMember, list_zip, read_member
 from cxr.findings import FINDING_COLUMNS, FINDINGS
@@ -114,7 +107,7 @@ def discover(root: str) -> SourceLayout:
     if storage.is_file(root):
         if root.lower().endswith(".zip"):
             return discover_zip(root)
-        raise NihFormatError(
+        raise SourceFormatError(
             f"{root}: is a file, where the archive's folder (or a .zip) was expected (the folder that holds it)"
         )
     present = {posixpath.basename(p) for p in storage.list_files(root)}
@@ -122,7 +115,7 @@ def discover(root: str) -> SourceLayout:
     if label_table is None:
         if not storage.exists(root):
             raise FileNotFoundError(f"source {root!r} does not exist")
-        raise NihFormatError(f"{root}: no label table; expected one of {', '.join(LABEL_TABLE_NAMES)}")
+        raise SourceFormatError(f"{root}: no label table; expected one of {', '.join(LABEL_TABLE_NAMES)}")
     images: dict[str, str] = {}
     links: dict[str, str] = {}
     settled: list[QuarantineRecord] = []
@@ -200,7 +193,7 @@ def discover_zip(url: str) -> SourceLayout:
 
     label_table = table(LABEL_TABLE_NAMES)
     if label_table is None:
-        raise NihFormatError(
+        raise SourceFormatError(
             f"{url}: no label table in the zip or beside it; expected one of {', '.join(LABEL_TABLE_NAMES)}"
         )
     images: dict[str, str] = {}

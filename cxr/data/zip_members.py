@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from cxr import storage
 from cxr.data.archives import MAX_RATIO
+from cxr.data.csv_text import SourceFormatError
 from cxr.data.decode import DecodeLimits, ImageRejected
-from cxr.data.labels import NihFormatError
 from cxr.data.quarantine import Reason
 
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
@@ -53,7 +53,7 @@ def list_zip(url: str) -> list[ZipMember]:
         with storage.open_random(url) as handle, zipfile.ZipFile(handle) as archive:
             infos = archive.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as err:
-        raise NihFormatError(f"{url}: not a readable zip file ({err})") from None
+        raise SourceFormatError(f"{url}: not a readable zip file ({err})") from None
     return [
         ZipMember(
             url,
@@ -71,10 +71,10 @@ def list_zip(url: str) -> list[ZipMember]:
 
 
 def read_member(member: ZipMember) -> bytes:
-    """One member's bytes (a table inside the zip); a member that cannot be read raises NihFormatError."""
+    """One member's bytes (a table inside the zip); a member that cannot be read raises SourceFormatError."""
     content = read_members([member], DecodeLimits())[member]
     if isinstance(content, ImageRejected):
-        raise NihFormatError(f"zip://{member.name}::{member.archive}: {content.detail}")
+        raise SourceFormatError(f"zip://{member.name}::{member.archive}: {content.detail}")
     return content
 
 
