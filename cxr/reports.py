@@ -63,13 +63,18 @@ def accounting_table(summary: IngestSummary) -> ReportTable:
 
 
 def stats_table(name: str, split: SplitStats) -> ReportTable:
-    """One split's frequencies and class weights."""
+    """One split's frequencies and class weights (and, where labels are missing, how many: out of both counts)."""
+    missing = any(s.n_missing for s in split.findings.values())
     rows = tuple(
         (f, str(s.n_pos), str(s.n_neg), f"{s.freq_pos:.4f}", f"{s.w_pos:.4f}", f"{s.w_neg:.4f}")
+        + ((str(s.n_missing),) if missing else ())
         for f, s in split.findings.items()
     )
     title = f"{name}: {split.n} images, {split.no_finding} without a finding"
-    return ReportTable(title, ("finding", "n_pos", "n_neg", "freq_pos", "w_pos", "w_neg"), rows)
+    if len(split.sources) > 1:
+        title += " (" + ", ".join(f"{k} {v}" for k, v in split.sources.items()) + ")"
+    columns = ("finding", "n_pos", "n_neg", "freq_pos", "w_pos", "w_neg") + (("missing",) if missing else ())
+    return ReportTable(title, columns, rows)
 
 
 def stats_tables(stats: LabelStats) -> dict[str, ReportTable]:
@@ -126,7 +131,8 @@ def positives_table(version: DatasetVersion) -> ReportTable:
         cells = []
         for s in SPLITS:
             n = pc.sum(pc.and_(masks[s], metadata[column])).as_py() or 0
-            cells.append(f"{n} ({100 * n / max(counts[s], 1):.1f} %)")
+            labelled = pc.sum(pc.and_(masks[s], pc.is_valid(metadata[column]))).as_py() or 0
+            cells.append(f"{n} ({100 * n / max(labelled, 1):.1f} %)" if labelled or not counts[s] else "not labelled")
         rows.append((finding, *cells))
     columns = ("finding", *(f"{s} ({counts[s]})" for s in SPLITS))
     return ReportTable(f"dataset {version.digest}: positives per split", columns, tuple(rows))

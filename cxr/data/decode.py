@@ -1,5 +1,8 @@
 """Decode, validate and convert one source image: PNG bytes in, 8-bit gray pixels out, or a reason why not.
 
+A source's adapter names the encodings it may hold (``DecodeLimits.formats``): PNG for NIH, JPEG too for
+the CheXpert family (baseline or progressive 8-bit JPEG, decoded by Pillow, through the same conversion).
+
 Conversion to 8-bit gray (the rule every image goes through, documented in the README):
 
 - ``L`` (8-bit gray): as is. ``1``, ``P`` (palette), ``LA``: Pillow's conversion to ``L``, alpha dropped.
@@ -38,6 +41,7 @@ from cxr.data import png_fast
 from cxr.data.quarantine import Reason
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
 PIXEL_PIPELINE_VERSION = 1  # bump when the conversion or resizing rule changes: it is part of the digest
 Decoder = Literal["fast", "pillow"]  # "fast": libpng where it gives Pillow's pixels, else Pillow; "pillow": Pillow
 
@@ -52,6 +56,8 @@ class DecodeLimits:
     # Memory one image may take to decode and convert (decode_bytes), checked from the header before any
     # pixel is decoded: a 16-bit 8192 x 8192 image needs 192 MiB, an RGB(A) one 320 MiB (refused).
     max_image_bytes: int = 256 * 2**20
+    # The encodings a source may hold (its adapter says which): "png" (NIH), "jpeg" (CheXpert, MIMIC-CXR-JPG).
+    formats: tuple[str, ...] = ("png",)
 
 
 class ImageRejected(Exception):
@@ -162,8 +168,10 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits(), *, decoder:
         raise ImageRejected(Reason.UNREADABLE_IMAGE, "empty file")
     if len(data) > limits.max_bytes:
         raise ImageRejected(Reason.TOO_LARGE, f"{len(data)} bytes > {limits.max_bytes}")
-    if not data.startswith(PNG_SIGNATURE):
-        raise ImageRejected(Reason.UNREADABLE_IMAGE, f"not a PNG: {_what_is_it(data)}")
+    is_jpeg = data.startswith(JPEG_SIGNATURE) and "jpeg" in limits.formats
+    if not (data.startswith(PNG_SIGNATURE) and "png" in limits.formats) and not is_jpeg:
+        expected = " or ".join(f.upper() for f in limits.formats)
+        raise ImageRejected(Reason.UNREADABLE_IMAGE, f"not a {expected}: {_what_is_it(data)}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -181,7 +189,7 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits(), *, decoder:
                     f"convert, more than the {limits.max_image_bytes / 2**20:.0f} MiB one image may use",
                 )
             mode = probe.mode
-            if decoder == "fast" and min(width, height) >= limits.min_side:
+            if decoder == "fast" and not is_jpeg and min(width, height) >= limits.min_side:
                 # verify() would check the CRCs from the pixel data to IEND: on the fast path libpng checks
                 # every IDAT's (it refuses a bad one, and then Pillow decides), and fast_layout takes only
                 # IDATs and then IEND after the first IDAT; Pillow's open() checked the chunks before.

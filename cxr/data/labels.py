@@ -33,8 +33,9 @@ from cxr.data.csv_text import (
     read_header,
     split_csv,
 )
+from cxr.data.label_rows import MAX_AGE, LabelTable, RowBatches
 from cxr.data.quarantine import QuarantineRecord, Reason
-from cxr.findings import BOX_LABEL_ALIASES, FINDING_COLUMNS, FINDINGS, NO_FINDING
+from cxr.findings import BOX_LABEL_ALIASES, FINDINGS, NO_FINDING
 
 # Logical column -> header fields (after the CSV parser split the bracketed names).
 _LABEL_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -49,26 +50,6 @@ _LABEL_COLUMNS: dict[str, tuple[str, ...]] = {
     "pixel_spacing": ("OriginalImagePixelSpacing[x", "y]"),
 }
 
-LABEL_SCHEMA = pa.schema(
-    [
-        pa.field("image_id", pa.string(), nullable=False),
-        pa.field("patient_id", pa.int64(), nullable=False),
-        pa.field("follow_up", pa.int32(), nullable=False),
-        pa.field("age", pa.int16(), nullable=False),
-        pa.field("sex", pa.string(), nullable=False),
-        pa.field("view", pa.string(), nullable=False),
-        pa.field("finding_labels", pa.list_(pa.string()), nullable=False),
-        *[pa.field(c, pa.bool_(), nullable=False) for c in FINDING_COLUMNS],
-        pa.field("orig_width", pa.int32(), nullable=False),
-        pa.field("orig_height", pa.int32(), nullable=False),
-        pa.field("pixel_spacing_x", pa.float64(), nullable=False),
-        pa.field("pixel_spacing_y", pa.float64(), nullable=False),
-    ]
-)
-"""The label-table part of the metadata contract (DESIGN.md); ingest adds split, hashes and shard columns.
-
-``finding_labels`` lists the findings in the NIH order; it is empty for "No Finding"."""
-
 BOX_SCHEMA = pa.schema(
     [
         pa.field("image_id", pa.string(), nullable=False),
@@ -81,24 +62,8 @@ BOX_SCHEMA = pa.schema(
 )
 """Bounding boxes in the 1024 px coordinates of the released PNGs."""
 
-MAX_AGE = 120  # years; the original 2017 table has a few impossible ages (e.g. 414), quarantined as bad_row
 _IMAGE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\.png")
 _FINDING_INDEX = {f: i for i, f in enumerate(FINDINGS)}
-
-
-@dataclass
-class LabelTable:
-    """The accepted rows (``LABEL_SCHEMA``), the quarantined ones, and what was read."""
-
-    rows: pa.Table
-    quarantine: list[QuarantineRecord]
-    edition: str  # "2017" (trailing commas) or "v2020"
-    n_input_rows: int
-    line_numbers: list[int] = field(default_factory=list)  # of the accepted rows, in order
-
-    def row_uri(self, source_uri: str, index: int) -> str:
-        """Where accepted row ``index`` came from: ``<table>#line=N``."""
-        return f"{source_uri}#line={self.line_numbers[index]}"
 
 
 @dataclass
@@ -169,17 +134,6 @@ def _field_count_ok(fields: list[str], n_header: int, trailing_comma: bool) -> b
     return trailing_comma and len(fields) == n_header - 1
 
 
-_BATCH_ROWS = 8192  # rows held as Python objects at once; all of NIH's 112,120 at once took 150 MB
-
-
-def _batch(cols: dict[str, list]) -> pa.RecordBatch:
-    """The rows gathered so far as an Arrow batch; the lists are emptied."""
-    batch = pa.RecordBatch.from_pydict(cols, schema=LABEL_SCHEMA)
-    for values in cols.values():
-        values.clear()
-    return batch
-
-
 def read_label_table(data: bytes, source_uri: str) -> LabelTable:
     """Parse a label table of either edition (plain or gzip) into normalized rows and quarantine records."""
     decoded = decode_lines(data, source_uri)
@@ -188,11 +142,9 @@ def read_label_table(data: bytes, source_uri: str) -> LabelTable:
     pos = _locate(header, _LABEL_COLUMNS, source_uri)
     n_header = len(header)
 
-    cols: dict[str, list] = {f.name: [] for f in LABEL_SCHEMA}
+    rows = RowBatches()
     quarantine: list[QuarantineRecord] = []
     seen: dict[str, int] = {}
-    lines: list[int] = []
-    batches: list[pa.RecordBatch] = []
     n_rows = 0
     for number, text, raw in decoded:
         n_rows += 1
@@ -222,6 +174,7 @@ def read_label_table(data: bytes, source_uri: str) -> LabelTable:
                 "orig_height": parse_int("OriginalImage Height", fields[pos["orig_size"][1]], 1, 2**31 - 1),
                 "pixel_spacing_x": parse_float("OriginalImagePixelSpacing x", fields[pos["pixel_spacing"][0]]),
                 "pixel_spacing_y": parse_float("OriginalImagePixelSpacing y", fields[pos["pixel_spacing"][1]]),
+                "source_format": "nih",
             }
             if row["sex"] not in ("M", "F"):
                 raise RowError(Reason.BAD_ROW, f"Patient Gender {row['sex']!r} is not M or F")
@@ -233,19 +186,10 @@ def read_label_table(data: bytes, source_uri: str) -> LabelTable:
             quarantine.append(QuarantineRecord(where, image_id or None, err.reason, err.detail))
             continue
         seen[image_id] = number
-        lines.append(number)
-        for key, value in row.items():
-            cols[key].append(value)
-        cols["finding_labels"].append(findings)
         present = set(findings)
-        for finding, column in zip(FINDINGS, FINDING_COLUMNS, strict=True):
-            cols[column].append(finding in present)
-        if len(cols["image_id"]) == _BATCH_ROWS:
-            batches.append(_batch(cols))
-
-    batches.append(_batch(cols))
-    table = pa.Table.from_batches(batches, schema=LABEL_SCHEMA)
-    return LabelTable(table, quarantine, "2017" if trailing_comma else "v2020", n_rows, lines)
+        rows.add(number, row, {f: f in present for f in FINDINGS})
+    edition = "2017" if trailing_comma else "v2020"
+    return LabelTable(rows.table(), quarantine, edition, n_rows, (source_uri,), rows.line_numbers)
 
 
 def read_box_list(data: bytes, source_uri: str) -> BoxList:

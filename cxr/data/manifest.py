@@ -138,11 +138,14 @@ class Manifest:
 
 
 def _labels(table: pa.Table) -> np.ndarray:
-    return np.column_stack([table[c].to_numpy(zero_copy_only=False) for c in FINDING_COLUMNS]).astype(np.int64)
+    """The finding columns as float: 1, 0, or NaN where the label is missing."""
+    columns = [table[c].cast(pa.float64()).to_numpy(zero_copy_only=False) for c in FINDING_COLUMNS]
+    return np.column_stack(columns) if columns else np.zeros((0, len(FINDINGS)))
 
 
 def _balance_binary(y: np.ndarray, mode: str, rng: np.random.Generator) -> np.ndarray:
-    """Repeat counts that make positives and negatives of one finding exactly equal."""
+    """Repeat counts that make positives and negatives of one finding exactly equal (rows that do not label it
+    keep one draw each)."""
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     repeat = np.ones(len(y), dtype=np.int64)
     minority, majority = (pos, neg) if len(pos) <= len(neg) else (neg, pos)
@@ -162,19 +165,22 @@ MAX_GROWTH = 1000  # oversampling gives up beyond this many draws per training r
 def _oversample_to_floor(
     labels: np.ndarray, floor: float, rng: np.random.Generator, max_rounds: int = 1000
 ) -> np.ndarray:
-    """Add repeats to the positives of the most under-represented finding until every share >= floor."""
+    """Add repeats to the positives of the most under-represented finding until every share >= floor.
+
+    A finding's share is its positive draws out of the draws of rows that label it (missing: NaN)."""
+    known = (~np.isnan(labels)).astype(np.int64)
+    labels = np.nan_to_num(labels, nan=0.0).astype(np.int64)
     repeat = np.ones(len(labels), dtype=np.int64)
     order = rng.permutation(len(labels))  # seeded tie-break among equally repeated rows
     for _ in range(max_rounds):
-        draws = int(repeat.sum())
-        if draws > MAX_GROWTH * len(labels):  # the findings keep diluting each other: the draws grow without end
+        if int(repeat.sum()) > MAX_GROWTH * len(labels):  # the findings keep diluting each other without end
             break
-        positive_draws = repeat @ labels
-        share = np.where(labels.any(axis=0), positive_draws / draws, np.inf)  # no positive: nothing to repeat
+        positive_draws, draws = repeat @ labels, repeat @ known
+        share = np.where(labels.any(axis=0), positive_draws / np.maximum(draws, 1), np.inf)  # no positive: skip
         f = int(np.argmin(share))
         if share[f] >= floor:
             return repeat
-        need = int(np.ceil((floor * draws - positive_draws[f]) / (1.0 - floor)))
+        need = int(np.ceil((floor * draws[f] - positive_draws[f]) / (1.0 - floor)))
         rows = order[labels[order, f] == 1]
         # spread the extra draws over the finding's positives, least repeated first
         rows = rows[np.argsort(repeat[rows], kind="stable")]
@@ -188,8 +194,10 @@ def _oversample_to_floor(
 
 
 def _prevalence(labels: np.ndarray, repeat: np.ndarray) -> dict[str, float]:
-    draws = repeat.sum()
-    share = (repeat @ labels) / draws if draws else np.zeros(len(FINDINGS))
+    """Each finding's share of positive draws among the draws of rows that label it."""
+    draws = repeat @ (~np.isnan(labels))
+    positive = repeat @ np.nan_to_num(labels, nan=0.0)
+    share = np.divide(positive, draws, out=np.zeros(len(FINDINGS)), where=draws > 0)
     return {f: float(v) for f, v in zip(FINDINGS, share, strict=True)}
 
 
@@ -211,19 +219,23 @@ def build_manifest(version: DatasetVersion, config: ManifestConfig) -> Manifest:
     if config.strategy == "resample":
         if config.target:
             y = train_labels[:, FINDINGS.index(config.target)]
-            if y.sum() == 0 or y.sum() == len(y):
+            n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+            if n_pos == 0 or n_neg == 0:
                 raise ValueError(
-                    f"cannot balance {config.target}: the training split has {int(y.sum())} positives of {len(y)}"
+                    f"cannot balance {config.target}: the training split has {n_pos} positives and {n_neg} negatives"
+                    + (f" ({int(np.isnan(y).sum())} images do not label it)" if np.isnan(y).any() else "")
                 )
             repeat[train_idx] = _balance_binary(y, config.mode, rng)
         else:
-            unreachable = [f for f, n in zip(FINDINGS, train_labels.sum(axis=0), strict=True) if n == 0]
+            unreachable = [f for f, n in zip(FINDINGS, np.nansum(train_labels, axis=0), strict=True) if n == 0]
             if len(unreachable) == len(FINDINGS):
                 raise ValueError("cannot oversample: the training split has no positive of any finding")
             repeat[train_idx] = _oversample_to_floor(train_labels, config.floor, rng)
 
     weights = None
-    before = finding_stats(len(train_idx), train_labels.sum(axis=0).tolist())
+    before = finding_stats(
+        len(train_idx), np.nansum(train_labels, axis=0).tolist(), (~np.isnan(train_labels)).sum(axis=0).tolist()
+    )
     if config.strategy == "weighted":
         weights = {f: ClassWeight(s.w_pos, s.w_neg) for f, s in before.items()}
 
@@ -254,7 +266,7 @@ def build_manifest(version: DatasetVersion, config: ManifestConfig) -> Manifest:
     unreachable = None
     if config.strategy == "resample" and not config.target:
         # a finding without a training positive cannot be oversampled: said, not hidden
-        unreachable = tuple(f for f, n in zip(FINDINGS, train_labels.sum(axis=0), strict=True) if n == 0)
+        unreachable = tuple(f for f, n in zip(FINDINGS, np.nansum(train_labels, axis=0), strict=True) if n == 0)
     info = ManifestInfo(
         digest=digest,
         schema_version=MANIFEST_SCHEMA_VERSION,

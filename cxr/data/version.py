@@ -42,16 +42,16 @@ import pyarrow as pa
 from cxr import storage, storage_cas
 from cxr.data.accounting import Accounting
 from cxr.data.integrity import FileHash, Integrity, IntegrityError, verify_bytes
-from cxr.data.labels import LABEL_SCHEMA
+from cxr.data.label_rows import LABEL_SCHEMA
 from cxr.digest import canonical_digest
 from cxr.records import from_plain
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: source_format; findings nullable (missing); orig_* and pixel spacing nullable
 
 _LABEL_FIELDS = list(LABEL_SCHEMA)
 METADATA_SCHEMA = pa.schema(
     [
-        *_LABEL_FIELDS[:-4],  # image_id ... the 14 finding columns
+        *_LABEL_FIELDS[:-4],  # image_id ... the 14 finding columns, source_format
         pa.field("split", pa.string(), nullable=False),
         *_LABEL_FIELDS[-4:],  # orig_width, orig_height, pixel_spacing_x, pixel_spacing_y
         pa.field("png_width", pa.int32(), nullable=False),  # the decoded file's size (NIH: 1024)
@@ -157,7 +157,24 @@ class DatasetVersion:
         return self.file(name)
 
     def metadata(self, columns: list[str] | None = None) -> pa.Table:
-        return storage.parquet_table(self.read_file("metadata.parquet"), columns)
+        """The metadata table (``columns`` only, if given); a version of schema 1 reads as NIH-format rows."""
+        wanted = columns
+        old = "source_format" not in self.schema_names
+        if old and columns is not None:
+            columns = [c for c in columns if c != "source_format"]
+        table = storage.parquet_table(self.read_file("metadata.parquet"), columns)
+        if old and (wanted is None or "source_format" in wanted):
+            table = table.append_column("source_format", pa.array(["nih"] * table.num_rows, pa.string()))
+            if wanted is not None:
+                table = table.select(wanted)
+        return table
+
+    @cached_property
+    def schema_names(self) -> tuple[str, ...]:
+        """The metadata's column names, from ``dataset.json``'s schema version (schema 1 had no source_format)."""
+        if self.info.get("schema_version", 1) >= 2:
+            return tuple(METADATA_SCHEMA.names)
+        return tuple(n for n in METADATA_SCHEMA.names if n != "source_format")
 
     def quarantine(self) -> pa.Table:
         return storage.parquet_table(self.read_file("quarantine.parquet"))
