@@ -8,10 +8,11 @@ from dataclasses import replace
 
 import pytest
 
+from cxr.data.adapters import read_source
 from cxr.data.csv_text import SourceFormatError
 from cxr.data.plan import plan_ingest
 from cxr.data.quarantine import Reason
-from cxr.data.source import discover, read_source, summarize
+from cxr.data.source import discover, summarize
 from cxr.data.synth import SynthConfig, synthesize
 from tests.conftest import NIH
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxr.data.source import read_source, summarize
+from cxr.data.adapters import read_source
+from cxr.data.source import summarize
 from cxr.data.synth import SynthConfig, SynthOutputExistsError, load_profile, synthesize
 from cxr.data.synth_render import render
 from cxr.findings import FINDINGS

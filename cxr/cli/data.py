@@ -21,6 +21,19 @@ if TYPE_CHECKING:
     from cxr.data.synth import SynthConfig, SynthResult
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+FormatOption = Annotated[
+    str | None,
+    typer.Option("--format", help="The source's format: nih or chexpert (default: recognised from its files)."),
+]
+UncertainOption = Annotated[
+    str,
+    typer.Option(
+        "--uncertain", help="CheXpert-family uncertain (-1.0) labels: ones, zeros, or ignore (missing, not negative)."
+    ),
+]
+BlankOption = Annotated[
+    str, typer.Option("--blank", help="CheXpert-family blank (not mentioned) labels: ignore (missing) or zeros.")
+]
 DatasetOption = Annotated[str, typer.Option("--dataset", help="A dataset root (its LATEST) or a version folder.")]
 
 
@@ -44,9 +57,15 @@ def synth(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace what --out holds (its images and tables are removed first).")
     ] = False,
+    synth_format: Annotated[
+        str,
+        typer.Option(
+            "--format", help="Layout: nih (PNGs, Data_Entry table, boxes) or chexpert (JPEGs, train.csv/valid.csv)."
+        ),
+    ] = "nih",
     as_json: JsonFlag = False,
 ) -> None:
-    """Make a synthetic dataset in the exact NIH layout, with real NIH prevalence and co-occurrence.
+    """Make a synthetic dataset in the NIH layout (or the CheXpert one), with real NIH prevalence and co-occurrence.
 
     A folder that is not empty is refused unless it holds this very synth (same settings: reused, or finished
     if it was interrupted) or --overwrite is given.
@@ -68,6 +87,7 @@ def synth(
         workers=workers,
         acquisition=acquisition,
         prevalence_power=prevalence_power,
+        format=synth_format,
     )
     reused = guarded(prepare_output, config, overwrite)  # before anything is rendered
     start = time.perf_counter()
@@ -95,22 +115,33 @@ def render_archive(config: SynthConfig, overwrite: bool = False) -> SynthResult:
 
 
 def inspect(
-    source: Annotated[str, typer.Argument(help="An archive in the NIH layout: folder or s3:// prefix.")],
+    source: Annotated[str, typer.Argument(help="A source (NIH or CheXpert layout): folder, .zip or s3:// prefix.")],
+    source_format: FormatOption = None,
+    uncertain: UncertainOption = "ignore",
+    blank: BlankOption = "ignore",
     as_json: JsonFlag = False,
 ) -> None:
-    """Read an NIH-layout archive's tables and list its images; print what was found and what did not match."""
-    from cxr.data.source import read_source, summarize
+    """Read a source's tables and list its images; print what was found, what did not match, and how its labels
+    map to the 14 findings."""
+    from cxr.data.adapters import read_source
+    from cxr.data.finding_map import mapping_text
+    from cxr.data.label_policy import LabelPolicy
+    from cxr.data.source import summarize
 
-    summary = summarize(guarded(read_source, source))
+    policy = guarded(LabelPolicy, uncertain=uncertain, blank=blank)
+    summary = summarize(guarded(read_source, source, policy, source_format))
     if as_json:
         out.print(to_json(summary), highlight=False)
         return
     out.print(source_table(summary))
     out.print(source_lines(summary), highlight=False)
+    out.print(mapping_text(summary.source_format), highlight=False)
 
 
 def ingest(
-    source: Annotated[str, typer.Option("--source", help="The NIH-layout archive: folder or s3:// prefix.")],
+    source: Annotated[
+        str, typer.Option("--source", help="The source (NIH or CheXpert layout): folder, .zip or s3:// prefix.")
+    ],
     out_root: Annotated[
         str, typer.Option("--out", help="Dataset root (folder or s3:// prefix); versions go below it.")
     ],
@@ -144,6 +175,9 @@ def ingest(
             help="OUT holds versions of another source: make this source's version LATEST there all the same.",
         ),
     ] = False,
+    source_format: FormatOption = None,
+    uncertain: UncertainOption = "ignore",
+    blank: BlankOption = "ignore",
     as_json: JsonFlag = False,
 ) -> None:
     """Ingest an archive into a versioned dataset: validated Parquet metadata, quarantine, boxes, uint8 shards.
@@ -153,13 +187,23 @@ def ingest(
     archive at the same place is its next version); another source is refused unless --new-source.
     """
     from cxr import signals
+    from cxr.data.adapters import adapter
     from cxr.data.cluster import check_workers, dask_client, parse_memory
     from cxr.data.ingest import PartsToDo, publish, run_parts
+    from cxr.data.label_policy import LabelPolicy
     from cxr.data.plan import IngestOptions, check_output, plan_ingest
     from cxr.reports import accounting_table
 
+    if source_format is not None:
+        guarded(adapter, source_format)
     options = guarded(
-        IngestOptions, sizes=tuple(size), test_share=test_share, val_share=val_share, part_images=part_images
+        IngestOptions,
+        sizes=tuple(size),
+        test_share=test_share,
+        val_share=val_share,
+        part_images=part_images,
+        source_format=source_format,
+        label_policy=guarded(LabelPolicy, uncertain=uncertain, blank=blank),
     )
     guarded(check_workers, workers)
     memory = guarded(parse_memory, worker_memory) if worker_memory else WORKER_MEMORY_LIMIT

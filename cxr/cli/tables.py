@@ -24,12 +24,18 @@ def rich_table(report: ReportTable, title: bool = True) -> Table:
 
 def source_table(summary: SourceSummary) -> Table:
     table = Table(title=f"{summary.root} ({summary.edition} label table)", title_justify="left")
+    table.caption = "prevalence: of the images that label the finding; missing labels are not negatives"
     table.add_column("finding")
     table.add_column("images", justify="right")
     table.add_column("prevalence", justify="right")
+    if summary.unlabelled:
+        table.add_column("missing labels", justify="right")
     n = max(summary.rows_accepted, 1)
     for finding, count in sorted(summary.positives.items(), key=lambda kv: -kv[1]):
-        table.add_row(finding, str(count), f"{100 * count / n:.2f} %")
+        missing = summary.unlabelled.get(finding, 0)
+        labelled = summary.rows_accepted - missing
+        share = f"{100 * count / labelled:.2f} %" if labelled else "not labelled"
+        table.add_row(finding, str(count), share, *((str(missing),) if summary.unlabelled else ()))
     table.add_row("No Finding", str(summary.no_finding), f"{100 * summary.no_finding / n:.2f} %", style="dim")
     return table
 

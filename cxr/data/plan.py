@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
 
 from cxr import storage
+from cxr.data.adapters import adapter, detect_format
 from cxr.data.archives import ArchiveSpec, archive_key
 from cxr.data.csv_text import SourceFormatError
 from cxr.data.decode import PIXEL_PIPELINE_VERSION, DecodeLimits
+from cxr.data.label_policy import LabelPolicy
 from cxr.data.labels import BOX_SCHEMA
 from cxr.data.parts import PartImage, PartSpec, part_key
 from cxr.data.quarantine import QuarantineRecord, Reason
-from cxr.data.source import NihSource, read_source
+from cxr.data.source import SourceTables
 from cxr.data.splits import TEST_SHARE, VAL_SHARE
 from cxr.data.version import SCHEMA_VERSION, observed_now, open_version, read_latest
 
@@ -41,6 +43,8 @@ class IngestOptions:
     # Images per part on average; None: as many as fit PART_BYTES at every size together, between 8 and 64.
     # Parts end at content-defined boundaries (chunk_images), so one part holds 1 to 4 x this many images.
     part_images: int | None = None
+    source_format: str | None = None  # the adapter (cxr.data.adapters); None: recognised from the source's files
+    label_policy: LabelPolicy = LabelPolicy()  # what uncertain and blank labels become (CheXpert family)
 
     def __post_init__(self) -> None:
         if not self.sizes or any(not 16 <= s <= 2048 for s in self.sizes) or len(set(self.sizes)) != len(self.sizes):
@@ -79,10 +83,10 @@ class IngestPlan:
     observed_at: str = field(default_factory=observed_now)  # made just after listing: orders LATEST
 
 
-def _fingerprint(source: NihSource, files: list[dict[str, Any]], options: IngestOptions) -> str:
-    h = hashlib.sha256(repr((PIXEL_PIPELINE_VERSION, SCHEMA_VERSION, asdict(options))).encode())
+def _fingerprint(source: SourceTables, files: list[dict[str, Any]], options: IngestOptions, version: int) -> str:
+    h = hashlib.sha256(repr((PIXEL_PIPELINE_VERSION, SCHEMA_VERSION, asdict(options), version)).encode())
     layout = source.layout
-    for url in (layout.label_table, layout.box_list, layout.train_val_list, layout.test_list):
+    for url in dict.fromkeys((*layout.tables, layout.box_list, layout.train_val_list, layout.test_list)):
         h.update(f"\n{url and posixpath.basename(url)}".encode())
         if url:
             h.update(hashlib.sha256(layout.read(url)).digest())
@@ -93,11 +97,13 @@ def _fingerprint(source: NihSource, files: list[dict[str, Any]], options: Ingest
     return h.hexdigest()
 
 
-def _list_images(source: NihSource) -> dict[str, dict[str, Any]]:
+def _list_images(source: SourceTables) -> dict[str, dict[str, Any]]:
     """Listing details (size, version) of every image file, by URL."""
     from cxr.data.source import image_folders
 
     layout = source.layout
+    if layout.file_details:  # listed by discovery
+        return dict(layout.file_details)
     details: dict[str, dict[str, Any]] = {}
     if layout.zip_members:  # a zip source: its members, each with the zip's own version
         version = storage.file_detail(layout.root)["version"]
@@ -180,7 +186,9 @@ def plan_ingest(
     """
     check_output(source_url, out, new_source)
     out = storage.absolute(out)
-    source = read_source(source_url)
+    reader = adapter(options.source_format or detect_format(source_url))
+    options = replace(options, source_format=reader.name, limits=replace(options.limits, formats=reader.formats))
+    source = reader.read(source_url, options.label_policy)
     layout, labels = source.layout, source.labels
     if labels.rows.num_rows and not (layout.image_files or layout.archives or layout.links or layout.quarantine):
         raise SourceFormatError(
@@ -188,7 +196,7 @@ def plan_ingest(
             "expected images/ or images_NNN/images/ folders, images_*.tar.gz archives, or a .zip holding them"
         )
     details = _list_images(source)
-    fingerprint = _fingerprint(source, [details[u] for u in sorted(details)], options)
+    fingerprint = _fingerprint(source, [details[u] for u in sorted(details)], options, reader.version)
 
     quarantine: list[QuarantineRecord] = list(labels.quarantine) + list(layout.quarantine)
     # Files no row names are inputs of their own; a file a quarantined row names goes with that row.
@@ -213,7 +221,7 @@ def plan_ingest(
         if present:
             continue
         if image_id in layout.links:
-            uri = labels.row_uri(layout.label_table, index)
+            uri = labels.row_uri(index)
             detail = f"{layout.links[image_id]} is a symbolic link, never followed"
             quarantine.append(QuarantineRecord(uri, image_id, Reason.SYMLINK, detail))
         else:
@@ -223,7 +231,7 @@ def plan_ingest(
         "source_uri", pa.array([layout.image_files[i] for i in listed["image_id"].to_pylist()], pa.string())
     )
     unlisted = rows.take(pa.array(unlisted_rows, pa.int64())).append_column(
-        "row_uri", pa.array([labels.row_uri(layout.label_table, i) for i in unlisted_rows], pa.string())
+        "row_uri", pa.array([labels.row_uri(i) for i in unlisted_rows], pa.string())
     )
 
     per_part = options.images_per_part
@@ -290,6 +298,10 @@ def plan_ingest(
         existing=existing,
         source_info={
             "root": layout.root,
+            "format": reader.name,
+            "adapter": {"name": reader.name, "version": reader.version},
+            "label_policy": asdict(options.label_policy),
+            "tables": list(layout.tables),
             "label_table": layout.label_table,
             "edition": labels.edition,
             "box_list": layout.box_list,

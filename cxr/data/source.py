@@ -13,6 +13,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import pyarrow.compute as pc
+
 from cxr import storage
 from cxr.data.archives import find_archives, image_id_of, is_member_uri, member_uri, unsafe_name
 from cxr.data.csv_text import SourceFormatError
@@ -50,6 +52,11 @@ class SourceLayout:
     zip_members: dict[str, ZipMember] = field(default_factory=dict)
     # ``images_*.tar.gz`` files in the root, by name: listing details (url, size, version), read when decoding.
     archives: list[dict] = field(default_factory=list)
+    tables: tuple[str, ...] = ()  # every label table (NIH: one); the fingerprint hashes them all
+    file_details: dict[str, dict] = field(default_factory=dict)  # listing details by URL, where discovery has them
+
+    def __post_init__(self) -> None:
+        self.tables = self.tables or (self.label_table,)
 
     @property
     def n_image_files(self) -> int:
@@ -230,8 +237,8 @@ def discover_zip(url: str) -> SourceLayout:
 
 
 @dataclass
-class NihSource:
-    """An archive's layout and its parsed tables."""
+class SourceTables:
+    """A source's layout and its parsed tables, in the common form every format's adapter reads into."""
 
     layout: SourceLayout
     labels: LabelTable
@@ -240,7 +247,7 @@ class NihSource:
     test: SplitList | None
 
 
-def read_source(root: str) -> NihSource:
+def read_nih(root: str) -> SourceTables:
     """Discover an archive and parse its label table, box list and split lists."""
     layout = discover(root)
     labels = read_label_table(layout.read(layout.label_table), layout.label_table)
@@ -249,7 +256,7 @@ def read_source(root: str) -> NihSource:
         read_split_list(layout.read(layout.train_val_list), layout.train_val_list) if layout.train_val_list else None
     )
     test = read_split_list(layout.read(layout.test_list), layout.test_list) if layout.test_list else None
-    return NihSource(layout, labels, boxes, train_val, test)
+    return SourceTables(layout, labels, boxes, train_val, test)
 
 
 @dataclass(frozen=True)
@@ -273,11 +280,15 @@ class SourceSummary:
     test_listed: int | None  # images test_list.txt names; None: the archive has no such file
     archives: int = 0  # images_*.tar.gz files: their members are known only once ingest reads them
     archive_bytes: int = 0
+    source_format: str = "nih"
+    unlabelled: Mapping[str, int] = field(default_factory=dict)  # rows whose finding is null (missing), by finding
+    split_list_names: tuple[str, str] = SPLIT_LIST_NAMES  # what names the train/val and the test images
 
 
 def split_lists_text(summary: SourceSummary) -> str:
     """The split lists as a person reads them, and what a missing one means for the splits (:mod:`.splits`)."""
-    listed = (("train_val_list.txt", summary.train_val_listed), ("test_list.txt", summary.test_listed))
+    names = summary.split_list_names
+    listed = ((names[0], summary.train_val_listed), (names[1], summary.test_listed))
     text = ", ".join(f"{name}: {n} images" if n is not None else f"{name}: missing" for name, n in listed)
     missing = sum(n is None for _, n in listed)
     if missing == 2:
@@ -287,7 +298,7 @@ def split_lists_text(summary: SourceSummary) -> str:
     return f"split lists: {text}"
 
 
-def summarize(source: NihSource) -> SourceSummary:
+def summarize(source: SourceTables) -> SourceSummary:
     """What an archive holds, before anything is decoded."""
     rows = source.labels.rows
     ids = set(rows["image_id"].to_pylist())
@@ -301,7 +312,7 @@ def summarize(source: NihSource) -> SourceSummary:
         rows_quarantined=count_by_reason(source.labels.quarantine),
         patients=len(set(rows["patient_id"].to_pylist())),
         no_finding=int(sum(1 for labels in rows["finding_labels"].to_pylist() if not labels)),
-        positives={f: int(sum(rows[c].to_pylist())) for f, c in zip(FINDINGS, FINDING_COLUMNS, strict=True)},
+        positives={f: int(pc.sum(rows[c]).as_py() or 0) for f, c in zip(FINDINGS, FINDING_COLUMNS, strict=True)},
         image_files=source.layout.n_image_files,
         rows_without_file=len(ids - files),
         files_without_row=len(files - ids),
@@ -310,4 +321,12 @@ def summarize(source: NihSource) -> SourceSummary:
         test_listed=len(source.test.image_ids) if source.test else None,
         archives=len(source.layout.archives),
         archive_bytes=sum(a["size"] for a in source.layout.archives),
+        source_format=source.labels.rows["source_format"][0].as_py() if rows.num_rows else "nih",
+        unlabelled={
+            f: rows[c].null_count for f, c in zip(FINDINGS, FINDING_COLUMNS, strict=True) if rows[c].null_count
+        },
+        split_list_names=tuple(  # type: ignore[arg-type]
+            posixpath.basename(u) if u else n
+            for u, n in zip((source.layout.train_val_list, source.layout.test_list), SPLIT_LIST_NAMES, strict=True)
+        ),
     )

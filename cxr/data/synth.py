@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from cxr import storage
+from cxr.data.chexpert_source import TABLE_NAMES as CHEXPERT_TABLES
 from cxr.data.decode import DecodeLimits
 from cxr.data.source import BOX_LIST_NAMES, LABEL_TABLE_NAMES, SPLIT_LIST_NAMES, is_image_folder
 from cxr.data.synth_render import Acquisition, render
@@ -39,6 +40,7 @@ from cxr.findings import FINDINGS, NO_FINDING
 from cxr.records import to_plain
 
 Edition = Literal["2017", "v2020"]
+SynthFormat = Literal["nih", "chexpert"]  # chexpert: cxr.data.synth_chexpert
 LABEL_HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
     "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
@@ -63,8 +65,11 @@ class SynthConfig:
     workers: int = 1  # processes rendering PNGs; the output does not depend on it
     acquisition: Acquisition = Acquisition()  # contrast, noise, zoom, offset: a shifted source turns these
     prevalence_power: float = 1.0  # label-set frequencies raised to this power (< 1: rare findings commoner)
+    format: SynthFormat = "nih"  # the layout written; the images and their findings do not depend on it
 
     def __post_init__(self) -> None:
+        if self.format not in ("nih", "chexpert"):
+            raise ValueError(f"format must be 'nih' or 'chexpert', got {self.format!r}")
         if self.n_images < 1:
             raise ValueError(f"n_images must be >= 1, got {self.n_images}")
         if not 16 <= self.size <= 4096:
@@ -109,6 +114,8 @@ def check_ingestible(size: int, limits: DecodeLimits | None = None) -> None:
 def _settings(config: SynthConfig) -> dict[str, Any]:
     """What decides the output's bytes: every setting but where it goes and how many processes render it."""
     plain = to_plain(config)
+    if plain["format"] == "nih":  # synths from before formats existed wrote no format: the same settings
+        del plain["format"]
     return {k: v for k, v in plain.items() if k not in ("out", "workers")}
 
 
@@ -129,8 +136,8 @@ def _write_marker(config: SynthConfig, result: SynthResult | None) -> None:
 
 def _archive_files(out: str) -> list[str]:
     """What a synth (or another NIH archive) holds at ``out``: its image folders and its tables."""
-    names = {*LABEL_TABLE_NAMES, *BOX_LIST_NAMES, *SPLIT_LIST_NAMES, MARKER}
-    found = [d for d in storage.list_dirs(out) if is_image_folder(d)]
+    names = {*LABEL_TABLE_NAMES, *BOX_LIST_NAMES, *SPLIT_LIST_NAMES, *CHEXPERT_TABLES, MARKER}
+    found = [d for d in storage.list_dirs(out) if is_image_folder(d) or posixpath.basename(d) in ("train", "valid")]
     return found + [f for f in storage.list_files(out) if posixpath.basename(f) in names]
 
 
@@ -151,7 +158,7 @@ def prepare_output(config: SynthConfig, overwrite: bool = False) -> SynthResult 
     same = marker is not None and marker.get("settings") == _settings(config)
     if same and not overwrite:
         result = marker.get("result") if marker else None
-        label_table = "Data_Entry_2017.csv" if config.edition == "2017" else "Data_Entry_2017_v2020.csv"
+        label_table = _label_table_name(config)
         if isinstance(result, dict) and storage.exists(storage.join(out, label_table)):
             return SynthResult(**{**result, "out": out, "reused": True})
         return None  # an unfinished synth of the same settings: render again (same bytes)
@@ -245,7 +252,16 @@ def plan(config: SynthConfig, profile: dict[str, Any]) -> _Plan:
     return _Plan(rows, test_patients)
 
 
+def _label_table_name(config: SynthConfig) -> str:
+    """The table written last: its presence says the synth is complete."""
+    if config.format == "chexpert":
+        return "train.csv"
+    return "Data_Entry_2017.csv" if config.edition == "2017" else "Data_Entry_2017_v2020.csv"
+
+
 def _image_path(config: SynthConfig, index: int, image_id: str) -> str:
+    if config.format == "chexpert":  # image_id is the path under the output (synth_chexpert.image_path)
+        return storage.join(config.out, *image_id.split("/"))
     folder = f"images_{index // config.per_folder + 1:03d}"
     return storage.join(config.out, folder, "images", image_id)
 
@@ -261,7 +277,10 @@ def _render_chunk(
         rng = np.random.default_rng([config.seed, 1, index])
         pixels, boxes = render(config.size, findings, rng, config.strength, config.acquisition)
         buf = io.BytesIO()
-        Image.fromarray(pixels, mode="L").save(buf, format="PNG", compress_level=6)
+        if config.format == "chexpert":
+            Image.fromarray(pixels, mode="L").save(buf, format="JPEG", quality=95)
+        else:
+            Image.fromarray(pixels, mode="L").save(buf, format="PNG", compress_level=6)
         storage.write_bytes(_image_path(config, index, image_id), buf.getvalue())
         result.append([(b.finding, b.x * scale, b.y * scale, b.w * scale, b.h * scale) for b in boxes])
     return result
@@ -343,26 +362,41 @@ def synthesize(
     profile = load_profile()
     the_plan = plan(config, profile)
     rows = the_plan.rows
+    if config.format == "chexpert":
+        from cxr.data.synth_chexpert import image_path
+
+        for r in rows:
+            r["image_id"] = image_path(r, r["patient_id"] in the_plan.test_patients)
     jobs = [(i, r["image_id"], r["labels"]) for i, r in enumerate(rows)]
     chunk = max(1, min(64, math.ceil(len(jobs) / (config.workers * 4))))
     chunks = [jobs[i : i + chunk] for i in range(0, len(jobs), chunk)]
     storage.makedirs(config.out)
     _write_marker(config, None)
     boxes = _render_all(config, chunks, progress)
+    test = [r["image_id"] for r in rows if r["patient_id"] in the_plan.test_patients]
+    if config.format == "chexpert":
+        from cxr.data.synth_chexpert import tables
 
+        written = tables(rows, the_plan.test_patients, config.seed)
+        for name in sorted(written, reverse=True):  # valid.csv, then train.csv: the one that says complete
+            storage.write_text(storage.join(config.out, name), written[name])
+        return _finish(config, rows, 0, len(test))
     box_lines = [BOX_HEADER]
     for r, image_boxes in zip(rows, boxes, strict=True):
         for finding, x, y, w, h in image_boxes:
             label = "Infiltrate" if finding == "Infiltration" else finding  # the real list's spelling
             box_lines.append(f"{r['image_id']},{label},{x:.3f},{y:.3f},{w:.3f},{h:.3f}")
     storage.write_text(storage.join(config.out, "BBox_List_2017.csv"), "\n".join(box_lines) + "\n")
-    test = [r["image_id"] for r in rows if r["patient_id"] in the_plan.test_patients]
     train_val = [r["image_id"] for r in rows if r["patient_id"] not in the_plan.test_patients]
     storage.write_text(storage.join(config.out, "train_val_list.txt"), "".join(f"{i}\n" for i in train_val))
     storage.write_text(storage.join(config.out, "test_list.txt"), "".join(f"{i}\n" for i in test))
-    name = "Data_Entry_2017.csv" if config.edition == "2017" else "Data_Entry_2017_v2020.csv"
+    name = _label_table_name(config)
     storage.write_text(storage.join(config.out, name), _label_table(rows, config.edition))  # last: complete
+    return _finish(config, rows, sum(len(b) for b in boxes), len(test))
 
+
+def _finish(config: SynthConfig, rows: list[dict[str, Any]], n_boxes: int, n_test: int) -> SynthResult:
+    """The result, recorded in the marker: the synth is complete."""
     positives = dict.fromkeys(FINDINGS, 0)
     for r in rows:
         if r["labels"] != NO_FINDING:
@@ -372,8 +406,8 @@ def synthesize(
         out=config.out,
         n_images=len(rows),
         n_patients=rows[-1]["patient_id"],
-        n_boxes=sum(len(b) for b in boxes),
-        n_test=len(test),
+        n_boxes=n_boxes,
+        n_test=n_test,
         positives=positives,
     )
     _write_marker(config, result)
