@@ -86,13 +86,16 @@ def balance_chart(info: ManifestInfo) -> bytes:
 
 
 def roc_pr_chart(labels: np.ndarray, probs: np.ndarray, title: str) -> bytes:
-    """ROC (left) and precision-recall (right) curves of every finding with a defined AUROC."""
+    """ROC (left) and precision-recall (right) curves of every finding with a defined AUROC, each on the rows
+    where it is labelled (NaN labels are missing); a finding with no labelled row, or one class, is not drawn."""
     from sklearn.metrics import auc, precision_recall_curve, roc_curve
+
+    from cxr.learn.metrics import known
 
     fig, axes = _figure(1, 2, 13.0, 6.0)
     roc_ax, pr_ax = axes[0]
     for i, finding in enumerate(FINDINGS):
-        y, p = labels[:, i], probs[:, i]
+        y, p = known(labels[:, i], probs[:, i])
         if not 0 < y.sum() < len(y):
             continue
         fpr, tpr, _ = roc_curve(y, p)

@@ -46,13 +46,16 @@ def resample_weights(
 
 
 def weighted_auroc(y: np.ndarray, p: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """AUROC of scores ``p`` for labels ``y`` under each row of ``weights`` ([b, n]); NaN where undefined."""
+    """AUROC of scores ``p`` for labels ``y`` under each row of ``weights`` ([b, n]); NaN where undefined.
+
+    Rows labelled neither 1 nor 0 (NaN: a missing label) weigh nothing: with a resample's integer weights the
+    result is exactly that of the rows without them."""
     order = np.argsort(p, kind="stable")
-    p_sorted, y_sorted = p[order], y[order].astype(bool)
+    p_sorted, y_sorted = p[order], y[order]
     w = weights[:, order]
     starts = np.flatnonzero(np.r_[True, p_sorted[1:] != p_sorted[:-1]])  # first row of each tied score
-    pos = np.add.reduceat(np.where(y_sorted, w, 0.0), starts, axis=1)
-    neg = np.add.reduceat(np.where(y_sorted, 0.0, w), starts, axis=1)
+    pos = np.add.reduceat(np.where(y_sorted == 1, w, 0.0), starts, axis=1)
+    neg = np.add.reduceat(np.where(y_sorted == 0, w, 0.0), starts, axis=1)
     neg_below = np.cumsum(neg, axis=1) - neg
     numerator = (pos * (neg_below + 0.5 * neg)).sum(axis=1)
     denominator = pos.sum(axis=1) * neg.sum(axis=1)

@@ -10,6 +10,11 @@ A finding takes part only when the validation images hold at least ``min_patient
 many negative patients (default 10): with fewer, a bootstrap over patients says nothing reliable (one
 positive patient can make any difference look "significant"), so the finding is listed as not compared.
 
+Missing labels (NaN: the source does not label the finding) are left out finding by finding: the patient
+counts, both AUROCs and the resamples' AUROCs use only the rows where that finding is labelled (in a
+resample its missing rows weigh nothing). Each resample still draws all patients once for all findings,
+so the differences stay paired across models and findings.
+
 The rule (:func:`decide`), at ``level`` (default 0.95):
 
 - promote only if the one-sided lower bound of the mean AUROC gain is above ``margin``;
@@ -36,7 +41,7 @@ from cxr.learn.metrics import auroc, mean_defined
 class FindingDifference:
     """One finding: both AUROCs on the same images, the challenger's gain, and its bounds."""
 
-    n_pos: int
+    n_pos: int  # positive images among the labelled ones
     n_pos_patients: int
     compared: bool  # enough positive and negative patients to take part
     challenger: float | None
@@ -68,7 +73,7 @@ def compare(
     if challenger.shape != champion.shape or challenger.shape != labels.shape:
         raise ValueError(f"probabilities {challenger.shape} and {champion.shape} do not match labels {labels.shape}")
     clusters = cluster_index(patients, n)
-    pos_patients = [len(np.unique(clusters[labels[:, i] > 0])) for i in range(len(FINDINGS))]
+    pos_patients = [len(np.unique(clusters[labels[:, i] == 1])) for i in range(len(FINDINGS))]  # NaN is neither
     neg_patients = [len(np.unique(clusters[labels[:, i] == 0])) for i in range(len(FINDINGS))]
     defined = [i for i in range(len(FINDINGS)) if min(pos_patients[i], neg_patients[i]) >= rule.min_patients]
     rng = np.random.default_rng(rule.seed)
@@ -93,7 +98,7 @@ def compare(
             upper = float(np.percentile(column, 100 * (1 - per_finding_alpha))) if len(column) else None
         regression = upper is not None and upper < -rule.max_drop
         findings[f] = FindingDifference(
-            int(labels[:, i].sum()), pos_patients[i], i in defined, new, old, gain, upper, regression
+            int((labels[:, i] == 1).sum()), pos_patients[i], i in defined, new, old, gain, upper, regression
         )
     challenger_mean = mean_defined([d.challenger for d in findings.values() if d.compared])
     champion_mean = mean_defined([d.champion for d in findings.values() if d.compared])

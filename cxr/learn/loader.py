@@ -24,7 +24,7 @@ PREFETCH_DEPTH = 3  # batches ready ahead of the step: enough to hide a slow sha
 @dataclass(frozen=True)
 class Batch:
     images: torch.Tensor  # uint8 [B, 1, S, S] on the device
-    targets: torch.Tensor  # float32 [B, 14] on the device
+    targets: torch.Tensor  # float32 [B, 14] on the device; NaN where the label is missing (the loss masks it)
     places: np.ndarray  # each sample's place in the epoch's global order (its augmentation row)
 
 

@@ -10,6 +10,12 @@ term (by ``p``), never the negative one, and by default averages over batch *and
 ``p = w_pos / w_neg``, ``reduction="none"``, a sum over findings and a factor ``w_neg`` per finding,
 the two agree (the tests check it); with ``w_pos = freq_neg`` and ``w_neg = freq_pos`` the rare
 positives and the common negatives then contribute equally, which is the point.
+
+Missing labels: a target of NaN means the source does not label that finding for that image (missing, not
+negative). Such an entry contributes nothing, to the loss or to the gradient: its target is replaced by 0
+before the arithmetic (``NaN * 0`` is NaN, and would reach the gradient through the product) and its term is
+masked out, so the gradient of its logit is exactly 0. The batch average still divides by the batch size,
+so a batch without NaN (NIH) gives exactly the loss and gradients of the unmasked formula.
 """
 
 from __future__ import annotations
@@ -36,9 +42,11 @@ class WeightedBCE(nn.Module):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         targets = targets.float()
+        labelled = ~torch.isnan(targets)
+        targets = torch.where(labelled, targets, 0.0)
         pos = targets * F.logsigmoid(logits)
         neg = (1.0 - targets) * F.logsigmoid(-logits)
         if self.w_pos is not None:
             pos = pos * self.w_pos
             neg = neg * self.w_neg
-        return -(pos + neg).sum(dim=1).mean()
+        return -torch.where(labelled, pos + neg, 0.0).sum(dim=1).mean()

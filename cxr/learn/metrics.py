@@ -3,6 +3,16 @@ validation (Youden's J, or a fixed specificity), and sensitivity and specificity
 
 A finding whose labels hold a single class in the evaluated split has no AUROC: it is reported as
 ``None`` and left out of the mean, never counted as 0.5.
+
+Missing labels: a label of NaN means the image's source does not label that finding (missing, not negative).
+Every per-finding metric here is computed on the rows where that finding is labelled (:func:`labelled`), and
+``n`` counts those rows; a finding with no labelled row has no AUROC, like one with a single class. The
+bootstrap still resamples all patients, once for all findings; in each resample a finding's rows that are
+missing weigh nothing (the weights restricted to its labelled rows). When every patient has a labelled row
+for the finding this is exactly the bootstrap of its labelled rows with the same seed; when whole patients
+lack the label (a source that never gives it) they are still drawn, so the number of labelled patients
+varies between resamples and the draws, hence the interval's numbers, differ from those of a bootstrap of
+the labelled rows alone.
 """
 
 from __future__ import annotations
@@ -17,12 +27,31 @@ from cxr.findings import FINDINGS
 from cxr.learn.bootstrap import LEVEL, cluster_index, percentile_interval, resample_weights, weighted_auroc
 
 
+def labelled(y: np.ndarray) -> np.ndarray:
+    """The rows where a finding is labelled: a NaN label is missing (its source does not say), not negative."""
+    return ~np.isnan(y)
+
+
+def known(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and scores of the rows where the finding is labelled."""
+    rows = labelled(y)
+    return y[rows], p[rows]
+
+
 def _defined(y: np.ndarray) -> bool:
+    """Both classes among the labelled rows."""
+    y = y[labelled(y)]
     return 0 < y.sum() < len(y)
 
 
 def auroc(y: np.ndarray, p: np.ndarray) -> float | None:
+    y, p = known(y, p)
     return float(roc_auc_score(y, p)) if _defined(y) else None
+
+
+def auprc(y: np.ndarray, p: np.ndarray) -> float | None:
+    y, p = known(y, p)
+    return float(average_precision_score(y, p)) if y.sum() > 0 else None
 
 
 def per_finding_auroc(labels: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
@@ -43,7 +72,8 @@ def bootstrap_auroc(
     level: float = LEVEL,
 ) -> tuple[float, float] | None:
     """Percentile interval of AUROC over ``n_boot`` resamples of patients (``groups``: a patient key per row;
-    None resamples images). Resamples that hold one class only are left out."""
+    None resamples images). Resamples that hold one class only are left out; rows whose label is missing weigh
+    nothing (see the module docstring)."""
     if not _defined(y):
         return None
     clusters = cluster_index(groups, len(y))
@@ -53,6 +83,7 @@ def bootstrap_auroc(
 
 def youden_threshold(y: np.ndarray, p: np.ndarray) -> float:
     """The threshold maximizing sensitivity + specificity - 1 (0.5 when the split has one class)."""
+    y, p = known(y, p)
     if not _defined(y):
         return 0.5
     fpr, tpr, thresholds = roc_curve(y, p)
@@ -62,6 +93,7 @@ def youden_threshold(y: np.ndarray, p: np.ndarray) -> float:
 
 def specificity_threshold(y: np.ndarray, p: np.ndarray, specificity: float) -> float:
     """The lowest threshold whose specificity on (y, p) is at least ``specificity``."""
+    y, p = known(y, p)
     negatives = np.sort(p[y == 0])
     if len(negatives) == 0:
         return 0.5
@@ -74,6 +106,7 @@ def specificity_threshold(y: np.ndarray, p: np.ndarray, specificity: float) -> f
 
 
 def sens_spec(y: np.ndarray, p: np.ndarray, threshold: float) -> tuple[float | None, float | None]:
+    y, p = known(y, p)
     pred = p >= threshold
     pos, neg = y == 1, y == 0
     sens = float(pred[pos].mean()) if pos.any() else None
@@ -84,13 +117,14 @@ def sens_spec(y: np.ndarray, p: np.ndarray, threshold: float) -> tuple[float | N
 @dataclass(frozen=True)
 class FindingMetrics:
     n_pos: int
-    n: int
+    n: int  # rows where the finding is labelled
     auroc: float | None  # None: one class only in this split
     auroc_ci95: tuple[float, float] | None
     auprc: float | None
     threshold: float  # chosen on val
     sensitivity: float | None
     specificity: float | None
+    n_missing: int = 0  # rows whose source does not label the finding
 
 
 @dataclass(frozen=True)
@@ -106,7 +140,7 @@ def auroc_intervals(
     rng = np.random.default_rng(seed)
     clusters = cluster_index(groups, len(labels))
     values: list[list[np.ndarray]] = [[] for _ in FINDINGS]
-    for w in resample_weights(clusters, n_boot, rng):
+    for w in resample_weights(clusters, n_boot, rng):  # weighted_auroc gives missing rows no weight
         for i in range(len(FINDINGS)):
             if _defined(labels[:, i]):
                 values[i].append(weighted_auroc(labels[:, i], probs[:, i], w))
@@ -122,27 +156,29 @@ def evaluate_predictions(
     groups: np.ndarray | None = None,
 ) -> SplitMetrics:
     """AUROC with its interval (resampling patients when ``groups`` gives each row's patient), AUPRC,
-    prevalence, sensitivity and specificity per finding, and the mean AUROC."""
+    prevalence, sensitivity and specificity per finding, and the mean AUROC; each finding on its labelled rows."""
     intervals = auroc_intervals(labels, probs, groups, n_boot, seed) if n_boot else [None] * len(FINDINGS)
     findings: dict[str, FindingMetrics] = {}
     for i, f in enumerate(FINDINGS):
-        y, p = labels[:, i], probs[:, i]
+        y, p = known(labels[:, i], probs[:, i])
         sens, spec = sens_spec(y, p, thresholds[i])
         findings[f] = FindingMetrics(
             n_pos=int(y.sum()),
             n=len(y),
             auroc=auroc(y, p),
             auroc_ci95=intervals[i],
-            auprc=float(average_precision_score(y, p)) if y.sum() > 0 else None,
+            auprc=auprc(y, p),
             threshold=float(thresholds[i]),
             sensitivity=sens,
             specificity=spec,
+            n_missing=len(labels) - len(y),
         )
     return SplitMetrics(findings, mean_defined([m.auroc for m in findings.values()]))
 
 
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
     """Mean |predicted - observed| over equal-width probability bins, weighted by the bins' sizes."""
+    y, p = known(y, p)
     edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
     total = 0.0

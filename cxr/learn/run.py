@@ -32,6 +32,7 @@ from cxr.learn.checkpoint import ModelBundle, TrainingCheckpoint
 from cxr.learn.config import CHECKPOINT_FILE, TRACKING_FILE, TrainConfig, result_settings
 from cxr.learn.distributed import DistInfo, all_gather_rows, barrier
 from cxr.learn.loss import WeightedBCE
+from cxr.learn.metrics import labelled
 from cxr.learn.models import Classifier, build_model, set_backbone_trainable
 from cxr.learn.shards import Rows, ShardStore, split_rows
 from cxr.tracking.loggers import JsonlLogger, MlflowTrainLogger, NullLogger, TeeLogger, TrainLogger
@@ -165,9 +166,15 @@ def recorded_run_id(output_dir: str) -> str | None:
 def init_head_bias(model: Classifier, labels: np.ndarray, weights: tuple[list[float], list[float]] | None) -> None:
     """Start each output at the log-odds the loss will pull it to first: the share of positive draws,
     weighted as the loss weighs them. The model then spends no epochs learning the prevalence (with
-    rare findings that plateau is long); with balancing weights the start is 0 (even odds).
+    rare findings that plateau is long); with balancing weights the start is 0 (even odds). The share is
+    taken over the draws where the finding is labelled; a finding no draw labels starts at even odds (before
+    the weights).
     """
-    p = labels.mean(axis=0).astype(np.float64)  # training draws, repeats included
+    rows = labelled(labels)
+    count = rows.sum(axis=0)
+    share = np.full(labels.shape[1], 0.5, dtype=np.float32)  # in float32 like the labels: NIH starts as before
+    np.divide(np.where(rows, labels, 0).sum(axis=0), count, out=share, where=count > 0)  # draws, repeats included
+    p = share.astype(np.float64)
     if weights:
         w_pos, w_neg = np.array(weights[0]), np.array(weights[1])
         weighted = w_pos * p + w_neg * (1 - p)

@@ -154,7 +154,7 @@ class Rows:
     image_ids: list[str]
     shard_codes: np.ndarray  # int32 index into ``shards``
     shard_index: np.ndarray  # int64 row within the shard
-    labels: np.ndarray  # float32 [n, 14]
+    labels: np.ndarray  # float32 [n, 14]; NaN where the source does not label the finding (missing, not negative)
     shards: list[str]
     patient_ids: np.ndarray  # int64 [n]: the unit the bootstrap resamples
 
@@ -173,15 +173,20 @@ def split_rows(table: pa.Table, split: str | None, expand_repeats: bool) -> Rows
     encoded = pc.dictionary_encode(part["shard"]).combine_chunks()
     shards = encoded.dictionary.to_pylist()
     shard_codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32)
-    labels = np.column_stack([part[c].to_numpy(zero_copy_only=False) for c in FINDING_COLUMNS]).astype(np.float32)
     return Rows(
         image_ids=part["image_id"].to_pylist(),
         shard_codes=shard_codes,
         shard_index=part["shard_index"].to_numpy(zero_copy_only=False).astype(np.int64),
-        labels=labels.reshape(part.num_rows, len(FINDING_COLUMNS)),
+        labels=finding_labels(part),
         shards=shards,
         patient_ids=part["patient_id"].to_numpy(zero_copy_only=False).astype(np.int64),
     )
+
+
+def finding_labels(table: pa.Table) -> np.ndarray:
+    """float32 [rows, 14] of a table's finding columns (nullable bools): 1, 0, and NaN where null (missing)."""
+    columns = [table[c].cast(pa.float32()).to_numpy(zero_copy_only=False) for c in FINDING_COLUMNS]
+    return np.column_stack(columns).reshape(table.num_rows, len(FINDING_COLUMNS)).astype(np.float32, copy=False)
 
 
 def gather(store: ShardStore, rows: Rows, positions: np.ndarray) -> np.ndarray:
