@@ -11,6 +11,7 @@ format     layout                                                     images
 =========  =========================================================  ============
 nih        ``Data_Entry_2017*.csv`` (+ boxes, split lists), images/    PNG
 chexpert   ``train.csv`` / ``valid.csv`` (CheXpert, MIMIC-CXR-JPG)     JPEG, PNG
+dicom      ``labels.csv`` beside ``*.dcm`` files                      DICOM
 =========  =========================================================  ============
 """
 
@@ -18,11 +19,12 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cxr import storage
 from cxr.data.chexpert_source import is_chexpert, read_chexpert
 from cxr.data.csv_text import SourceFormatError
+from cxr.data.decode import DecodeLimits
 from cxr.data.label_policy import LabelPolicy
 from cxr.data.source import LABEL_TABLE_NAMES, SourceTables, read_nih
 
@@ -33,20 +35,32 @@ class Adapter:
     version: int  # up by one whenever what this adapter reads from the same files changes
     formats: tuple[str, ...]  # image encodings (cxr.data.decode.DecodeLimits.formats)
     layout: str  # what a person must have, for error messages
-    read: Callable[[str, LabelPolicy], SourceTables]
+    read: Callable[[str, LabelPolicy, DecodeLimits], SourceTables]
 
 
-def _read_nih(root: str, policy: LabelPolicy) -> SourceTables:
+def _read_nih(root: str, policy: LabelPolicy, limits: DecodeLimits) -> SourceTables:
     return read_nih(root)  # NIH labels are yes or no: the policy has nothing to decide
+
+
+def _read_dicom(root: str, policy: LabelPolicy, limits: DecodeLimits) -> SourceTables:
+    from cxr.data.dicom_source import read_dicom  # pydicom is imported for DICOM sources only
+
+    return read_dicom(root, policy, limits)
+
+
+def _read_chexpert(root: str, policy: LabelPolicy, limits: DecodeLimits) -> SourceTables:
+    return read_chexpert(root, policy)
 
 
 ADAPTERS: dict[str, Adapter] = {
     "nih": Adapter("nih", 1, ("png",), f"{' or '.join(LABEL_TABLE_NAMES[::2])} beside images/", _read_nih),
     "chexpert": Adapter(
-        "chexpert", 1, ("jpeg", "png"), "train.csv or valid.csv beside the image folders", read_chexpert
+        "chexpert", 1, ("jpeg", "png"), "train.csv or valid.csv beside the image folders", _read_chexpert
     ),
+    "dicom": Adapter("dicom", 1, ("dicom",), "labels.csv beside .dcm files (any folders below)", _read_dicom),
 }
 SOURCE_FORMATS: tuple[str, ...] = tuple(ADAPTERS)
+DICOM_LABELS = "labels.csv"  # a DICOM source's label table (cxr.data.dicom_source)
 
 
 def adapter(name: str) -> Adapter:
@@ -66,12 +80,18 @@ def detect_format(root: str) -> str:
         return "nih"
     if is_chexpert(names):
         return "chexpert"
+    if DICOM_LABELS in names:
+        return "dicom"
     if not storage.exists(root):
         raise FileNotFoundError(f"source {root!r} does not exist")
     layouts = "; ".join(f"{a.name}: {a.layout}" for a in ADAPTERS.values())
-    raise SourceFormatError(f"{root}: not a source of a known format ({layouts})")
+    raise SourceFormatError(f"{root}: no label table of a known source format ({layouts})")
 
 
-def read_source(root: str, policy: LabelPolicy | None = None, source_format: str | None = None) -> SourceTables:
+def read_source(
+    root: str, policy: LabelPolicy | None = None, source_format: str | None = None, limits: DecodeLimits | None = None
+) -> SourceTables:
     """Read the source at ``root`` with its format's adapter (``source_format``; None: recognised from its files)."""
-    return adapter(source_format or detect_format(root)).read(root, policy or LabelPolicy())
+    reader = adapter(source_format or detect_format(root))
+    limits = replace(limits or DecodeLimits(), formats=reader.formats)
+    return reader.read(root, policy or LabelPolicy(), limits)

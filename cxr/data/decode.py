@@ -1,7 +1,8 @@
 """Decode, validate and convert one source image: PNG bytes in, 8-bit gray pixels out, or a reason why not.
 
 A source's adapter names the encodings it may hold (``DecodeLimits.formats``): PNG for NIH, JPEG too for
-the CheXpert family (baseline or progressive 8-bit JPEG, decoded by Pillow, through the same conversion).
+the CheXpert family (baseline or progressive 8-bit JPEG, decoded by Pillow, through the same conversion),
+DICOM for DICOM sources (:mod:`cxr.data.dicom_decode`, its own rules to 8 bits).
 
 Conversion to 8-bit gray (the rule every image goes through, documented in the README):
 
@@ -56,7 +57,8 @@ class DecodeLimits:
     # Memory one image may take to decode and convert (decode_bytes), checked from the header before any
     # pixel is decoded: a 16-bit 8192 x 8192 image needs 192 MiB, an RGB(A) one 320 MiB (refused).
     max_image_bytes: int = 256 * 2**20
-    # The encodings a source may hold (its adapter says which): "png" (NIH), "jpeg" (CheXpert, MIMIC-CXR-JPG).
+    # The encodings a source may hold (its adapter says which): "png" (NIH), "jpeg" (CheXpert, MIMIC-CXR-JPG),
+    # "dicom" (DICOM sources).
     formats: tuple[str, ...] = ("png",)
 
 
@@ -168,6 +170,10 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits(), *, decoder:
         raise ImageRejected(Reason.UNREADABLE_IMAGE, "empty file")
     if len(data) > limits.max_bytes:
         raise ImageRejected(Reason.TOO_LARGE, f"{len(data)} bytes > {limits.max_bytes}")
+    if "dicom" in limits.formats and data[128:132] == b"DICM":
+        from cxr.data.dicom_decode import decode_dicom  # pydicom is imported for DICOM sources only
+
+        return Image.fromarray(decode_dicom(data, limits).pixels, mode="L")
     is_jpeg = data.startswith(JPEG_SIGNATURE) and "jpeg" in limits.formats
     if not (data.startswith(PNG_SIGNATURE) and "png" in limits.formats) and not is_jpeg:
         expected = " or ".join(f.upper() for f in limits.formats)

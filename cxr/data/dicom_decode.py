@@ -49,8 +49,9 @@ import math
 import os
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pydicom
@@ -77,6 +78,7 @@ Window = Literal["voi_lut", "window", "percentile"]
 _REQUIRED = ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel", "PhotometricInterpretation")
 _DECODE_FAILURES = (NotImplementedError, RuntimeError, ValueError, EOFError, OSError)  # pydicom's "cannot decode"
 _DEFAULT_LIMITS = DecodeLimits()
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,8 +118,32 @@ def salt_from_env() -> str:
     return salt
 
 
+@dataclass(frozen=True)
+class DicomHeader:
+    """What a DICOM file's header says of its image, read without its pixels (rules 1 to 4 passed)."""
+
+    patient_id: str | None = field(repr=False)  # raw Patient ID: hash it (patient_key), never store it
+    sop_instance_uid: str | None
+    view: str | None  # View Position, upper case: "PA", "AP", "LL", ...
+    sex: str | None  # "M" or "F"
+    age: int | None  # years; an age in days, weeks or months is 0
+    pixel_spacing: tuple[float, float] | None  # (x: between columns, y: between rows) in mm
+    rows: int
+    columns: int
+
+
+def read_header(data: bytes, limits: DecodeLimits = _DEFAULT_LIMITS) -> DicomHeader:
+    """Rules 1 to 4 on a file's bytes (its start is enough when it holds the whole header), or
+    :class:`ImageRejected`: what ingest plans with before any pixel is decoded."""
+    return _guarded(lambda: _header(data, limits)[0], data, limits)
+
+
 def decode_dicom(data: bytes, limits: DecodeLimits = _DEFAULT_LIMITS) -> DicomImage:
     """Validate and decode one DICOM file's bytes by the module's rules, or raise :class:`ImageRejected`."""
+    return _guarded(lambda: _decode(data, limits), data, limits)
+
+
+def _guarded(work: Callable[[], T], data: bytes, limits: DecodeLimits) -> T:
     if len(data) > limits.max_bytes:
         raise ImageRejected(Reason.TOO_LARGE, f"{len(data)} bytes > {limits.max_bytes}")
     if not is_dicom(data):
@@ -125,36 +151,52 @@ def decode_dicom(data: bytes, limits: DecodeLimits = _DEFAULT_LIMITS) -> DicomIm
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")  # pydicom's warnings may quote header values
-            return _decode(data, limits)
+            return work()
     except ImageRejected:
         raise
     except Exception as err:  # anything else a malformed file makes pydicom or NumPy raise
         raise ImageRejected(Reason.DECODE_ERROR, _clip(f"{type(err).__name__}: {err}")) from err
 
 
-def _decode(data: bytes, limits: DecodeLimits) -> DicomImage:
+def _header(data: bytes, limits: DecodeLimits) -> tuple[DicomHeader, Dataset | None]:
+    """The header's rules; with the full dataset when checking them needed it read whole."""
     header = _read(data, header=True)
     sop_class = str(header.get("SOPClassUID") or header.file_meta.get("MediaStorageSOPClassUID") or "").strip()
     if sop_class.startswith(tuple(f"{root}." for root in NON_IMAGE_SOP_CLASSES)) or sop_class in NON_IMAGE_SOP_CLASSES:
         raise ImageRejected(Reason.NOT_AN_IMAGE, _class_name(sop_class))
+    full = None
     if missing := [keyword for keyword in _REQUIRED if header.get(keyword) in (None, "")]:
         if "PixelData" in (full := _read(data, header=False)):
             raise ImageRejected(Reason.UNREADABLE_IMAGE, f"Pixel Data without {', '.join(missing)}")
-    else:
-        _check_image(header, limits)
-        full = _read(data, header=False)
-    if "PixelData" not in full:
         raise ImageRejected(Reason.NOT_AN_IMAGE, f"no Pixel Data: {_class_name(sop_class)}")
-    pixels, window = _pixels(full)
+    _check_image(header, limits)
     sex = (_text(header, "PatientSex") or "").upper()
-    return DicomImage(
-        pixels=pixels,
-        pixel_spacing=_spacing(header),
+    return DicomHeader(
         patient_id=_text(header, "PatientID"),
         sop_instance_uid=_text(header, "SOPInstanceUID"),
         view=(_text(header, "ViewPosition") or "").upper() or None,
         sex=sex if sex in ("M", "F") else None,
         age=_age(_text(header, "PatientAge")),
+        pixel_spacing=_spacing(header),
+        rows=int(header.Rows),
+        columns=int(header.Columns),
+    ), full
+
+
+def _decode(data: bytes, limits: DecodeLimits) -> DicomImage:
+    header, full = _header(data, limits)
+    full = full or _read(data, header=False)
+    if "PixelData" not in full:
+        raise ImageRejected(Reason.NOT_AN_IMAGE, f"no Pixel Data: {_class_name(str(full.get('SOPClassUID') or ''))}")
+    pixels, window = _pixels(full)
+    return DicomImage(
+        pixels=pixels,
+        pixel_spacing=header.pixel_spacing,
+        patient_id=header.patient_id,
+        sop_instance_uid=header.sop_instance_uid,
+        view=header.view,
+        sex=header.sex,
+        age=header.age,
         window=window,
     )
 

@@ -188,7 +188,7 @@ def plan_ingest(
     out = storage.absolute(out)
     reader = adapter(options.source_format or detect_format(source_url))
     options = replace(options, source_format=reader.name, limits=replace(options.limits, formats=reader.formats))
-    source = reader.read(source_url, options.label_policy)
+    source = reader.read(source_url, options.label_policy, options.limits)
     layout, labels = source.layout, source.labels
     if labels.rows.num_rows and not (layout.image_files or layout.archives or layout.links or layout.quarantine):
         raise SourceFormatError(

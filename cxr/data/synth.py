@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from cxr import storage
+from cxr.data.adapters import DICOM_LABELS
 from cxr.data.chexpert_source import TABLE_NAMES as CHEXPERT_TABLES
 from cxr.data.decode import DecodeLimits
 from cxr.data.source import BOX_LIST_NAMES, LABEL_TABLE_NAMES, SPLIT_LIST_NAMES, is_image_folder
@@ -40,7 +41,9 @@ from cxr.findings import FINDINGS, NO_FINDING
 from cxr.records import to_plain
 
 Edition = Literal["2017", "v2020"]
-SynthFormat = Literal["nih", "chexpert"]  # chexpert: cxr.data.synth_chexpert
+SynthFormat = Literal["nih", "chexpert", "dicom"]  # cxr.data.synth_chexpert, cxr.data.synth_dicom
+SYNTH_FORMATS: tuple[str, ...] = ("nih", "chexpert", "dicom")
+Job = tuple[int, str, dict[str, Any]]  # index, path under the output, row
 LABEL_HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
     "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
@@ -68,8 +71,8 @@ class SynthConfig:
     format: SynthFormat = "nih"  # the layout written; the images and their findings do not depend on it
 
     def __post_init__(self) -> None:
-        if self.format not in ("nih", "chexpert"):
-            raise ValueError(f"format must be 'nih' or 'chexpert', got {self.format!r}")
+        if self.format not in SYNTH_FORMATS:
+            raise ValueError(f"format must be one of {', '.join(SYNTH_FORMATS)}, got {self.format!r}")
         if self.n_images < 1:
             raise ValueError(f"n_images must be >= 1, got {self.n_images}")
         if not 16 <= self.size <= 4096:
@@ -136,8 +139,9 @@ def _write_marker(config: SynthConfig, result: SynthResult | None) -> None:
 
 def _archive_files(out: str) -> list[str]:
     """What a synth (or another NIH archive) holds at ``out``: its image folders and its tables."""
-    names = {*LABEL_TABLE_NAMES, *BOX_LIST_NAMES, *SPLIT_LIST_NAMES, *CHEXPERT_TABLES, MARKER}
-    found = [d for d in storage.list_dirs(out) if is_image_folder(d) or posixpath.basename(d) in ("train", "valid")]
+    names = {*LABEL_TABLE_NAMES, *BOX_LIST_NAMES, *SPLIT_LIST_NAMES, *CHEXPERT_TABLES, DICOM_LABELS, MARKER}
+    folders = ("train", "valid", "images")  # chexpert, dicom
+    found = [d for d in storage.list_dirs(out) if is_image_folder(d) or posixpath.basename(d) in folders]
     return found + [f for f in storage.list_files(out) if posixpath.basename(f) in names]
 
 
@@ -256,32 +260,42 @@ def _label_table_name(config: SynthConfig) -> str:
     """The table written last: its presence says the synth is complete."""
     if config.format == "chexpert":
         return "train.csv"
+    if config.format == "dicom":
+        return DICOM_LABELS
     return "Data_Entry_2017.csv" if config.edition == "2017" else "Data_Entry_2017_v2020.csv"
 
 
 def _image_path(config: SynthConfig, index: int, image_id: str) -> str:
-    if config.format == "chexpert":  # image_id is the path under the output (synth_chexpert.image_path)
+    if config.format != "nih":  # image_id is the path under the output (synth_chexpert, synth_dicom)
         return storage.join(config.out, *image_id.split("/"))
     folder = f"images_{index // config.per_folder + 1:03d}"
     return storage.join(config.out, folder, "images", image_id)
 
 
-def _render_chunk(
-    config: SynthConfig, jobs: list[tuple[int, str, str]]
-) -> list[list[tuple[str, float, float, float, float]]]:
+def _encode(config: SynthConfig, pixels: np.ndarray, index: int, row: dict[str, Any]) -> bytes:
+    """An image's file: PNG (nih), JPEG (chexpert) or DICOM (dicom)."""
+    if config.format == "dicom":
+        from cxr.data.synth_dicom import encode
+
+        return encode(pixels, row, config.seed, index)
+    buf = io.BytesIO()
+    if config.format == "chexpert":
+        Image.fromarray(pixels, mode="L").save(buf, format="JPEG", quality=95)
+    else:
+        Image.fromarray(pixels, mode="L").save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def _render_chunk(config: SynthConfig, jobs: list[Job]) -> list[list[tuple[str, float, float, float, float]]]:
     """Render and write a chunk of images; returns each image's boxes in 1024 px coordinates."""
     scale = 1024.0 / config.size
     result = []
-    for index, image_id, labels in jobs:
+    for index, image_id, row in jobs:
+        labels = row["labels"]
         findings = [] if labels == NO_FINDING else labels.split("|")
         rng = np.random.default_rng([config.seed, 1, index])
         pixels, boxes = render(config.size, findings, rng, config.strength, config.acquisition)
-        buf = io.BytesIO()
-        if config.format == "chexpert":
-            Image.fromarray(pixels, mode="L").save(buf, format="JPEG", quality=95)
-        else:
-            Image.fromarray(pixels, mode="L").save(buf, format="PNG", compress_level=6)
-        storage.write_bytes(_image_path(config, index, image_id), buf.getvalue())
+        storage.write_bytes(_image_path(config, index, image_id), _encode(config, pixels, index, row))
         result.append([(b.finding, b.x * scale, b.y * scale, b.w * scale, b.h * scale) for b in boxes])
     return result
 
@@ -305,12 +319,12 @@ def _ignore_interrupts() -> None:
         signal.signal(s, signal.SIG_DFL)
 
 
-def _render_chunk_star(args: tuple[SynthConfig, list[tuple[int, str, str]]]) -> list:
+def _render_chunk_star(args: tuple[SynthConfig, list[Job]]) -> list:
     return _render_chunk(*args)
 
 
 def _render_all(
-    config: SynthConfig, chunks: list[list[tuple[int, str, str]]], progress: Callable[[int], None] | None
+    config: SynthConfig, chunks: list[list[Job]], progress: Callable[[int], None] | None
 ) -> list[list[tuple[str, float, float, float, float]]]:
     """Every chunk's boxes, in order; rendering processes are stopped (never left behind) on any interruption."""
     boxes: list[list[tuple[str, float, float, float, float]]] = []
@@ -367,7 +381,12 @@ def synthesize(
 
         for r in rows:
             r["image_id"] = image_path(r, r["patient_id"] in the_plan.test_patients)
-    jobs = [(i, r["image_id"], r["labels"]) for i, r in enumerate(rows)]
+    elif config.format == "dicom":
+        from cxr.data.synth_dicom import image_path as dicom_path
+
+        for r in rows:
+            r["image_id"] = dicom_path(r)
+    jobs = [(i, r["image_id"], r) for i, r in enumerate(rows)]
     chunk = max(1, min(64, math.ceil(len(jobs) / (config.workers * 4))))
     chunks = [jobs[i : i + chunk] for i in range(0, len(jobs), chunk)]
     storage.makedirs(config.out)
@@ -381,6 +400,11 @@ def synthesize(
         for name in sorted(written, reverse=True):  # valid.csv, then train.csv: the one that says complete
             storage.write_text(storage.join(config.out, name), written[name])
         return _finish(config, rows, 0, len(test))
+    if config.format == "dicom":
+        from cxr.data.synth_dicom import labels_table
+
+        storage.write_text(storage.join(config.out, DICOM_LABELS), labels_table(rows))  # last: complete
+        return _finish(config, rows, 0, 0)
     box_lines = [BOX_HEADER]
     for r, image_boxes in zip(rows, boxes, strict=True):
         for finding, x, y, w, h in image_boxes:
