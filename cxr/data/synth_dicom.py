@@ -2,8 +2,9 @@
 
 The rows and pixels are those of the NIH-format synth with the same settings. Each image is a DICOM file
 (Digital X-Ray, MONOCHROME2, 12 bits stored in 16, explicit VR little endian) at
-``images/g<patient // 100>/<image>.dcm`` (paths carry no header value): the 8-bit pixels times 16, with a Rescale Slope of 1 and a window
-(center 2048, width 4096) over the whole 12-bit range, and the pixel spacing of the NIH row. The header
+``images/g<patient // 100>/<image>.dcm`` (paths carry no header value): the 8-bit pixels times 16, with a
+Rescale Slope of 1 and a window (center 2048, width 4096) over the whole 12-bit range, and the pixel
+spacing of the NIH row. The header
 carries what a hospital export would: Patient ID ``PAT<patient>``, a Patient's Name and Birth Date (made
 up: they exist to prove that ingest copies neither), sex, age, view. ``labels.csv`` names each file by
 ``Path`` with NIH-style ``Finding Labels``. No boxes.
