@@ -88,7 +88,8 @@ def manifest_table(info: ManifestInfo) -> ReportTable:
         (f, f"{100 * before[f]:.2f} %", f"{100 * after[f]:.2f} %", str(info.reuse.distinct_positive_images[f]))
         for f in info.findings
     )
-    title = f"manifest {info.digest} ({info.strategy}) of dataset {info.dataset.digest}"
+    of = f"datasets {', '.join(d.digest for d in info.versions)}" if info.mixed else f"dataset {info.dataset.digest}"
+    title = f"manifest {info.digest} ({info.strategy}) of {of}"
     return ReportTable(title, ("finding", "train share before", "after", "distinct positive images"), rows)
 
 
@@ -100,6 +101,10 @@ def manifest_lines(info: ManifestInfo) -> str:
         + "  ".join(f"{k} {v.rows}/{v.draws}" for k, v in info.splits.items())
         + f"\nmost reused training image: {reuse.most_repeated_image} x{reuse.max_repeat}; "
         f"{reuse.rows_repeated} rows repeated, {reuse.rows_dropped} dropped"
+        + "".join(
+            f"\nsource {source}: " + "  ".join(f"{split} {n}" for split, n in splits.items())
+            for source, splits in info.sources.items()
+        )
     )
 
 
@@ -117,6 +122,8 @@ def evaluation_table(evaluation: Evaluation) -> ReportTable:
         f"dataset {evaluation.dataset}, {evaluation.split} split (n = {evaluation.n}): "
         f"mean AUROC {_num(evaluation.mean_auroc)}"
     )
+    if evaluation.scored_findings and len(evaluation.scored_findings) < len(evaluation.findings):
+        title += f" over the {len(evaluation.scored_findings)} findings both the model and this source label"
     columns = ("finding", "pos", "AUROC", "95 % CI", "AUPRC", "sens", "spec", "CAM T(IoBB)>0.1 / random")
     return ReportTable(title, columns, tuple(rows))
 

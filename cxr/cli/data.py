@@ -268,7 +268,13 @@ def stats(
 
 
 def manifest(
-    dataset: DatasetOption,
+    dataset: Annotated[
+        list[str],
+        typer.Option(
+            "--dataset",
+            help="A dataset root (its LATEST) or a version folder; repeat it for a mixed manifest of several sources.",
+        ),
+    ],
     strategy: Annotated[str, typer.Option(help="none | weighted | resample.")],
     out_dir: Annotated[
         str, typer.Option("--out", help="Folder or s3:// prefix for manifest.parquet and manifest.json.")
@@ -295,10 +301,10 @@ def manifest(
     from cxr.findings import parse_finding
     from cxr.reports import manifest_lines, manifest_table
 
-    version = guarded(open_version, dataset)
+    versions = [guarded(open_version, d) for d in dataset]
     finding = guarded(parse_finding, target) if target else None
     config = guarded(ManifestConfig, strategy=strategy, target=finding, mode=mode, floor=floor, seed=seed)
-    built = guarded(build_manifest, version, config)
+    built = guarded(build_manifest, versions, config)
     written = guarded(write_manifest, built, out_dir, overwrite)
     for warning in manifest_warnings(built.info):
         console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)

@@ -11,12 +11,17 @@
   count, which image it is, and how many distinct images carry each finding's positives.
 
 Validation and test rows are never resampled or weighted. Repeats are counts, never copies of images.
+
+A mixed manifest draws on several dataset versions at once (e.g. an NIH-format and a CheXpert-format
+source): each keeps its own splits, the strategy balances their training rows together (a finding one
+source does not label counts only where it is labelled), and each row's ``shard`` names its version
+(``<digest>/<shard>``). ``manifest.json`` lists the versions and the rows each source gives every split.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import NoReturn
 
 import numpy as np
@@ -33,8 +38,8 @@ from cxr.findings import FINDING_COLUMNS, FINDINGS, column_name
 from cxr.records import from_json, to_json
 
 STRATEGIES = ("none", "weighted", "resample")
-MANIFEST_SCHEMA_VERSION = 1
-_COLUMNS = ["image_id", "patient_id", "split", *FINDING_COLUMNS, "shard", "shard_index"]
+MANIFEST_SCHEMA_VERSION = 2  # 2: source_format column; several dataset versions (mixed manifests)
+_COLUMNS = ["image_id", "patient_id", "split", *FINDING_COLUMNS, "source_format", "shard", "shard_index"]
 
 
 @dataclass(frozen=True)
@@ -109,13 +114,29 @@ class ManifestInfo:
     seed: int
     dataset_digest: str
     class_weights: Mapping[str, ClassWeight] | None  # strategy "weighted" only
-    dataset: DatasetRef
+    dataset: DatasetRef  # the first (or only) version
     findings: tuple[str, ...]
     splits: Mapping[str, SplitDraws]
     train_prevalence: Mapping[str, Mapping[str, float]]  # "before" and "after": share of positive draws
     reuse: Reuse
     config: ManifestConfig
     floor_unreachable: tuple[str, ...] | None = None  # resample without a target: findings with no training positive
+    datasets: tuple[DatasetRef, ...] = ()  # every version the rows come from (a mixed manifest: several)
+    sources: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # source -> split -> rows
+
+    @property
+    def versions(self) -> tuple[DatasetRef, ...]:
+        """The versions the rows come from (manifests written before mixed ones name one)."""
+        return self.datasets or (self.dataset,)
+
+    @property
+    def mixed(self) -> bool:
+        return len(self.versions) > 1
+
+    @property
+    def shard_sizes(self) -> tuple[int, ...]:
+        """The shard sizes every version has."""
+        return tuple(sorted(set.intersection(*(set(d.shard_sizes) for d in self.versions))))
 
     def to_json(self) -> str:
         return to_json(self) + "\n"
@@ -201,16 +222,55 @@ def _prevalence(labels: np.ndarray, repeat: np.ndarray) -> dict[str, float]:
     return {f: float(v) for f, v in zip(FINDINGS, share, strict=True)}
 
 
-def build_manifest(version: DatasetVersion, config: ManifestConfig) -> Manifest:
-    """The manifest of a dataset version under ``config`` (deterministic for a given seed)."""
-    metadata = version.metadata(columns=_COLUMNS)
+def _source_key(version: DatasetVersion) -> str:
+    """How a manifest names a version's source: its format and digest (``chexpert:0f26b3df1549ff0d``)."""
+    return f"{version.info.get('source', {}).get('format', 'nih')}:{version.digest}"
+
+
+def _rows(versions: Sequence[DatasetVersion]) -> pa.Table:
+    """The metadata rows of every version, in split order, then by version, then by image id; a mixed
+    manifest's shards named by version (``<digest>/<shard>``) and its rows' ``_source`` kept."""
+    tables = []
+    for rank, version in enumerate(versions):
+        table = version.metadata(columns=_COLUMNS)
+        if len(versions) > 1:
+            table = table.set_column(
+                table.column_names.index("shard"),
+                "shard",
+                pc.binary_join_element_wise(version.digest, table["shard"], "/"),
+            )
+        table = table.append_column("_version", pa.array([rank] * table.num_rows, pa.int32()))
+        tables.append(table.append_column("_source", pa.array([_source_key(version)] * table.num_rows, pa.string())))
+    metadata = pa.concat_tables(tables)
     split_rank = pc.index_in(metadata["split"], pa.array(list(SPLITS)))
-    metadata = metadata.append_column("_rank", split_rank).sort_by([("_rank", "ascending"), ("image_id", "ascending")])
-    metadata = metadata.drop_columns(["_rank"])
+    order = [("_rank", "ascending"), ("_version", "ascending"), ("image_id", "ascending")]
+    return metadata.append_column("_rank", split_rank).sort_by(order).drop_columns(["_rank", "_version"])
+
+
+def _check_versions(versions: Sequence[DatasetVersion]) -> None:
+    digests = [v.digest for v in versions]
+    if not versions:
+        raise ValueError("a manifest needs at least one dataset version")
+    if len(set(digests)) != len(digests):
+        raise ValueError(f"the same dataset version is given twice: {', '.join(digests)}")
+    if not set.intersection(*(set(v.sizes) for v in versions)):
+        sizes = "; ".join(f"{v.digest}: {v.sizes}" for v in versions)
+        raise ValueError(f"the versions share no shard size ({sizes}); ingest them with a common --size")
+
+
+def build_manifest(versions: DatasetVersion | Sequence[DatasetVersion], config: ManifestConfig) -> Manifest:
+    """The manifest of one dataset version, or of several together (mixed), under ``config`` (deterministic for
+    a given seed)."""
+    versions = [versions] if isinstance(versions, DatasetVersion) else list(versions)
+    _check_versions(versions)
+    version = versions[0]
+    metadata = _rows(versions)
+    sources = metadata["_source"]
+    metadata = metadata.drop_columns(["_source"])
     is_train = pc.equal(metadata["split"], "train").to_numpy(zero_copy_only=False)
     train_idx = np.flatnonzero(is_train)
     if len(train_idx) == 0:
-        raise ValueError(f"dataset {version.digest} has no training rows")
+        raise ValueError(f"dataset {'+'.join(v.digest for v in versions)} has no training rows")
     labels = _labels(metadata)
     train_labels = labels[train_idx]
     rng = np.random.default_rng(config.seed)
@@ -241,7 +301,9 @@ def build_manifest(version: DatasetVersion, config: ManifestConfig) -> Manifest:
 
     keep = repeat > 0
     table = metadata.filter(pa.array(keep)).append_column("repeat", pa.array(repeat[keep], pa.int32()))
-    table = table.select(["image_id", "patient_id", "split", "repeat", *FINDING_COLUMNS, "shard", "shard_index"])
+    columns = ["image_id", "patient_id", "split", "repeat", *FINDING_COLUMNS, "source_format", "shard", "shard_index"]
+    table = table.select(columns)
+    kept_sources = sources.filter(pa.array(keep))
 
     train_repeat = repeat[train_idx]
     reused = int(np.argmax(train_repeat))
@@ -252,7 +314,7 @@ def build_manifest(version: DatasetVersion, config: ManifestConfig) -> Manifest:
         "mode": config.mode if config.strategy == "resample" and config.target else None,
         "floor": config.floor if config.strategy == "resample" and not config.target else None,
         "seed": config.seed,
-        "dataset_digest": version.digest,
+        "dataset_digest": "+".join(v.digest for v in versions),
         "class_weights": None
         if weights is None
         else {f: {"w_pos": w.w_pos, "w_neg": w.w_neg} for f, w in weights.items()},
@@ -275,9 +337,11 @@ def build_manifest(version: DatasetVersion, config: ManifestConfig) -> Manifest:
         mode=settings["mode"],
         floor=settings["floor"],
         seed=config.seed,
-        dataset_digest=version.digest,
+        dataset_digest=settings["dataset_digest"],
         class_weights=weights,
         dataset=DatasetRef(version.digest, version.root, tuple(version.sizes)),
+        datasets=tuple(DatasetRef(v.digest, v.root, tuple(v.sizes)) for v in versions),
+        sources=_source_counts(kept_sources, table["split"]),
         findings=tuple(FINDINGS),
         splits=splits,
         train_prevalence={
@@ -299,9 +363,22 @@ def build_manifest(version: DatasetVersion, config: ManifestConfig) -> Manifest:
     return Manifest(table, info)
 
 
+def _source_counts(sources: pa.ChunkedArray, splits: pa.ChunkedArray) -> dict[str, dict[str, int]]:
+    """Rows per source and split."""
+    grouped = (
+        pa.table({"source": sources, "split": splits}).group_by(["source", "split"]).aggregate([([], "count_all")])
+    )
+    counts: dict[str, dict[str, int]] = {}
+    for row in grouped.to_pylist():
+        counts.setdefault(row["source"], dict.fromkeys(SPLITS, 0))[row["split"]] = row["count_all"]
+    return dict(sorted(counts.items()))
+
+
 def _digest(settings: Mapping[str, object], table: pa.Table) -> str:
-    """The manifest digest: its settings and its rows (the pair ``manifest.json`` + ``manifest.parquet``)."""
-    return canonical_digest(dict(settings), [("manifest", table, ["split", "image_id"])])
+    """The manifest digest: its settings and its rows (the pair ``manifest.json`` + ``manifest.parquet``).
+
+    Rows are keyed by split, image id and shard: two versions of a mixed manifest may hold the same image id."""
+    return canonical_digest(dict(settings), [("manifest", table, ["split", "image_id", "shard"])])
 
 
 def _settings(info: ManifestInfo) -> dict[str, object]:

@@ -73,6 +73,12 @@ class ModelBundle:
     steps: int = 0
     shard_size: int | None = None  # the shards it trained on; inputs are made from that size (None: older bundles)
     tracking_run_id: str | None = None  # the MLflow run that trained it (None: tracking off, or an older bundle)
+    # the findings its training rows label (a CheXpert source labels 7); empty: all 14 (older bundles)
+    trained_findings: tuple[str, ...] | list[str] = ()
+
+    @property
+    def findings_learned(self) -> tuple[str, ...]:
+        return tuple(self.trained_findings) or tuple(self.label_names)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -28,7 +28,7 @@ from cxr.learn.localize import LocalizationScore, class_activation_maps, heatmap
 from cxr.learn.metrics import FindingMetrics, evaluate_predictions, specificity_threshold, youden_threshold
 from cxr.learn.models import Classifier
 from cxr.learn.reference import model_reference
-from cxr.learn.shards import Rows, ShardStore, gather, split_rows
+from cxr.learn.shards import AnyShardStore, Rows, gather, split_rows
 from cxr.records import from_json, to_json
 
 BOX_FRAME = 1024.0  # NIH boxes are in the coordinates of the 1024 px release PNGs
@@ -50,10 +50,12 @@ class Evaluation:
     localization: Mapping[str, LocalizationScore]  # CAM boxes against the split's NIH-style boxes
     localization_random: Mapping[str, LocalizationScore]  # the same procedure on random heatmaps: the floor
     model_dataset: str | None = None  # the version the model was trained on (its bundle's; None: not recorded)
+    # the findings scored: those the model learned and the split labels (another source's: the shared ones)
+    scored_findings: tuple[str, ...] = ()
 
     def dataset_warning(self) -> str | None:
         """A line for people when the scored version is not the one the model trained on; None when it is."""
-        if self.model_dataset is None or self.model_dataset == self.dataset:
+        if self.model_dataset is None or self.dataset in self.model_dataset.split("+"):  # "+": a mixed manifest's
             return None
         return (
             f"dataset {self.dataset} is not the version the model was trained on ({self.model_dataset}): "
@@ -118,9 +120,11 @@ def evaluate_model(
     store = shard_store(version, bundle)
     rows = split_rows(metadata, split, expand_repeats=False)
     probs, labels = predict_rows(model, store, rows, bundle.image_size, info)
+    labels = only_learned(labels, bundle)
     val = split_rows(metadata, "val", expand_repeats=False)
     if len(val):
         val_probs, val_labels = predict_rows(model, store, val, bundle.image_size, info)
+        val_labels = only_learned(val_labels, bundle)
         thresholds = choose_thresholds(val_labels, val_probs, threshold_rule, specificity)
     else:
         thresholds, threshold_rule = list(bundle.thresholds) or [0.5] * len(FINDINGS), "from the model bundle"
@@ -143,6 +147,15 @@ def evaluate_model(
     )
 
 
+def only_learned(labels: np.ndarray, bundle: ModelBundle) -> np.ndarray:
+    """The labels, missing (NaN) for the findings the model never learned: on another source's version a
+    model is scored over the findings both label."""
+    learned = set(bundle.findings_learned)
+    out = labels.copy()
+    out[:, [i for i, f in enumerate(FINDINGS) if f not in learned]] = np.nan
+    return out
+
+
 def report(
     model_name: str,
     model: Classifier,
@@ -158,16 +171,22 @@ def report(
     out_dir: str | None,
     overlays: int,
     info: DistInfo,
+    mixed: str | None = None,
 ) -> Evaluation:
     """Metrics at ``thresholds`` and localization from probabilities in hand; evaluation.json, curves and
-    heatmap overlays into ``out_dir``. Training's MLflow plug-in reports its last validation this way."""
+    heatmap overlays into ``out_dir``. Training's MLflow plug-in reports its last validation this way.
+
+    ``mixed``: the rows come from a mixed manifest's versions (their digests joined by ``+``), whose boxes no
+    single version holds: metrics and curves only, no localization."""
     probs, labels, rows = predictions.probs, predictions.labels, predictions.rows
     metrics = evaluate_predictions(labels, probs, thresholds, n_boot=n_boot, seed=seed, groups=rows.patient_ids)
-    store = shard_store(version, bundle)
-    loc, loc_random, examples = _localize(model, version, store, rows, bundle.image_size, seed, info)
+    loc, loc_random, examples = {}, {}, []
+    if mixed is None:
+        store = shard_store(version, bundle)
+        loc, loc_random, examples = _localize(model, version, store, rows, bundle.image_size, seed, info)
     result = Evaluation(
         model=model_name,
-        dataset=version.digest,
+        dataset=mixed or version.digest,
         split=split,
         n=len(rows),
         threshold_rule=threshold_rule,
@@ -177,6 +196,7 @@ def report(
         localization=loc,
         localization_random=loc_random,
         model_dataset=bundle.dataset_digest,
+        scored_findings=tuple(f for f, m in metrics.findings.items() if m.n > 0),
     )
     if out_dir:
         storage.write_text(storage.join(out_dir, "evaluation.json"), result.to_json())
@@ -198,7 +218,7 @@ CAM_BATCH = 32  # images per forward pass when drawing class activation maps
 def _localize(
     model: Classifier,
     version: DatasetVersion,
-    store: ShardStore,
+    store: AnyShardStore,
     rows: Rows,
     image_size: int,
     seed: int,

@@ -22,7 +22,7 @@ from cxr.learn.checkpoint import ModelBundle
 from cxr.learn.distributed import DistInfo, all_gather_rows
 from cxr.learn.models import Classifier, build_model
 from cxr.learn.reference import check_device
-from cxr.learn.shards import Rows, ShardStore, gather, split_rows
+from cxr.learn.shards import AnyShardStore, Rows, ShardStore, gather, split_rows
 
 PREDICT_BATCH = 64  # images per forward pass when predicting; memory, not results, depends on it
 
@@ -92,7 +92,7 @@ def shard_store(version: DatasetVersion, bundle: ModelBundle) -> ShardStore:
 @torch.no_grad()
 def predict_rows(
     model: nn.Module,
-    store: ShardStore,
+    store: AnyShardStore,
     rows: Rows,
     image_size: int,
     info: DistInfo,

@@ -71,7 +71,7 @@ def preflight(config: TrainConfig, nproc: int = 1, overwrite: bool = False) -> C
     if not storage.exists(storage.join(config.manifest, "manifest.json")):
         raise FileNotFoundError(f"--manifest {config.manifest}: no manifest.json there (make one with `cxr manifest`)")
     info = read_manifest_info(config.manifest)
-    sizes = tuple(info.dataset.shard_sizes)
+    sizes = info.shard_sizes
     shard = config.shard_size or max(sizes)
     if shard not in sizes:
         raise ValueError(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cxr.learn.shards import Rows, ShardStore, gather
+from cxr.learn.shards import AnyShardStore, Rows, gather
 
 PREFETCH_DEPTH = 3  # batches ready ahead of the step: enough to hide a slow shard read, little memory
 
@@ -41,7 +41,7 @@ class Prefetcher:
 
     def __init__(
         self,
-        store: ShardStore,
+        store: AnyShardStore,
         rows: Rows,
         plan: Sequence[tuple[np.ndarray, np.ndarray]],  # (row positions, global places) per batch
         device: torch.device,

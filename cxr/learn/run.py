@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from cxr import storage
-from cxr.data.manifest import Manifest, read_manifest
+from cxr.data.manifest import Manifest, ManifestInfo, read_manifest
 from cxr.findings import FINDINGS
 from cxr.learn.checkpoint import ModelBundle, TrainingCheckpoint
 from cxr.learn.config import CHECKPOINT_FILE, TRACKING_FILE, TrainConfig, result_settings
@@ -34,7 +34,7 @@ from cxr.learn.distributed import DistInfo, all_gather_rows, barrier
 from cxr.learn.loss import WeightedBCE
 from cxr.learn.metrics import labelled
 from cxr.learn.models import Classifier, build_model, set_backbone_trainable
-from cxr.learn.shards import Rows, ShardStore, split_rows
+from cxr.learn.shards import AnyShardStore, MixedShardStore, Rows, ShardStore, split_rows
 from cxr.tracking.loggers import JsonlLogger, MlflowTrainLogger, NullLogger, TeeLogger, TrainLogger
 
 # May differ on a resume: they change neither the model nor the order of the samples.
@@ -43,7 +43,7 @@ RESUMABLE_CHANGES = ("max_steps", "compile")
 
 @dataclass(frozen=True)
 class Data:
-    store: ShardStore
+    store: AnyShardStore
     train: Rows
     val: Rows
     image_size: int
@@ -126,16 +126,23 @@ def _gather_rng(state: torch.Tensor, info: DistInfo) -> list[torch.Tensor]:
     return [row.cpu().clone() for row in rows]
 
 
+def manifest_store(info: ManifestInfo, size: int) -> AnyShardStore:
+    """The shards a manifest's rows name: of its version, or of each of a mixed manifest's versions."""
+    if info.mixed:
+        return MixedShardStore(((d.path, d.digest) for d in info.versions), size)
+    return ShardStore(info.dataset.path, info.dataset.digest, size)
+
+
 def load_data(manifest: Manifest, config: TrainConfig) -> Data:
-    dataset = manifest.info.dataset
-    size = config.shard_size or max(dataset.shard_sizes)
-    if size not in dataset.shard_sizes:
-        raise ValueError(f"the dataset has shards at {list(dataset.shard_sizes)} px, not {size}")
+    sizes = manifest.info.shard_sizes
+    size = config.shard_size or max(sizes)
+    if size not in sizes:
+        raise ValueError(f"the dataset has shards at {list(sizes)} px, not {size}")
     train = split_rows(manifest.table, "train", expand_repeats=True)
     if len(train) == 0:
         raise ValueError("the manifest has no training rows")
     val = split_rows(manifest.table, "val", expand_repeats=False)
-    return Data(ShardStore(dataset.path, dataset.digest, size), train, val, config.image_size or size)
+    return Data(manifest_store(manifest.info, size), train, val, config.image_size or size)
 
 
 def open_logger(config: TrainConfig, manifest: Manifest, resume_run_id: str | None) -> TrainLogger:

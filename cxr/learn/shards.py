@@ -147,6 +147,45 @@ class ShardStore:
         return len(self._arrays)
 
 
+class MixedShardStore:
+    """The shards of several dataset versions at one size, for a mixed manifest, whose rows name their shards
+    ``<digest>/<shard>``: one :class:`ShardStore` per version, used as one."""
+
+    def __init__(self, versions: Iterable[tuple[str, str]], size: int, max_open: int = MAX_OPEN_SHARDS) -> None:
+        versions = list(versions)  # (version path, digest)
+        per_store = max(1, max_open // max(len(versions), 1))
+        self.size = size
+        self.stores = {digest: ShardStore(path, digest, size, per_store) for path, digest in versions}
+
+    def _split(self, shard: str) -> tuple[ShardStore, str]:
+        digest, _, name = shard.partition("/")
+        if digest not in self.stores or not name:
+            raise ValueError(f"shard {shard!r} names none of this manifest's versions ({', '.join(self.stores)})")
+        return self.stores[digest], name
+
+    @property
+    def remote(self) -> bool:
+        return any(store.remote for store in self.stores.values())
+
+    def fetch(self, shards: Iterable[str], threads: int = FETCH_THREADS) -> int:
+        by_store: dict[str, list[str]] = {}
+        for shard in shards:
+            store, name = self._split(shard)
+            by_store.setdefault(store.digest, []).append(name)
+        return sum(self.stores[d].fetch(names, threads) for d, names in by_store.items())
+
+    def array(self, shard: str) -> np.ndarray:
+        store, name = self._split(shard)
+        return store.array(name)
+
+    @property
+    def open_shards(self) -> int:
+        return sum(store.open_shards for store in self.stores.values())
+
+
+AnyShardStore = ShardStore | MixedShardStore
+
+
 @dataclass(frozen=True)
 class Rows:
     """Rows of a split (repeats expanded when asked), aligned arrays."""
@@ -189,7 +228,7 @@ def finding_labels(table: pa.Table) -> np.ndarray:
     return np.column_stack(columns).reshape(table.num_rows, len(FINDING_COLUMNS)).astype(np.float32, copy=False)
 
 
-def gather(store: ShardStore, rows: Rows, positions: np.ndarray) -> np.ndarray:
+def gather(store: AnyShardStore, rows: Rows, positions: np.ndarray) -> np.ndarray:
     """uint8 [len(positions), size, size] for the given row positions, shard by shard."""
     out = np.empty((len(positions), store.size, store.size), dtype=np.uint8)
     codes = rows.shard_codes[positions]

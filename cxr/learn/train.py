@@ -222,7 +222,7 @@ def run_params(run: Run) -> dict[str, object]:
         "global_batch": run.global_batch,
         "lr_scaled": run.config.scaled_lr(run.global_batch),
         "manifest_digest": manifest.digest,
-        "dataset_digest": manifest.info.dataset.digest,
+        "dataset_digest": manifest.info.dataset_digest,
         "strategy": manifest.info.strategy,
     }
 
@@ -246,7 +246,7 @@ def finish_training(
         thresholds,
         "youden on val",
         run.manifest.digest,
-        run.manifest.info.dataset.digest,
+        run.manifest.info.dataset_digest,
         run.manifest.info.strategy,
         dataclasses.asdict(config),
         final.auroc,
@@ -256,6 +256,7 @@ def finish_training(
         position.step,
         run.data.store.size,
         run.tracking_run_id,
+        [f for f, known in zip(FINDINGS, (~np.isnan(run.data.train.labels)).any(axis=0), strict=True) if known],
     )
     model_url = storage.join(config.output_dir, "model.pt")
     if info.is_main:

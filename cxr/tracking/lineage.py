@@ -72,7 +72,9 @@ class Lineage:
     run: RunLink
     manifest: ManifestLink
     dataset: DatasetLink
-    source: Mapping[str, str | None] | None  # root, label table, edition, box list, split lists
+    source: Mapping[str, str | None] | None  # root, format, adapter, label table, edition, box list, split lists
+    # a mixed manifest's other versions, each with its source
+    others: tuple[tuple[DatasetLink, Mapping[str, str | None] | None], ...] = ()
 
 
 def run_of_file(path: str) -> str:
@@ -140,6 +142,10 @@ def lineage(model_uri: str, uri: str | None = None) -> Lineage:
         except (FileNotFoundError, OSError, ValueError):
             matches = None
     manifest = ManifestLink(manifest_digest, run_tags.get(tags.MANIFEST_STRATEGY), manifest_uri, matches)
+    mixed = json.loads(run_tags[tags.DATASETS]) if tags.DATASETS in run_tags else None
+    if mixed:  # a mixed manifest: every version it drew on, the first as the dataset
+        links = tuple(_dataset(v["root"], v["digest"]) for v in mixed)
+        return Lineage(model, run_link, manifest, *links[0], others=links[1:])
     dataset, source = _dataset(run_tags.get(tags.DATASET_ROOT), run_tags.get(tags.DATASET_DIGEST))
     return Lineage(model, run_link, manifest, dataset, source)
 
@@ -174,7 +180,7 @@ def format_chain(chain: Lineage) -> str:
     model = f"model     {m.uri}"
     if m.name:
         model += f"  ({m.name} version {m.version}, aliases: {', '.join(m.aliases) or 'none'})"
-    lines = [
+    lines: list[str | None] = [
         model,
         f"  gate    {m.gate}: {m.gate_reasons}" if m.gate else None,
         f"run       {r.id}  ({r.status}, code {r.code_version}, val mean AUROC {_rounded(r.val_mean_auroc)}, "
@@ -185,15 +191,27 @@ def format_chain(chain: Lineage) -> str:
         "training, so it is not the manifest this model was trained on"
         if man.matches_file is False
         else None,
+    ]
+    for dataset, source in ((d, chain.source), *chain.others):
+        lines += _dataset_lines(dataset, source)
+    return "\n".join(line for line in lines if line)
+
+
+def _dataset_lines(d: DatasetLink, source: Mapping[str, str | None] | None) -> list[str | None]:
+    """A dataset version and the source it was ingested from, with the adapter that read it."""
+    lines: list[str | None] = [
         f"dataset   {d.digest}  at {d.path}"
         + (f"  (created {d.created}, splits {_counts(d.splits or {})})" if d.created else ""),
         f"  warning: the dataset.json at {d.path} no longer carries digest {d.digest}: the folder was rewritten"
         if d.matches_file is False
         else None,
     ]
-    if chain.source:
-        s = chain.source
-        lines.append(f"source    {s['root']}  (label table {s['label_table']}, {s['edition']} edition)")
+    if source:
+        adapter = source.get("adapter") or {"name": "nih", "version": 1}  # versions from before adapters: NIH
+        lines.append(
+            f"source    {source['root']}  ({adapter['name']} adapter v{adapter['version']}, "
+            f"label table {source['label_table']}, {source['edition']} edition)"
+        )
     elif d.unreachable:
         lines.append(f"source    unknown: {d.unreachable}")
-    return "\n".join(line for line in lines if line)
+    return lines

@@ -124,15 +124,18 @@ def lineage_tags(config: TrainConfig, manifest: Manifest) -> dict[str, str]:
     Local paths are stored absolute and normalised (as the training process resolved them), so the
     lineage reads the same from any folder.
     """
-    dataset = manifest.info.dataset
+    info = manifest.info
     lineage = {
-        tags.DATASET_DIGEST: dataset.digest,
-        tags.DATASET_ROOT: storage.absolute(dataset.root),
+        tags.DATASET_DIGEST: "+".join(d.digest for d in info.versions),
+        tags.DATASET_ROOT: storage.absolute(info.dataset.root),
         tags.MANIFEST_DIGEST: manifest.digest,
         tags.MANIFEST_URI: storage.absolute(config.manifest),
         tags.MANIFEST_STRATEGY: manifest.info.strategy,
         tags.MODEL_NAME: config.model,
     }
+    if info.mixed:
+        versions = [{"digest": d.digest, "root": storage.absolute(d.root)} for d in info.versions]
+        lineage[tags.DATASETS] = json.dumps(versions, separators=(",", ":"))
     if config.flow_run_id:
         lineage[tags.PREFECT_FLOW_RUN_ID] = config.flow_run_id
     if config.init_from:
@@ -160,22 +163,25 @@ class MlflowTrainLogger:
 
     def _log_inputs(self) -> None:
         """The dataset version, stats and manifest as run inputs with our digests, and their charts."""
-        dataset, manifest_url = self.manifest.info.dataset, self.config.manifest
-        self.run.log_input(f"dataset-{dataset.digest}", dataset.digest, dataset.path, "training")
+        info, manifest_url = self.manifest.info, self.config.manifest
+        for dataset in info.versions:
+            self.run.log_input(f"dataset-{dataset.digest}", dataset.digest, dataset.path, "training")
         self.run.log_input(f"manifest-{self.manifest.digest}", self.manifest.digest, manifest_url, "training")
-        files = (
-            (storage.join(dataset.path, "stats.json"), "stats"),
-            (storage.join(dataset.path, "charts", "prevalence.png"), "stats"),
-            (storage.join(dataset.path, "charts", "prevalence_log.png"), "stats"),
-            (storage.join(manifest_url, "charts", "balance.png"), "manifest"),
-            (storage.join(manifest_url, "manifest.json"), "manifest"),
-        )
+        stats = "stats" if not info.mixed else None  # a mixed manifest's: one folder per version
+        files = [
+            (storage.join(d.path, *name), stats or f"stats/{d.digest}")
+            for d in info.versions
+            for name in (("stats.json",), ("charts", "prevalence.png"), ("charts", "prevalence_log.png"))
+        ]
+        files.append((storage.join(manifest_url, "charts", "balance.png"), "manifest"))
+        files.append((storage.join(manifest_url, "manifest.json"), "manifest"))
         for url, artifact_path in files:
             if storage.exists(url):
                 data = storage.read_bytes(url)
                 self.run.log_bytes(url.rsplit("/", 1)[-1], data, artifact_path)
                 if url.endswith("stats.json"):
-                    self.run.log_input("stats", hashlib.sha256(data).hexdigest()[:16], url, "training")
+                    name = artifact_path.replace("/", "-")  # stats, or stats-<digest> for each mixed version
+                    self.run.log_input(name, hashlib.sha256(data).hexdigest()[:16], url, "training")
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         if not self.resumed:  # a resumed run keeps the parameters it started with (MLflow refuses changed ones)
@@ -231,6 +237,7 @@ class MlflowTrainLogger:
                 tmp,
                 6,
                 info,
+                mixed=self.manifest.info.dataset_digest if self.manifest.info.mixed else None,
             )
             self.run.log_file(f"{tmp}/evaluation.json", "val")
             self.run.log_file(f"{tmp}/curves.png", "val")

@@ -50,7 +50,8 @@ def needed_versions(uri: str | None = None) -> NeededVersions:
                     raise
                 digest = None
             if digest:
-                by.setdefault(digest, []).append(who)
+                for one in digest.split("+"):  # a mixed manifest's run needs every version it drew on
+                    by.setdefault(one, []).append(who)
             else:
                 unknown.append(who)
     if unknown:
@@ -65,6 +66,6 @@ def needed_versions(uri: str | None = None) -> NeededVersions:
         )
         for run in running:
             digest = run.data.tags.get(tags.DATASET_DIGEST)
-            if digest:
-                by.setdefault(digest, []).append(f"run {run.info.run_id} (running)")
+            for one in digest.split("+") if digest else ():
+                by.setdefault(one, []).append(f"run {run.info.run_id} (running)")
     return NeededVersions({digest: tuple(who) for digest, who in sorted(by.items())})

@@ -8,8 +8,9 @@ PREFIX = "cxr."
 
 # lineage, on every training run
 CODE_VERSION = PREFIX + "code_version"
-DATASET_DIGEST = PREFIX + "dataset_digest"
-DATASET_ROOT = PREFIX + "dataset_root"
+DATASET_DIGEST = PREFIX + "dataset_digest"  # a mixed manifest's versions: their digests joined by "+"
+DATASET_ROOT = PREFIX + "dataset_root"  # of the first version; a mixed manifest's are in DATASETS
+DATASETS = PREFIX + "datasets"  # a mixed manifest: JSON list of {"digest", "root"}, one per version
 MANIFEST_DIGEST = PREFIX + "manifest_digest"
 MANIFEST_URI = PREFIX + "manifest_uri"
 MANIFEST_STRATEGY = PREFIX + "manifest_strategy"
