@@ -113,6 +113,85 @@ def verdict(summary: dict[str, Any], specificity: float) -> list[str]:
     return lines
 
 
+def cross_source(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per run and per strategy (mean and spread over seeds): the mean AUROC over the findings the other source
+    labels and both sets score, in source and on the other source, and the drop between them."""
+    shared = [
+        f
+        for f in FINDINGS
+        if all(
+            r["shifted"]["findings"][f]["n"] and r["in_distribution"]["findings"][f]["auroc"] is not None
+            for r in results
+        )
+    ]
+    runs = []
+    for r in results:
+        pairs = [(r["in_distribution"]["findings"][f]["auroc"], r["shifted"]["findings"][f]["auroc"]) for f in shared]
+        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+        inside = float(np.mean([a for a, _ in pairs])) if pairs else None
+        other = float(np.mean([b for _, b in pairs])) if pairs else None
+        drop = inside - other if pairs else None
+        runs.append(
+            {"strategy": r["strategy"], "seed": r["seed"], "in_source": inside, "other_source": other, "drop": drop}
+        )
+    strategies = {}
+    for strategy in dict.fromkeys(r["strategy"] for r in runs):
+        mine = [r for r in runs if r["strategy"] == strategy]
+        strategies[strategy] = {
+            "seeds": [r["seed"] for r in mine],
+            **{key: _mean_std([r[key] for r in mine]) for key in ("in_source", "other_source", "drop")},
+        }
+    return {"shared_findings": shared, "runs": runs, "strategies": strategies}
+
+
+def cross_source_verdict(cross: dict[str, Any]) -> str:
+    """The source's claim, answered: does resampling lose more AUROC on the other source than no balancing?"""
+    drops = {s: v["drop"] for s, v in cross["strategies"].items() if v["drop"][0] is not None}
+    listed = "; ".join(f"{s} {_fmt(d)}" for s, d in drops.items())
+    n = len(cross["shared_findings"])
+    head = f"Across sources, over the {n} findings both label, the mean AUROC drops by: {listed}"
+    if "resample" not in drops or "none" not in drops:
+        return head + "."
+    (resample, r_sd), (none, n_sd) = drops["resample"], drops["none"]
+    spread = max(r_sd or 0.0, n_sd or 0.0)
+    if abs(resample - none) <= spread:
+        answer = (
+            f"resampling and no balancing differ by {resample - none:+.3f}, within the spread over seeds "
+            f"({spread:.3f}): no clear answer"
+        )
+    elif resample > none:
+        answer = (
+            f"resampling drops {resample - none:.3f} more than no balancing: it generalises worse, as the source warns"
+        )
+    else:
+        answer = (
+            f"resampling drops {none - resample:.3f} less than no balancing: the source's warning does not hold here"
+        )
+    return f"{head}; {answer}."
+
+
+def _cross_source_lines(cross: dict[str, Any]) -> list[str]:
+    md = [
+        "",
+        "## Cross-source: does a balanced model generalise worse to another source?",
+        "",
+        f"Trained on the first source, scored on its test split (in source) and on every image of the other source, "
+        f"over the findings both label and score: {', '.join(cross['shared_findings']) or 'none'}. "
+        "Values: mean ± standard deviation over seeds.",
+        "",
+        "| strategy | seeds | in-source mean AUROC | other-source mean AUROC | drop |",
+        "|---|---|---|---|---|",
+    ]
+    for strategy, v in cross["strategies"].items():
+        seeds = ", ".join(map(str, v["seeds"]))
+        md.append(f"| {strategy} | {seeds} | {_fmt(v['in_source'])} | {_fmt(v['other_source'])} | {_fmt(v['drop'])} |")
+    md += ["", "| strategy | seed | in source | other source | drop |", "|---|---|---|---|---|"]
+    for r in cross["runs"]:
+        cells = ["-" if r[k] is None else f"{r[k]:.3f}" for k in ("in_source", "other_source", "drop")]
+        md.append(f"| {r['strategy']} | {r['seed']} | " + " | ".join(cells) + " |")
+    return md
+
+
 def _fmt(pair: tuple[float | None, float | None]) -> str:
     mean, std = pair
     return "-" if mean is None else f"{mean:.3f} ± {std:.3f}"
@@ -133,6 +212,9 @@ def write_report(
 
     summary = summarize(results)
     lines_verdict = verdict(summary, specificity)
+    cross = cross_source(results) if config.cross_source else None
+    if cross is not None:
+        lines_verdict.append(cross_source_verdict(cross))
     at = f"at the val {specificity:.0%}-specificity threshold"
     md = [
         "# Imbalance study: no balancing vs. class weights vs. resampling",
@@ -143,6 +225,7 @@ def write_report(
         "",
         *[f"- {line}" for line in lines_verdict],
         "",
+        *([*_cross_source_lines(cross), ""] if cross is not None else []),
         "## Mean AUROC and operating points (means over findings)",
         "",
         f"| strategy | steps | in distribution | shifted | sensitivity / specificity {at}: in distribution | "
@@ -209,6 +292,7 @@ def write_report(
         "summary": summary,
         "verdict": lines_verdict,
         "results": results,
+        "cross_source": cross,
     }
     storage.write_text(storage.join(out, "study.json"), json.dumps(record, indent=2, default=str))
     overall, rare = study_chart(summary, RARE)

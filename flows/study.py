@@ -28,20 +28,28 @@ def study(
     n_boot: int = 200,
     workers: int | None = None,
     device: str = "auto",
+    cross_source: bool = False,
 ) -> StudyReport:
     """The report lands in ``<workdir>/study/imbalance-study.md`` and in MLflow under one parent run.
 
     ``epochs``: passes over the unbalanced manifest, which fix every strategy's step budget; ``strength``: the
-    sign strength of the shifted synthetic source (make a synthetic ``source`` with the same).
+    sign strength of the shifted synthetic source (make a synthetic ``source`` with the same); ``cross_source``:
+    the shifted source is in the CheXpert format, and the report compares in-source and other-source AUROC.
     """
     options = IngestOptions(sizes=tuple(sizes))
     plan = plan_ingest_task(source, storage.join(workdir, "datasets"), options)
     decode_parts_task(plan, None, workers)
     version = publish_task(plan)
     shifted_src = shifted_source_task(
-        storage.join(workdir, "shifted-source"), shifted_images, shifted_size, 0, strength
+        storage.join(workdir, "other-source" if cross_source else "shifted-source"),
+        shifted_images,
+        shifted_size,
+        0,
+        strength,
+        "chexpert" if cross_source else "nih",
     )
-    shifted_plan = plan_ingest_task(shifted_src, storage.join(workdir, "shifted-datasets"), options)
+    shifted_out = storage.join(workdir, "other-datasets" if cross_source else "shifted-datasets")
+    shifted_plan = plan_ingest_task(shifted_src, shifted_out, options)
     decode_parts_task(shifted_plan, None, workers)
     shifted = publish_task(shifted_plan)
     config = StudyConfig(
@@ -53,5 +61,6 @@ def study(
         n_boot=n_boot,
         device=device,
         signal_strength=strength,
+        cross_source=cross_source,
     )
     return study_task(version.path, shifted.path, storage.join(workdir, "study"), config)

@@ -12,9 +12,11 @@ from tasks.policy import RETRY
 
 
 @task(name="synth-shifted-source", cache_policy=NO_CACHE, **RETRY)
-def shifted_source_task(out: str, n_images: int, size: int, seed: int, strength: float) -> str:
+def shifted_source_task(
+    out: str, n_images: int, size: int, seed: int, strength: float, source_format: str = "nih"
+) -> str:
     """A second synthetic source: other contrast, noise, scale and position, another prevalence profile; the
-    findings' signs as strong as in the training source (``strength``)."""
+    findings' signs as strong as in the training source (``strength``); in ``source_format``'s layout."""
     config = SynthConfig(
         out=out,
         n_images=n_images,
@@ -23,6 +25,7 @@ def shifted_source_task(out: str, n_images: int, size: int, seed: int, strength:
         strength=strength,
         acquisition=SHIFTED_ACQUISITION,
         prevalence_power=SHIFTED_PREVALENCE_POWER,
+        format=source_format,
     )
     synthesize(config, overwrite=True)  # the flow's own folder; the same settings again reuse it
     return out

@@ -3,8 +3,10 @@
 Values computed at commit b008d2e (the flat ``cxr/`` layout) held until issue 15, whose digest rule 2 leaves
 out where images came from and where they are kept (``source_uri``, ``shard``, ``shard_index``; quarantine
 records by image id and reason) so that packed and unpacked sources give one digest: every dataset digest
-changed once, and the manifest digests with them (they hash their dataset's digest). A change here means
-every existing dataset version and manifest would be made again."""
+changed once, and the manifest digests with them (they hash their dataset's digest). Issue 16's schema 2
+(a ``source_format`` column; findings, age, sizes and spacing nullable) changed them once more, and the
+manifests' schema 2 (``source_format``, rows keyed by split, image id and shard) theirs. A change here
+means every existing dataset version and manifest would be made again."""
 
 from __future__ import annotations
 
@@ -16,12 +18,12 @@ from cxr.data.plan import IngestOptions
 from cxr.data.synth import SynthConfig, synthesize
 from cxr.data.version import open_version
 
-DATASET = "793f6ff52fddeab1"
+DATASET = "b8e834b0f3a640f4"
 MANIFESTS = [
-    (ManifestConfig("none"), "d7b220156988f305"),
-    (ManifestConfig("weighted"), "6c8925df6e2663cd"),
-    (ManifestConfig("resample", floor=0.05), "b9300268ceeb7ed6"),
-    (ManifestConfig("resample", target="Effusion", mode="under"), "395717cd16fa2460"),
+    (ManifestConfig("none"), "fd7a131d7c989375"),
+    (ManifestConfig("weighted"), "aae4773365aed7d0"),
+    (ManifestConfig("resample", floor=0.05), "f8cb681804921de8"),
+    (ManifestConfig("resample", target="Effusion", mode="under"), "17c0cae261d554a0"),
 ]
 
 

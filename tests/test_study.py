@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
+from cxr.data.finding_map import finding_map
 from cxr.data.manifest import read_manifest
 from cxr.data.synth import SynthConfig, synthesize
+from cxr.findings import FINDINGS
 from cxr.learn.checkpoint import ModelBundle
 from cxr.learn.metrics import auroc_intervals, expected_calibration_error, sensitivity_at_specificity
 from cxr.learn.result import TrainResult
@@ -16,7 +19,7 @@ from cxr.study import SIGNAL_STRENGTH, ValThresholds, split_metrics
 STRATEGIES = ("none", "weighted", "resample")
 
 
-def test_the_study_flow_reports_every_strategy_on_both_sources(prefect_api, tmp_path):
+def test_the_cross_source_study_flow_reports_every_strategy_on_both_sources(prefect_api, tmp_path):
     from mlflow import MlflowClient
 
     from flows.study import study
@@ -32,6 +35,7 @@ def test_the_study_flow_reports_every_strategy_on_both_sources(prefect_api, tmp_
         epochs=1,
         n_boot=20,
         workers=1,
+        cross_source=True,
     )
     report = (tmp_path / "work" / "study" / "imbalance-study.md").read_text()
     data = json.loads((tmp_path / "work" / "study" / "study.json").read_text())
@@ -40,6 +44,23 @@ def test_the_study_flow_reports_every_strategy_on_both_sources(prefect_api, tmp_
         for source in ("in_distribution", "shifted"):
             assert data["summary"][strategy][source]["mean_auroc"] is not None
     assert "Hernia (rare)" in report and "Pneumonia (rare)" in report and "## Verdict" in report
+    # the other source is CheXpert-format: scored over the 7 findings it labels, in-source vs. other-source per seed
+    cross = data["cross_source"]
+    assert set(cross["shared_findings"]) <= set(finding_map("chexpert").labelled) and cross["shared_findings"]
+    assert "## Cross-source: does a balanced model generalise worse to another source?" in report
+    for strategy in STRATEGIES:
+        mine = [r for r in cross["runs"] if r["strategy"] == strategy]
+        assert {r["seed"] for r in mine} == {0, 1} and all(r["drop"] is not None for r in mine)
+        for r in mine:
+            assert r["drop"] == pytest.approx(r["in_source"] - r["other_source"])
+            assert f"| {strategy} | {r['seed']} | {r['in_source']:.3f} | {r['other_source']:.3f} |" in report
+        drop = cross["strategies"][strategy]["drop"][0]
+        assert drop == pytest.approx(np.mean([r["drop"] for r in mine]))
+    assert data["verdict"][-1].startswith("Across sources, over the ")
+    for f in FINDINGS:  # a finding the other source does not label is not scored there
+        scored = data["results"][0]["shifted"]["findings"][f]
+        assert (scored["n"] == 0) == (f not in finding_map("chexpert").labelled)
+        assert scored["n"] > 0 or scored["auroc"] is None
     assert any("shift" in line for line in result.verdict) and list(result.verdict) == data["verdict"]
     assert len(data["results"]) == 6 and {r["seed"] for r in data["results"]} == {0, 1}
     assert data["summary"]["resample"]["max_repeat"] > 1 == data["summary"]["none"]["max_repeat"]

@@ -215,8 +215,16 @@ def study(
     ] = None,
     workers: Annotated[int | None, typer.Option(help="Dask LocalCluster workers.")] = None,
     device: Annotated[str, typer.Option(help="Training and scoring: auto (the GPU if any), cpu or cuda.")] = "auto",
+    cross_source: Annotated[
+        bool,
+        typer.Option(
+            "--cross-source",
+            help="Score on a second source in the CheXpert format (over the findings both label): in-source vs. "
+            "other-source AUROC and the drop, per strategy.",
+        ),
+    ] = False,
 ) -> None:
-    """The imbalance study: every strategy and seed, in distribution and on a shifted source; a report."""
+    """The imbalance study: every strategy and seed, in distribution and on a shifted (or another) source; a report."""
     from cxr import storage
     from cxr.study import StudyConfig
 
@@ -248,6 +256,7 @@ def study(
             strength=strength,
             workers=workers,
             device=device,
+            cross_source=cross_source,
         )
     out.print("\n".join(f"- {line}" for line in report.verdict), highlight=False)
     console.print(f"report: {report.report}; MLflow parent run {report.parent_run_id}", highlight=False)

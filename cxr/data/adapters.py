@@ -25,6 +25,8 @@ from cxr import storage
 from cxr.data.chexpert_source import is_chexpert, read_chexpert
 from cxr.data.csv_text import SourceFormatError
 from cxr.data.decode import DecodeLimits
+from cxr.data.dicom_source import LABELS as DICOM_LABELS
+from cxr.data.dicom_source import read_dicom
 from cxr.data.label_policy import LabelPolicy
 from cxr.data.source import LABEL_TABLE_NAMES, SourceTables, read_nih
 
@@ -42,12 +44,6 @@ def _read_nih(root: str, policy: LabelPolicy, limits: DecodeLimits) -> SourceTab
     return read_nih(root)  # NIH labels are yes or no: the policy has nothing to decide
 
 
-def _read_dicom(root: str, policy: LabelPolicy, limits: DecodeLimits) -> SourceTables:
-    from cxr.data.dicom_source import read_dicom  # pydicom is imported for DICOM sources only
-
-    return read_dicom(root, policy, limits)
-
-
 def _read_chexpert(root: str, policy: LabelPolicy, limits: DecodeLimits) -> SourceTables:
     return read_chexpert(root, policy)
 
@@ -57,10 +53,9 @@ ADAPTERS: dict[str, Adapter] = {
     "chexpert": Adapter(
         "chexpert", 1, ("jpeg", "png"), "train.csv or valid.csv beside the image folders", _read_chexpert
     ),
-    "dicom": Adapter("dicom", 1, ("dicom",), "labels.csv beside .dcm files (any folders below)", _read_dicom),
+    "dicom": Adapter("dicom", 1, ("dicom",), "labels.csv beside .dcm files (any folders below)", read_dicom),
 }
 SOURCE_FORMATS: tuple[str, ...] = tuple(ADAPTERS)
-DICOM_LABELS = "labels.csv"  # a DICOM source's label table (cxr.data.dicom_source)
 
 
 def adapter(name: str) -> Adapter:
@@ -80,7 +75,7 @@ def detect_format(root: str) -> str:
         return "nih"
     if is_chexpert(names):
         return "chexpert"
-    if DICOM_LABELS in names:
+    if DICOM_LABELS in names:  # a DICOM source's label table
         return "dicom"
     if not storage.exists(root):
         raise FileNotFoundError(f"source {root!r} does not exist")

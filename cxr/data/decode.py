@@ -2,7 +2,8 @@
 
 A source's adapter names the encodings it may hold (``DecodeLimits.formats``): PNG for NIH, JPEG too for
 the CheXpert family (baseline or progressive 8-bit JPEG, decoded by Pillow, through the same conversion),
-DICOM for DICOM sources (:mod:`cxr.data.dicom_decode`, its own rules to 8 bits).
+DICOM for DICOM sources (:mod:`cxr.data.dicom_decode`, its own rules to 8 bits; :func:`cxr.data.parts.decode_one`
+sends DICOM bytes there).
 
 Conversion to 8-bit gray (the rule every image goes through, documented in the README):
 
@@ -170,10 +171,6 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits(), *, decoder:
         raise ImageRejected(Reason.UNREADABLE_IMAGE, "empty file")
     if len(data) > limits.max_bytes:
         raise ImageRejected(Reason.TOO_LARGE, f"{len(data)} bytes > {limits.max_bytes}")
-    if "dicom" in limits.formats and data[128:132] == b"DICM":
-        from cxr.data.dicom_decode import decode_dicom  # pydicom is imported for DICOM sources only
-
-        return Image.fromarray(decode_dicom(data, limits).pixels, mode="L")
     is_jpeg = data.startswith(JPEG_SIGNATURE) and "jpeg" in limits.formats
     if not (data.startswith(PNG_SIGNATURE) and "png" in limits.formats) and not is_jpeg:
         expected = " or ".join(f.upper() for f in limits.formats)

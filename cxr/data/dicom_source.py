@@ -22,13 +22,11 @@ from __future__ import annotations
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cxr import storage
-from cxr.data.adapters import DICOM_LABELS as LABELS  # there: the layout is recognised without importing pydicom
 from cxr.data.csv_text import RowError, SourceFormatError, decode_lines, read_header, split_csv
 from cxr.data.decode import DecodeLimits, ImageRejected
-from cxr.data.dicom_decode import DicomHeader, patient_key, salt_from_env
-from cxr.data.dicom_decode import read_header as read_dicom_header
 from cxr.data.label_policy import LabelPolicy, parse_value
 from cxr.data.label_rows import LabelTable, RowBatches
 from cxr.data.labels import parse_finding_labels
@@ -36,7 +34,11 @@ from cxr.data.quarantine import QuarantineRecord, Reason
 from cxr.data.source import SourceLayout, SourceTables
 from cxr.findings import FINDINGS
 
+if TYPE_CHECKING:
+    from cxr.data.dicom_decode import DicomHeader
+
 FORMAT = "dicom"
+LABELS = "labels.csv"  # recognises the layout (cxr.data.adapters); pydicom is imported only to read one
 SUFFIX = ".dcm"
 HEADER_BYTES = 256 * 2**10  # read first; a header longer than this is read whole
 HEADER_THREADS = 16
@@ -52,6 +54,8 @@ class _Read:
 
 
 def _read_one(url: str, size: int, limits: DecodeLimits) -> _Read:
+    from cxr.data.dicom_decode import read_header as read_dicom_header
+
     try:
         data = storage.read_range(url, 0, min(size, HEADER_BYTES)) if size > HEADER_BYTES else storage.read_bytes(url)
         try:
@@ -105,6 +109,8 @@ def _labels(fields: list[str], columns: dict[str, int], policy: LabelPolicy) -> 
 
 def read_dicom(root: str, policy: LabelPolicy, limits: DecodeLimits) -> SourceTables:
     """Discover a DICOM source, read every file's header and the label table, and match them."""
+    from cxr.data.dicom_decode import salt_from_env
+
     salt = salt_from_env()  # before anything is read: without it no patient may be keyed
     layout, details = discover(root)
     with ThreadPoolExecutor(HEADER_THREADS) as pool:
@@ -183,6 +189,8 @@ def _safe_path(value: str) -> str:
 
 def _row(image_id: str, header: DicomHeader | None, salt: str) -> dict:
     """A row's fields from its file's header (a row whose file is missing: placeholders, never published)."""
+    from cxr.data.dicom_decode import patient_key
+
     if header is None:
         return {
             "image_id": image_id,

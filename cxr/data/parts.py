@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+from PIL import Image
 
 from cxr import storage
 from cxr.data.decode import DecodeLimits, ImageRejected, decode_image, resize_square
@@ -115,7 +116,12 @@ def decode_one(
         data = _read_or_refuse(lambda: storage.read_bytes(image.url))
     if isinstance(data, ImageRejected):
         raise data
-    gray = decode_image(data, limits)
+    if "dicom" in limits.formats and data[128:132] == b"DICM":
+        from cxr.data.dicom_decode import decode_dicom  # pydicom is imported for DICOM sources only
+
+        gray = Image.fromarray(decode_dicom(data, limits).pixels, mode="L")
+    else:
+        gray = decode_image(data, limits)
     width, height = gray.size
     return hashlib.sha256(data).hexdigest(), width, height, [resize_square(gray, size) for size in sizes]
 
@@ -204,8 +210,6 @@ def warm_up() -> None:
     NIH's two layouts (8-bit gray, RGBA) through the default fast path (libpng, loaded on first use), and
     the RGBA one again through Pillow, the fallback.
     """
-    from PIL import Image
-
     for shape in ((64, 64), (64, 64, 4)):
         buf = io.BytesIO()
         Image.fromarray(np.zeros(shape, np.uint8)).save(buf, format="PNG")

@@ -32,9 +32,9 @@ import numpy as np
 from PIL import Image
 
 from cxr import storage
-from cxr.data.adapters import DICOM_LABELS
 from cxr.data.chexpert_source import TABLE_NAMES as CHEXPERT_TABLES
 from cxr.data.decode import DecodeLimits
+from cxr.data.dicom_source import LABELS as DICOM_LABELS
 from cxr.data.source import BOX_LIST_NAMES, LABEL_TABLE_NAMES, SPLIT_LIST_NAMES, is_image_folder
 from cxr.data.synth_render import Acquisition, render
 from cxr.findings import FINDINGS, NO_FINDING
