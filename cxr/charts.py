@@ -58,17 +58,21 @@ def prevalence_figure(stats: LabelStats, log: bool = False):
         ax.invert_yaxis()
         if log:
             ax.set_xscale("log")
-        ax.set_title(f"{name} (n = {stats.splits[name].n})")
+        per_source = stats.splits[name].sources
+        mix = "\n" + ", ".join(f"{k} {v}" for k, v in per_source.items()) if len(per_source) > 1 else ""
+        ax.set_title(f"{name} (n = {stats.splits[name].n}){mix}")
         ax.set_xlabel("images" + (" (log scale)" if log else ""))
     _legend_below(fig, axes[0][0])
     return fig
 
 
 def balance_chart(info: ManifestInfo) -> bytes:
-    """A manifest's share of positive draws per finding in train, before and after balancing."""
+    """A manifest's share of positive draws per finding in train, before and after balancing (of the draws of
+    images that label the finding); a mixed manifest's training rows per source under the title."""
     before = info.train_prevalence["before"]
     after = info.train_prevalence["after"]
-    fig, axes = _figure(1, 1, 7.0, 5.5)
+    sources = "".join(f"\n{source}: {splits.get('train', 0)} training rows" for source, splits in info.sources.items())
+    fig, axes = _figure(1, 1, 7.0, 5.5 + 0.25 * len(info.sources))
     ax = axes[0][0]
     y = np.arange(len(FINDINGS))
     ax.barh(y - 0.2, [100 * before[f] for f in FINDINGS], height=0.4, color="#9aa5b1", label="before")
@@ -79,7 +83,8 @@ def balance_chart(info: ManifestInfo) -> bytes:
     what = info.strategy + (f", target {info.target} ({info.mode})" if info.target else "")
     if info.floor:
         what += f", floor {100 * info.floor:.0f} %"
-    ax.set_title(f"manifest {info.digest}: {what}\nmost reused training image: x{info.reuse.max_repeat}")
+    title = f"manifest {info.digest}: {what}\nmost reused training image: x{info.reuse.max_repeat}"
+    ax.set_title(title + (sources if info.mixed else ""))
     ax.legend(loc="lower right")
     fig.tight_layout()
     return _png(fig)
