@@ -46,184 +46,18 @@ ROWS = [
         {"Atelectasis": "-1.0", "Pneumothorax": "1.0", "Lung Opacity": "1"},
     ),
 ]
-T, F, N = True, False, None
-# (uncertain, blank) -> row -> {finding: label} for the 7 findings CheXpert labels; hand-computed.
+# (uncertain, blank) -> per row, the labels of the 7 findings CheXpert labels, in the order of SEVEN:
+# 1 true, 0 false, . missing. Hand-computed from the rows above.
+SEVEN = ("Cardiomegaly", "Edema", "Effusion", "Atelectasis", "Pneumonia", "Pneumothorax", "Consolidation")
 EXPECTED = {
-    ("ignore", "ignore"): [
-        {
-            "Cardiomegaly": T,
-            "Edema": N,
-            "Effusion": F,
-            "Atelectasis": N,
-            "Pneumonia": N,
-            "Pneumothorax": N,
-            "Consolidation": N,
-        },
-        {
-            "Cardiomegaly": F,
-            "Edema": F,
-            "Effusion": F,
-            "Atelectasis": F,
-            "Pneumonia": N,
-            "Pneumothorax": F,
-            "Consolidation": F,
-        },
-        {
-            "Cardiomegaly": N,
-            "Edema": N,
-            "Effusion": N,
-            "Atelectasis": N,
-            "Pneumonia": N,
-            "Pneumothorax": T,
-            "Consolidation": N,
-        },
-    ],
-    ("ones", "ignore"): [
-        {
-            "Cardiomegaly": T,
-            "Edema": T,
-            "Effusion": F,
-            "Atelectasis": N,
-            "Pneumonia": N,
-            "Pneumothorax": N,
-            "Consolidation": N,
-        },
-        {
-            "Cardiomegaly": F,
-            "Edema": F,
-            "Effusion": F,
-            "Atelectasis": F,
-            "Pneumonia": T,
-            "Pneumothorax": F,
-            "Consolidation": F,
-        },
-        {
-            "Cardiomegaly": N,
-            "Edema": N,
-            "Effusion": N,
-            "Atelectasis": T,
-            "Pneumonia": N,
-            "Pneumothorax": T,
-            "Consolidation": N,
-        },
-    ],
-    ("zeros", "ignore"): [
-        {
-            "Cardiomegaly": T,
-            "Edema": F,
-            "Effusion": F,
-            "Atelectasis": N,
-            "Pneumonia": N,
-            "Pneumothorax": N,
-            "Consolidation": N,
-        },
-        {
-            "Cardiomegaly": F,
-            "Edema": F,
-            "Effusion": F,
-            "Atelectasis": F,
-            "Pneumonia": F,
-            "Pneumothorax": F,
-            "Consolidation": F,
-        },
-        {
-            "Cardiomegaly": N,
-            "Edema": N,
-            "Effusion": N,
-            "Atelectasis": F,
-            "Pneumonia": N,
-            "Pneumothorax": T,
-            "Consolidation": N,
-        },
-    ],
-    ("ignore", "zeros"): [
-        {
-            "Cardiomegaly": T,
-            "Edema": N,
-            "Effusion": F,
-            "Atelectasis": F,
-            "Pneumonia": F,
-            "Pneumothorax": F,
-            "Consolidation": F,
-        },
-        {
-            "Cardiomegaly": F,
-            "Edema": F,
-            "Effusion": F,
-            "Atelectasis": F,
-            "Pneumonia": N,
-            "Pneumothorax": F,
-            "Consolidation": F,
-        },
-        {
-            "Cardiomegaly": F,
-            "Edema": F,
-            "Effusion": F,
-            "Atelectasis": N,
-            "Pneumonia": F,
-            "Pneumothorax": T,
-            "Consolidation": F,
-        },
-    ],
-    ("ones", "zeros"): [
-        {
-            "Cardiomegaly": T,
-            "Edema": T,
-            "Effusion": F,
-            "Atelectasis": F,
-            "Pneumonia": F,
-            "Pneumothorax": F,
-            "Consolidation": F,
-        },
-        {
-            "Cardiomegaly": F,
-            "Edema": F,
-            "Effusion": F,
-            "Atelectasis": F,
-            "Pneumonia": T,
-            "Pneumothorax": F,
-            "Consolidation": F,
-        },
-        {
-            "Cardiomegaly": F,
-            "Edema": F,
-            "Effusion": F,
-            "Atelectasis": T,
-            "Pneumonia": F,
-            "Pneumothorax": T,
-            "Consolidation": F,
-        },
-    ],
-    ("zeros", "zeros"): [
-        {
-            "Cardiomegaly": T,
-            "Edema": F,
-            "Effusion": F,
-            "Atelectasis": F,
-            "Pneumonia": F,
-            "Pneumothorax": F,
-            "Consolidation": F,
-        },
-        {
-            "Cardiomegaly": F,
-            "Edema": F,
-            "Effusion": F,
-            "Atelectasis": F,
-            "Pneumonia": F,
-            "Pneumothorax": F,
-            "Consolidation": F,
-        },
-        {
-            "Cardiomegaly": F,
-            "Edema": F,
-            "Effusion": F,
-            "Atelectasis": F,
-            "Pneumonia": F,
-            "Pneumothorax": T,
-            "Consolidation": F,
-        },
-    ],
+    ("ignore", "ignore"): ("1.0....", "0000.00", ".....1."),
+    ("ones", "ignore"): ("110....", "0000100", "...1.1."),
+    ("zeros", "ignore"): ("100....", "0000000", "...0.1."),
+    ("ignore", "zeros"): ("1.00000", "0000.00", "000.010"),
+    ("ones", "zeros"): ("1100000", "0000100", "0001010"),
+    ("zeros", "zeros"): ("1000000", "0000000", "0000010"),
 }
+_VALUE = {"1": True, "0": False, ".": None}
 
 
 def write_source(root: Path, rows: list[str], valid: list[str] = ()) -> Path:
@@ -241,7 +75,7 @@ def test_every_policy_gives_the_hand_computed_labels(tmp_path, uncertain, blank)
     rows = source.labels.rows.to_pylist()
     assert [r["image_id"] for r in rows] == [r.split(",")[0].split("/", 1)[1] for r in ROWS]
     for row, expected in zip(rows, EXPECTED[(uncertain, blank)], strict=True):
-        assert {f: row[f.lower()] for f in expected} == expected
+        assert [row[f.lower()] for f in SEVEN] == [_VALUE[c] for c in expected]
         assert all(row[f.lower()] is None for f in UNLABELLED)  # never labelled: missing under every policy
         assert row["finding_labels"] == [f for f in FINDINGS if row[f.lower()]]
         assert row["source_format"] == "chexpert"

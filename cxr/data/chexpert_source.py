@@ -28,7 +28,15 @@ import posixpath
 import re
 
 from cxr import storage
-from cxr.data.csv_text import RowError, SourceFormatError, decode_lines, parse_int, read_header, split_csv
+from cxr.data.csv_text import (
+    RowError,
+    SourceFormatError,
+    decode_lines,
+    parse_int,
+    read_header,
+    relative_path,
+    row_fields,
+)
 from cxr.data.finding_map import finding_map
 from cxr.data.label_policy import LabelPolicy, parse_value
 from cxr.data.label_rows import MAX_AGE, LabelTable, RowBatches
@@ -81,9 +89,7 @@ def discover(root: str) -> SourceLayout:
 
 
 def _image_id(path: str, folders: set[str]) -> str:
-    parts = path.strip().replace("\\", "/").split("/")
-    if any(p in ("", ".", "..") or "\x00" in p for p in parts):
-        raise RowError(Reason.UNSAFE_PATH, f"Path {path!r} would leave the source folder")
+    parts = relative_path(path).split("/")
     if len(parts) > 1 and parts[0] not in folders:
         parts = parts[1:]
     return "/".join(parts)
@@ -130,11 +136,7 @@ def read_tables(layout: SourceLayout, policy: LabelPolicy) -> LabelTable:
             where = f"{table}#line={number}"
             image_id = None
             try:
-                if text is None:
-                    raise RowError(Reason.BAD_ROW, f"not UTF-8 text: {raw[:60]!r}")
-                fields = split_csv(text)
-                if len(fields) != len(header):
-                    raise RowError(Reason.BAD_ROW, f"expected {len(header)} fields, got {len(fields)}")
+                fields = row_fields(text, raw, len(header))
                 image_id = _image_id(fields[pos["Path"]], folders)
                 patient, study = _patient(image_id)
                 no_finding = parse_value(NO_FINDING, fields[pos[NO_FINDING]]) == 1.0

@@ -101,3 +101,22 @@ def read_header(lines: Iterator[tuple[int, str | None, bytes]], source_uri: str)
         return split_csv(text)
     except RowError as err:
         raise SourceFormatError(f"{source_uri}: the header does not parse: {err.detail}") from None
+
+
+def row_fields(text: str | None, raw: bytes, n_fields: int) -> list[str]:
+    """A row's fields: :class:`RowError` when the line is not UTF-8 text, does not parse, or has another number
+    of fields than the header."""
+    if text is None:
+        raise RowError(Reason.BAD_ROW, f"not UTF-8 text: {raw[:60]!r}")
+    fields = split_csv(text)
+    if len(fields) != n_fields:
+        raise RowError(Reason.BAD_ROW, f"expected {n_fields} fields, got {len(fields)}")
+    return fields
+
+
+def relative_path(value: str, column: str = "Path") -> str:
+    """A path under the source root, ``/``-separated; :class:`RowError` (``unsafe_path``) when it would leave it."""
+    parts = value.strip().replace("\\", "/").split("/")
+    if any(p in ("", ".", "..") or "\x00" in p for p in parts):
+        raise RowError(Reason.UNSAFE_PATH, f"{column} {value!r} would leave the source folder")
+    return "/".join(parts)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cxr import storage
-from cxr.data.csv_text import RowError, SourceFormatError, decode_lines, read_header, split_csv
+from cxr.data.csv_text import RowError, SourceFormatError, decode_lines, read_header, relative_path, row_fields
 from cxr.data.decode import DecodeLimits, ImageRejected
 from cxr.data.label_policy import LabelPolicy, parse_value
 from cxr.data.label_rows import LabelTable, RowBatches
@@ -159,13 +159,9 @@ def _read_rows(
         where = f"{table}#line={number}"
         image_id = None
         try:
-            if text is None:
-                raise RowError(Reason.BAD_ROW, f"not UTF-8 text: {raw[:60]!r}")
-            fields = split_csv(text)
-            if len(fields) != len(header):
-                raise RowError(Reason.BAD_ROW, f"expected {len(header)} fields, got {len(fields)}")
+            fields = row_fields(text, raw, len(header))
             value = fields[header.index(key)].strip()
-            image_id = by_uid.get(value, value) if key == "SOPInstanceUID" else _safe_path(value)
+            image_id = by_uid.get(value, value) if key == "SOPInstanceUID" else relative_path(value)
             labels = _labels(fields, columns, policy)
             if image_id in seen:
                 raise RowError(Reason.DUPLICATE_IMAGE_ID, f"{image_id} already on line {seen[image_id]}")
@@ -178,13 +174,6 @@ def _read_rows(
         seen[image_id] = number
         rows.add(number, _row(image_id, read.header if read else None, salt), labels)
     return LabelTable(rows.table(), quarantine, FORMAT, n_rows, (table,), rows.line_numbers)
-
-
-def _safe_path(value: str) -> str:
-    parts = value.replace("\\", "/").split("/")
-    if not value or any(p in ("", ".", "..") or "\x00" in p for p in parts):
-        raise RowError(Reason.UNSAFE_PATH, f"Path {value!r} would leave the source folder")
-    return "/".join(parts)
 
 
 def _row(image_id: str, header: DicomHeader | None, salt: str) -> dict:
