@@ -78,7 +78,7 @@ def test_predict_names_every_bad_input_in_one_line_before_loading_the_model(tmp_
     lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("import time")]
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
     line = lines[0]
-    assert "notes.txt (not a PNG: text)" in line and "missing.png (not found)" in line
+    assert "notes.txt (not a PNG or JPEG or DICOM: text)" in line and "missing.png (not found)" in line
     assert "folder.png (a folder" in line and "good.png" not in line and "no.pt" not in line
     assert "PNG" in line.split(". ")[-1]  # what to do
 
@@ -118,6 +118,31 @@ def test_predict_json_and_table_name_the_heatmap_share(model_pt, tmp_path):
     assert "heatmap share" in table and "extent" not in table
     numbers = [w for w in table.replace(",", " ").split() if w.replace(".", "", 1).isdigit()]
     assert numbers and all(len(n.partition(".")[2]) <= 3 for n in numbers), numbers
+
+
+def test_a_dicom_film_predicts_as_its_png_does(model_pt, tmp_path):
+    """The same pixels as an 8-bit DICOM whose window maps them to themselves (center 128, width 256)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    png = write_png(tmp_path / "film.png", 64)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta, ds.SOPClassUID, ds.SOPInstanceUID = (
+        meta,
+        meta.MediaStorageSOPClassUID,
+        meta.MediaStorageSOPInstanceUID,
+    )
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 64, 64, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.WindowCenter, ds.WindowWidth = 128, 256
+    ds.PixelData = np.asarray(Image.open(png)).tobytes()
+    ds.save_as(tmp_path / "film.dcm", enforce_file_format=True)
+    from_png, from_dicom = predict_images([str(png), str(tmp_path / "film.dcm")], str(model_pt))
+    assert from_dicom.probabilities == from_png.probabilities and from_dicom.size == (64, 64)
 
 
 def red_label(png: bytes) -> tuple[np.ndarray, np.ndarray]:

@@ -2,8 +2,8 @@
 
 A source's adapter names the encodings it may hold (``DecodeLimits.formats``): PNG for NIH, JPEG too for
 the CheXpert family (baseline or progressive 8-bit JPEG, decoded by Pillow, through the same conversion),
-DICOM for DICOM sources (:mod:`cxr.data.dicom_decode`, its own rules to 8 bits; :func:`cxr.data.parts.decode_one`
-sends DICOM bytes there).
+DICOM for DICOM sources (:mod:`cxr.data.dicom_decode`, its own rules to 8 bits;
+:func:`cxr.data.source_image.decode_source_image` sends DICOM bytes there).
 
 Conversion to 8-bit gray (the rule every image goes through, documented in the README):
 

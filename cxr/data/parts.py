@@ -23,6 +23,7 @@ from cxr.data.decode import DecodeLimits, ImageRejected, decode_image, resize_sq
 from cxr.data.integrity import FileHash, with_part_hashes
 from cxr.data.part_files import parts_root, reuse_finished_part
 from cxr.data.quarantine import Reason
+from cxr.data.source_image import decode_source_image
 
 if TYPE_CHECKING:
     from cxr.data.zip_members import ZipMember
@@ -116,12 +117,7 @@ def decode_one(
         data = _read_or_refuse(lambda: storage.read_bytes(image.url))
     if isinstance(data, ImageRejected):
         raise data
-    if "dicom" in limits.formats and data[128:132] == b"DICM":
-        from cxr.data.dicom_decode import decode_dicom  # pydicom is imported for DICOM sources only
-
-        gray = Image.fromarray(decode_dicom(data, limits).pixels, mode="L")
-    else:
-        gray = decode_image(data, limits)
+    gray = decode_source_image(data, limits)
     width, height = gray.size
     return hashlib.sha256(data).hexdigest(), width, height, [resize_square(gray, size) for size in sizes]
 

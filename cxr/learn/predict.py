@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cxr import storage
-from cxr.data.decode import ImageRejected, decode_image
+from cxr.data.decode import ImageRejected
 from cxr.data.quarantine import Reason
+from cxr.data.source_image import ANY_FORMAT, decode_source_image
 from cxr.findings import FINDINGS
 from cxr.learn.reference import check_device, model_reference
 from cxr.storage import StorageError
@@ -53,11 +54,11 @@ class Prediction:
 
 
 def _problem(path: str) -> str | None:
-    """Why ``path`` cannot be predicted on (not found, a folder, unreadable, not a PNG ingest accepts), or None."""
+    """Why ``path`` cannot be predicted on (not found, a folder, unreadable, not an image ingest accepts), or None."""
     try:
         if not storage.is_file(path):
             return "a folder, not an image file" if storage.exists(path) else "not found"
-        decode_image(storage.read_bytes(path))
+        decode_source_image(storage.read_bytes(path), ANY_FORMAT)
     except ImageRejected as err:
         return err.detail if err.reason == Reason.UNREADABLE_IMAGE else f"{err.reason}: {err.detail}"
     except PermissionError:
@@ -70,12 +71,12 @@ def _problem(path: str) -> str | None:
 def check_images(paths: list[str]) -> None:
     """Raise ValueError naming every path that is not a readable image ingest would accept (one line)."""
     if not paths:
-        raise ValueError("no images given: name one or more PNG files (local paths or s3:// URLs)")
+        raise ValueError("no images given: name one or more PNG, JPEG or DICOM files (local paths or s3:// URLs)")
     bad = [f"{path} ({why})" for path in paths if (why := _problem(path))]
     if bad:
         raise ValueError(
             f"{len(bad)} of {len(paths)} inputs cannot be used: {'; '.join(bad)}. "
-            "Give PNG images (local paths or s3:// URLs), as ingest reads them"
+            "Give PNG, JPEG or DICOM images (local paths or s3:// URLs), as ingest reads them"
         )
 
 
@@ -127,7 +128,7 @@ def predict_images(
     drawn: list[Future[None]] = []
 
     def predict_one(path: str) -> Prediction:
-        gray = np.asarray(decode_image(storage.read_bytes(path)))
+        gray = np.asarray(decode_source_image(storage.read_bytes(path), ANY_FORMAT))
         height, width = gray.shape
         x = model_input(gray, bundle, info.device)
         with torch.no_grad():
