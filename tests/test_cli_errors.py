@@ -40,10 +40,12 @@ def cases(missing: str, folder: str, dataset: str) -> list[tuple[list[str], str]
         (["synth", "--out", folder, "--edition", "2019"], "edition"),
         (["synth", "--out", folder, "--n-images", "many"], "--n-images"),
         (["synth", "--out", folder, "--bogus"], "--bogus"),
+        (["synth", "--out", folder, "--format", "png"], "format"),
         # inspect
         (["inspect", missing], missing),
         (["inspect", FILE], FILE),
         (["inspect", folder], folder),
+        (["inspect", ARCHIVE, "--format", "bogus"], "bogus"),
         # ingest
         (["ingest", "--source", missing, "--out", f"{folder}/out"], missing),
         (["ingest", "--source", FILE, "--out", f"{folder}/out"], FILE),
@@ -54,6 +56,8 @@ def cases(missing: str, folder: str, dataset: str) -> list[tuple[list[str], str]
         (["ingest", "--source", folder, "--out", f"{folder}/out", "--worker-memory", "lots"], "lots"),
         (["ingest", "--source", f"{dataset}-tables-only", "--out", f"{folder}/out"], "no image here"),
         (["ingest", "--source", f"{dataset}-broken.zip", "--out", f"{folder}/out"], "not a readable zip"),
+        (["ingest", "--source", ARCHIVE, "--out", f"{folder}/out", "--uncertain", "maybe"], "maybe"),
+        (["ingest", "--source", ARCHIVE, "--out", f"{folder}/out", "--format", "dicom"], "CXR_PATIENT_SALT"),
         # stats
         (["stats", "--dataset", missing], missing),
         (["stats", "--dataset", FILE], FILE),
@@ -62,6 +66,14 @@ def cases(missing: str, folder: str, dataset: str) -> list[tuple[list[str], str]
         (["manifest", "--dataset", missing, "--strategy", "weighted", "--out", f"{folder}/m"], missing),
         (["manifest", "--dataset", FILE, "--strategy", "weighted", "--out", f"{folder}/m"], FILE),
         (["manifest", "--dataset", dataset, "--strategy", "bogus", "--out", f"{folder}/m"], "bogus"),
+        (
+            ["manifest", "--dataset", dataset, "--dataset", missing, "--strategy", "none", "--out", f"{folder}/m"],
+            missing,
+        ),
+        (
+            ["manifest", "--dataset", dataset, "--dataset", dataset, "--strategy", "none", "--out", f"{folder}/m"],
+            "twice",
+        ),
         (
             ["manifest", "--dataset", dataset, "--strategy", "resample", "--floor", "0.5", "--out", f"{folder}/m"],
             "floor",
