@@ -9,12 +9,12 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
+from cxr.data.balance import oversample_to_floor
 from cxr.data.ingest import ingest
 from cxr.data.manifest import (
     ClassWeight,
     ManifestConfig,
     ManifestExistsError,
-    _oversample_to_floor,
     build_manifest,
     manifest_warnings,
     read_manifest,
@@ -156,15 +156,15 @@ def test_bad_settings_are_refused(kwargs, message):
 def test_oversampling_reaches_the_floor_on_independent_labels_and_says_when_it_cannot():
     rng = np.random.default_rng(0)
     labels = (rng.random((2000, len(FINDINGS))) < np.linspace(0.002, 0.04, len(FINDINGS))).astype(np.int64)
-    repeat = _oversample_to_floor(labels, 0.05, rng)
+    repeat = oversample_to_floor(labels, 0.05, rng)
     assert (((repeat @ labels) / repeat.sum()) >= 0.05).all() and repeat.min() == 1
     with pytest.raises(ValueError, match="choose a lower --floor"):
-        _oversample_to_floor(labels, 0.5, rng, max_rounds=50)
+        oversample_to_floor(labels, 0.5, rng, max_rounds=50)
     three = np.zeros((6, len(FINDINGS)), dtype=np.int64)  # three findings, one per row: no floor above 1/3
     three[0, 0] = three[1, 1] = three[2, 2] = 1
     for floor in (0.34, 0.45, 0.49, 0.5):  # the repeats grew past int64 (OverflowError) before they were bounded
         with pytest.raises(ValueError, match="choose a lower --floor"):
-            _oversample_to_floor(three, floor, rng)
+            oversample_to_floor(three, floor, rng)
 
 
 def test_a_finding_without_training_positives_is_reported_and_the_others_reach_the_floor(tmp_path):

@@ -29,7 +29,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cxr import storage
+from cxr.data.balance import balance_binary, oversample_to_floor, positive_share
 from cxr.data.integrity import IntegrityError
+from cxr.data.manifest_rows import check_versions, manifest_rows
 from cxr.data.splits import SPLITS
 from cxr.data.stats import finding_stats
 from cxr.data.version import DatasetVersion
@@ -39,7 +41,6 @@ from cxr.records import from_json, to_json
 
 STRATEGIES = ("none", "weighted", "resample")
 MANIFEST_SCHEMA_VERSION = 2  # 2: source_format column; several dataset versions (mixed manifests)
-_COLUMNS = ["image_id", "patient_id", "split", *FINDING_COLUMNS, "source_format", "shard", "shard_index"]
 
 
 @dataclass(frozen=True)
@@ -164,107 +165,13 @@ def _labels(table: pa.Table) -> np.ndarray:
     return np.column_stack(columns) if columns else np.zeros((0, len(FINDINGS)))
 
 
-def _balance_binary(y: np.ndarray, mode: str, rng: np.random.Generator) -> np.ndarray:
-    """Repeat counts that make positives and negatives of one finding exactly equal (rows that do not label it
-    keep one draw each)."""
-    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-    repeat = np.ones(len(y), dtype=np.int64)
-    minority, majority = (pos, neg) if len(pos) <= len(neg) else (neg, pos)
-    if mode == "over":
-        base, extra = divmod(len(majority), len(minority))
-        repeat[minority] = base
-        repeat[rng.choice(minority, size=extra, replace=False)] += 1
-    else:
-        repeat[majority] = 0
-        repeat[rng.choice(majority, size=len(minority), replace=False)] = 1
-    return repeat
-
-
-MAX_GROWTH = 1000  # oversampling gives up beyond this many draws per training row
-
-
-def _oversample_to_floor(
-    labels: np.ndarray, floor: float, rng: np.random.Generator, max_rounds: int = 1000
-) -> np.ndarray:
-    """Add repeats to the positives of the most under-represented finding until every share >= floor.
-
-    A finding's share is its positive draws out of the draws of rows that label it (missing: NaN)."""
-    known = (~np.isnan(labels)).astype(np.int64)
-    labels = np.nan_to_num(labels, nan=0.0).astype(np.int64)
-    repeat = np.ones(len(labels), dtype=np.int64)
-    order = rng.permutation(len(labels))  # seeded tie-break among equally repeated rows
-    for _ in range(max_rounds):
-        if int(repeat.sum()) > MAX_GROWTH * len(labels):  # the findings keep diluting each other without end
-            break
-        positive_draws, draws = repeat @ labels, repeat @ known
-        share = np.where(labels.any(axis=0), positive_draws / np.maximum(draws, 1), np.inf)  # no positive: skip
-        f = int(np.argmin(share))
-        if share[f] >= floor:
-            return repeat
-        need = int(np.ceil((floor * draws[f] - positive_draws[f]) / (1.0 - floor)))
-        rows = order[labels[order, f] == 1]
-        # spread the extra draws over the finding's positives, least repeated first
-        rows = rows[np.argsort(repeat[rows], kind="stable")]
-        base, extra = divmod(need, len(rows))
-        repeat[rows] += base
-        repeat[rows[:extra]] += 1
-    raise ValueError(
-        f"oversampling did not reach a floor of {floor} within {max_rounds} rounds or {MAX_GROWTH} times the "
-        "training rows: raising one finding's share dilutes the others too much on this data; choose a lower --floor"
-    )
-
-
-def _prevalence(labels: np.ndarray, repeat: np.ndarray) -> dict[str, float]:
-    """Each finding's share of positive draws among the draws of rows that label it."""
-    draws = repeat @ (~np.isnan(labels))
-    positive = repeat @ np.nan_to_num(labels, nan=0.0)
-    share = np.divide(positive, draws, out=np.zeros(len(FINDINGS)), where=draws > 0)
-    return {f: float(v) for f, v in zip(FINDINGS, share, strict=True)}
-
-
-def _source_key(version: DatasetVersion) -> str:
-    """How a manifest names a version's source: its format and digest (``chexpert:0f26b3df1549ff0d``)."""
-    return f"{version.info.get('source', {}).get('format', 'nih')}:{version.digest}"
-
-
-def _rows(versions: Sequence[DatasetVersion]) -> pa.Table:
-    """The metadata rows of every version, in split order, then by version, then by image id; a mixed
-    manifest's shards named by version (``<digest>/<shard>``) and its rows' ``_source`` kept."""
-    tables = []
-    for rank, version in enumerate(versions):
-        table = version.metadata(columns=_COLUMNS)
-        if len(versions) > 1:
-            table = table.set_column(
-                table.column_names.index("shard"),
-                "shard",
-                pc.binary_join_element_wise(version.digest, table["shard"], "/"),
-            )
-        table = table.append_column("_version", pa.array([rank] * table.num_rows, pa.int32()))
-        tables.append(table.append_column("_source", pa.array([_source_key(version)] * table.num_rows, pa.string())))
-    metadata = pa.concat_tables(tables)
-    split_rank = pc.index_in(metadata["split"], pa.array(list(SPLITS)))
-    order = [("_rank", "ascending"), ("_version", "ascending"), ("image_id", "ascending")]
-    return metadata.append_column("_rank", split_rank).sort_by(order).drop_columns(["_rank", "_version"])
-
-
-def _check_versions(versions: Sequence[DatasetVersion]) -> None:
-    digests = [v.digest for v in versions]
-    if not versions:
-        raise ValueError("a manifest needs at least one dataset version")
-    if len(set(digests)) != len(digests):
-        raise ValueError(f"the same dataset version is given twice: {', '.join(digests)}")
-    if not set.intersection(*(set(v.sizes) for v in versions)):
-        sizes = "; ".join(f"{v.digest}: {v.sizes}" for v in versions)
-        raise ValueError(f"the versions share no shard size ({sizes}); ingest them with a common --size")
-
-
 def build_manifest(versions: DatasetVersion | Sequence[DatasetVersion], config: ManifestConfig) -> Manifest:
     """The manifest of one dataset version, or of several together (mixed), under ``config`` (deterministic for
     a given seed)."""
     versions = [versions] if isinstance(versions, DatasetVersion) else list(versions)
-    _check_versions(versions)
+    check_versions(versions)
     version = versions[0]
-    metadata = _rows(versions)
+    metadata = manifest_rows(versions)
     sources = metadata["_source"]
     metadata = metadata.drop_columns(["_source"])
     is_train = pc.equal(metadata["split"], "train").to_numpy(zero_copy_only=False)
@@ -285,12 +192,12 @@ def build_manifest(versions: DatasetVersion | Sequence[DatasetVersion], config: 
                     f"cannot balance {config.target}: the training split has {n_pos} positives and {n_neg} negatives"
                     + (f" ({int(np.isnan(y).sum())} images do not label it)" if np.isnan(y).any() else "")
                 )
-            repeat[train_idx] = _balance_binary(y, config.mode, rng)
+            repeat[train_idx] = balance_binary(y, config.mode, rng)
         else:
             unreachable = [f for f, n in zip(FINDINGS, np.nansum(train_labels, axis=0), strict=True) if n == 0]
             if len(unreachable) == len(FINDINGS):
                 raise ValueError("cannot oversample: the training split has no positive of any finding")
-            repeat[train_idx] = _oversample_to_floor(train_labels, config.floor, rng)
+            repeat[train_idx] = oversample_to_floor(train_labels, config.floor, rng)
 
     weights = None
     before = finding_stats(
@@ -345,8 +252,8 @@ def build_manifest(versions: DatasetVersion | Sequence[DatasetVersion], config: 
         findings=tuple(FINDINGS),
         splits=splits,
         train_prevalence={
-            "before": _prevalence(train_labels, np.ones(len(train_idx), np.int64)),
-            "after": _prevalence(train_labels, train_repeat),
+            "before": positive_share(train_labels, np.ones(len(train_idx), np.int64)),
+            "after": positive_share(train_labels, train_repeat),
         },
         reuse=Reuse(
             max_repeat=int(train_repeat.max()),
