@@ -57,6 +57,7 @@ def cases(missing: str, folder: str, dataset: str) -> list[tuple[list[str], str]
         (["ingest", "--source", f"{dataset}-tables-only", "--out", f"{folder}/out"], "no image here"),
         (["ingest", "--source", f"{dataset}-broken.zip", "--out", f"{folder}/out"], "not a readable zip"),
         (["ingest", "--source", ARCHIVE, "--out", f"{folder}/out", "--uncertain", "maybe"], "maybe"),
+        (["ingest", "--source", ARCHIVE, "--out", f"{folder}/out", "--image-memory", "900MiB"], "--worker-memory"),
         (["ingest", "--source", ARCHIVE, "--out", f"{folder}/out", "--format", "dicom"], "CXR_PATIENT_SALT"),
         # stats
         (["stats", "--dataset", missing], missing),

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from cxr.cli.console import announce, console, guarded, out, progress
+from cxr.cli.console import announce, console, fail, guarded, out, progress
 from cxr.cli.tables import rich_table, source_lines, source_table
 from cxr.data.cluster import WORKER_MEMORY_LIMIT, format_memory
 from cxr.data.gc import KEEP_NEWEST
@@ -175,6 +175,13 @@ def ingest(
             help="OUT holds versions of another source: make this source's version LATEST there all the same.",
         ),
     ] = False,
+    image_memory: Annotated[
+        str | None,
+        typer.Option(
+            help="Memory one image may take to decode and convert, e.g. 512MiB (default 256 MiB); larger images "
+            "are quarantined as over_memory_budget. Keep it well under --worker-memory."
+        ),
+    ] = None,
     source_format: FormatOption = None,
     uncertain: UncertainOption = "ignore",
     blank: BlankOption = "ignore",
@@ -189,6 +196,7 @@ def ingest(
     from cxr import signals
     from cxr.data.adapters import adapter
     from cxr.data.cluster import check_workers, dask_client, parse_memory
+    from cxr.data.decode import DecodeLimits
     from cxr.data.ingest import PartsToDo, publish, run_parts
     from cxr.data.label_policy import LabelPolicy
     from cxr.data.plan import IngestOptions, check_output, plan_ingest
@@ -196,6 +204,15 @@ def ingest(
 
     if source_format is not None:
         guarded(adapter, source_format)
+    memory = guarded(parse_memory, worker_memory) if worker_memory else WORKER_MEMORY_LIMIT
+    limits = DecodeLimits()
+    if image_memory is not None:
+        limits = guarded(DecodeLimits, max_image_bytes=guarded(parse_memory, image_memory))
+        if limits.max_image_bytes > memory // 2:
+            fail(
+                f"--image-memory {image_memory}: more than half the {format_memory(memory)} a worker may use "
+                "(Dask restarts a worker above 95 %); raise --worker-memory too"
+            )
     options = guarded(
         IngestOptions,
         sizes=tuple(size),
@@ -204,9 +221,9 @@ def ingest(
         part_images=part_images,
         source_format=source_format,
         label_policy=guarded(LabelPolicy, uncertain=uncertain, blank=blank),
+        limits=limits,
     )
     guarded(check_workers, workers)
-    memory = guarded(parse_memory, worker_memory) if worker_memory else WORKER_MEMORY_LIMIT
     guarded(check_output, source, out_root, new_source)
     plan = guarded(plan_ingest, source, out_root, options, new_source)
     if plan.existing:

@@ -189,7 +189,8 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits(), *, decoder:
                 raise ImageRejected(
                     Reason.OVER_MEMORY_BUDGET,
                     f"{width} x {height} px in mode {probe.mode} need {need / 2**20:.0f} MiB to decode and "
-                    f"convert, more than the {limits.max_image_bytes / 2**20:.0f} MiB one image may use",
+                    f"convert, more than the {limits.max_image_bytes / 2**20:.0f} MiB one image may use "
+                    "(ingest --image-memory)",
                 )
             mode = probe.mode
             if decoder == "fast" and not is_jpeg and min(width, height) >= limits.min_side:

@@ -269,7 +269,7 @@ def _check_image(ds: Dataset, limits: DecodeLimits) -> None:
         raise ImageRejected(
             Reason.OVER_MEMORY_BUDGET,
             f"{columns} x {rows} px of {bits} bits need {need / 2**20:.0f} MiB to decode and convert, "
-            f"more than the {limits.max_image_bytes / 2**20:.0f} MiB one image may use",
+            f"more than the {limits.max_image_bytes / 2**20:.0f} MiB one image may use (ingest --image-memory)",
         )
 
 
