@@ -56,11 +56,16 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def verdict(summary: dict[str, Any], specificity: float) -> list[str]:
+def verdict(summary: dict[str, Any], specificity: float, cross: dict[str, Any] | None = None) -> list[str]:
     """Plain-language findings: who won where, the rare findings, resampling's cost under shift, and how the
-    val-chosen operating point holds on the shifted source."""
+    val-chosen operating point holds on the shifted source. With ``cross`` (the other source in another format,
+    labelling fewer findings), its own line replaces the cost under shift: the two mean AUROCs are over
+    different findings, so only the cross-source line compares like with like."""
     lines = []
-    for source, label in SOURCES:
+    labels = dict(SOURCES)
+    if cross is not None:
+        labels["shifted"] = f"on the other source (the {len(cross['shared_findings'])} findings it labels)"
+    for source, label in labels.items():
         ranked = sorted(
             ((s, v[source]["mean_auroc"]) for s, v in summary.items() if v[source]["mean_auroc"] is not None),
             key=lambda kv: -kv[1],
@@ -79,17 +84,22 @@ def verdict(summary: dict[str, Any], specificity: float) -> list[str]:
                         f"; the lead over {runner_up} is within the spread over seeds ({spread:.3f}): no clear winner"
                     )
             lines.append(f"Mean AUROC {label}: {best} is best ({value:.3f}; {rest}){note}.")
+    other = "shifted" if cross is None else "other source"
     for finding in RARE:
-        for source, label in (("in_distribution", "in distribution"), ("shifted", "shifted")):
+        for source, label in (("in_distribution", "in distribution"), ("shifted", other)):
             scores = {s: v[source]["findings"][finding]["auroc"][0] for s, v in summary.items()}
             scores = {s: x for s, x in scores.items() if x is not None}
-            if scores:
+            if source == "shifted" and cross is not None and finding not in cross["labelled"]:
+                lines.append(f"{finding} ({label}): not scored, the other source does not label it.")
+            elif scores:
                 best = max(scores, key=scores.get)
                 listed = ", ".join(f"{s} {x:.3f}" for s, x in scores.items())
                 lines.append(f"{finding} ({label}): {best} has the best AUROC ({listed}).")
             else:
                 lines.append(f"{finding} ({label}): no AUROC (no positive case in that set).")
-    if "resample" in summary and "none" in summary:
+    if cross is not None:
+        lines.append(cross_source_verdict(cross))
+    elif "resample" in summary and "none" in summary:
         drop = {
             s: (v["in_distribution"]["mean_auroc"] or 0) - (v["shifted"]["mean_auroc"] or 0) for s, v in summary.items()
         }
@@ -108,7 +118,7 @@ def verdict(summary: dict[str, Any], specificity: float) -> list[str]:
     if parts:
         lines.append(
             f"At the thresholds chosen on val for {specificity:.0%} specificity, the mean specificity over findings "
-            f"goes from the test split to the shifted source: {'; '.join(parts)}."
+            f"goes from the test split to the {'shifted' if cross is None else 'other'} source: {'; '.join(parts)}."
         )
     return lines
 
@@ -141,7 +151,8 @@ def cross_source(results: list[dict[str, Any]]) -> dict[str, Any]:
             "seeds": [r["seed"] for r in mine],
             **{key: _mean_std([r[key] for r in mine]) for key in ("in_source", "other_source", "drop")},
         }
-    return {"shared_findings": shared, "runs": runs, "strategies": strategies}
+    labelled = [f for f in FINDINGS if all(r["shifted"]["findings"][f]["n"] for r in results)]
+    return {"shared_findings": shared, "labelled": labelled, "runs": runs, "strategies": strategies}
 
 
 def cross_source_verdict(cross: dict[str, Any]) -> str:
@@ -172,7 +183,6 @@ def cross_source_verdict(cross: dict[str, Any]) -> str:
 
 def _cross_source_lines(cross: dict[str, Any]) -> list[str]:
     md = [
-        "",
         "## Cross-source: does a balanced model generalise worse to another source?",
         "",
         f"Trained on the first source, scored on its test split (in source) and on every image of the other source, "
@@ -211,10 +221,8 @@ def write_report(
     from cxr.charts import study_chart
 
     summary = summarize(results)
-    lines_verdict = verdict(summary, specificity)
     cross = cross_source(results) if config.cross_source else None
-    if cross is not None:
-        lines_verdict.append(cross_source_verdict(cross))
+    lines_verdict = verdict(summary, specificity, cross)
     at = f"at the val {specificity:.0%}-specificity threshold"
     md = [
         "# Imbalance study: no balancing vs. class weights vs. resampling",
