@@ -17,7 +17,6 @@ process group): the parent stops them when it is interrupted.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import multiprocessing
@@ -29,13 +28,13 @@ from importlib import resources
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image
 
 from cxr import storage
 from cxr.data.chexpert_source import TABLE_NAMES as CHEXPERT_TABLES
 from cxr.data.decode import DecodeLimits
 from cxr.data.dicom_source import LABELS as DICOM_LABELS
 from cxr.data.source import BOX_LIST_NAMES, LABEL_TABLE_NAMES, SPLIT_LIST_NAMES, is_image_folder
+from cxr.data.synth_layout import encode, image_path, label_table_name, place_images, write_tables
 from cxr.data.synth_render import Acquisition, render
 from cxr.findings import FINDINGS, NO_FINDING
 from cxr.records import to_plain
@@ -44,11 +43,6 @@ Edition = Literal["2017", "v2020"]
 SynthFormat = Literal["nih", "chexpert", "dicom"]  # cxr.data.synth_chexpert, cxr.data.synth_dicom
 SYNTH_FORMATS: tuple[str, ...] = ("nih", "chexpert", "dicom")
 Job = tuple[int, str, dict[str, Any]]  # index, path under the output, row
-LABEL_HEADER = (
-    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
-)
-BOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
 OFFICIAL_TEST_SHARE = 25_596 / 112_120  # the official test list's share of images
 MAX_IMAGES_PER_PATIENT = 30  # the release's tail reaches 184; small datasets would be a handful of patients
 MARKER = ".cxr-synth.json"  # {"settings": ..., "result": ... or null until the archive is complete}
@@ -162,7 +156,7 @@ def prepare_output(config: SynthConfig, overwrite: bool = False) -> SynthResult 
     same = marker is not None and marker.get("settings") == _settings(config)
     if same and not overwrite:
         result = marker.get("result") if marker else None
-        label_table = _label_table_name(config)
+        label_table = label_table_name(config)
         if isinstance(result, dict) and storage.exists(storage.join(out, label_table)):
             return SynthResult(**{**result, "out": out, "reused": True})
         return None  # an unfinished synth of the same settings: render again (same bytes)
@@ -256,36 +250,6 @@ def plan(config: SynthConfig, profile: dict[str, Any]) -> _Plan:
     return _Plan(rows, test_patients)
 
 
-def _label_table_name(config: SynthConfig) -> str:
-    """The table written last: its presence says the synth is complete."""
-    if config.format == "chexpert":
-        return "train.csv"
-    if config.format == "dicom":
-        return DICOM_LABELS
-    return "Data_Entry_2017.csv" if config.edition == "2017" else "Data_Entry_2017_v2020.csv"
-
-
-def _image_path(config: SynthConfig, index: int, image_id: str) -> str:
-    if config.format != "nih":  # image_id is the path under the output (synth_chexpert, synth_dicom)
-        return storage.join(config.out, *image_id.split("/"))
-    folder = f"images_{index // config.per_folder + 1:03d}"
-    return storage.join(config.out, folder, "images", image_id)
-
-
-def _encode(config: SynthConfig, pixels: np.ndarray, index: int, row: dict[str, Any]) -> bytes:
-    """An image's file: PNG (nih), JPEG (chexpert) or DICOM (dicom)."""
-    if config.format == "dicom":
-        from cxr.data.synth_dicom import encode
-
-        return encode(pixels, row, config.seed, index)
-    buf = io.BytesIO()
-    if config.format == "chexpert":
-        Image.fromarray(pixels, mode="L").save(buf, format="JPEG", quality=95)
-    else:
-        Image.fromarray(pixels, mode="L").save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
-
-
 def _render_chunk(config: SynthConfig, jobs: list[Job]) -> list[list[tuple[str, float, float, float, float]]]:
     """Render and write a chunk of images; returns each image's boxes in 1024 px coordinates."""
     scale = 1024.0 / config.size
@@ -295,20 +259,9 @@ def _render_chunk(config: SynthConfig, jobs: list[Job]) -> list[list[tuple[str, 
         findings = [] if labels == NO_FINDING else labels.split("|")
         rng = np.random.default_rng([config.seed, 1, index])
         pixels, boxes = render(config.size, findings, rng, config.strength, config.acquisition)
-        storage.write_bytes(_image_path(config, index, image_id), _encode(config, pixels, index, row))
+        storage.write_bytes(image_path(config, index, image_id), encode(config, pixels, index, row))
         result.append([(b.finding, b.x * scale, b.y * scale, b.w * scale, b.h * scale) for b in boxes])
     return result
-
-
-def _label_table(rows: list[dict[str, Any]], edition: Edition) -> str:
-    end = "," if edition == "2017" else ""
-    lines = [LABEL_HEADER + end]
-    for r in rows:
-        lines.append(
-            f"{r['image_id']},{'|'.join(sorted(r['labels'].split('|')))},{r['follow_up']},{r['patient_id']},{r['age']},{r['sex']},{r['view']},"
-            f"{r['width']},{r['height']},{r['spacing']!r},{r['spacing']!r}{end}"
-        )
-    return "\n".join(lines) + "\n"
 
 
 def _ignore_interrupts() -> None:
@@ -376,47 +329,15 @@ def synthesize(
     profile = load_profile()
     the_plan = plan(config, profile)
     rows = the_plan.rows
-    if config.format == "chexpert":
-        from cxr.data.synth_chexpert import image_path
-
-        for r in rows:
-            r["image_id"] = image_path(r, r["patient_id"] in the_plan.test_patients)
-    elif config.format == "dicom":
-        from cxr.data.synth_dicom import image_path as dicom_path
-
-        for r in rows:
-            r["image_id"] = dicom_path(r)
+    place_images(config, rows, the_plan.test_patients)
     jobs = [(i, r["image_id"], r) for i, r in enumerate(rows)]
     chunk = max(1, min(64, math.ceil(len(jobs) / (config.workers * 4))))
     chunks = [jobs[i : i + chunk] for i in range(0, len(jobs), chunk)]
     storage.makedirs(config.out)
     _write_marker(config, None)
     boxes = _render_all(config, chunks, progress)
-    test = [r["image_id"] for r in rows if r["patient_id"] in the_plan.test_patients]
-    if config.format == "chexpert":
-        from cxr.data.synth_chexpert import tables
-
-        written = tables(rows, the_plan.test_patients, config.seed)
-        for name in sorted(written, reverse=True):  # valid.csv, then train.csv: the one that says complete
-            storage.write_text(storage.join(config.out, name), written[name])
-        return _finish(config, rows, 0, len(test))
-    if config.format == "dicom":
-        from cxr.data.synth_dicom import labels_table
-
-        storage.write_text(storage.join(config.out, DICOM_LABELS), labels_table(rows))  # last: complete
-        return _finish(config, rows, 0, 0)
-    box_lines = [BOX_HEADER]
-    for r, image_boxes in zip(rows, boxes, strict=True):
-        for finding, x, y, w, h in image_boxes:
-            label = "Infiltrate" if finding == "Infiltration" else finding  # the real list's spelling
-            box_lines.append(f"{r['image_id']},{label},{x:.3f},{y:.3f},{w:.3f},{h:.3f}")
-    storage.write_text(storage.join(config.out, "BBox_List_2017.csv"), "\n".join(box_lines) + "\n")
-    train_val = [r["image_id"] for r in rows if r["patient_id"] not in the_plan.test_patients]
-    storage.write_text(storage.join(config.out, "train_val_list.txt"), "".join(f"{i}\n" for i in train_val))
-    storage.write_text(storage.join(config.out, "test_list.txt"), "".join(f"{i}\n" for i in test))
-    name = _label_table_name(config)
-    storage.write_text(storage.join(config.out, name), _label_table(rows, config.edition))  # last: complete
-    return _finish(config, rows, sum(len(b) for b in boxes), len(test))
+    n_boxes, n_test = write_tables(config, rows, the_plan.test_patients, boxes)
+    return _finish(config, rows, n_boxes, n_test)
 
 
 def _finish(config: SynthConfig, rows: list[dict[str, Any]], n_boxes: int, n_test: int) -> SynthResult:
