@@ -287,6 +287,8 @@ class SourceSummary:
 
 def split_lists_text(summary: SourceSummary) -> str:
     """The split lists as a person reads them, and what a missing one means for the splits (:mod:`.splits`)."""
+    if summary.source_format != "nih" and summary.train_val_listed is None and summary.test_listed is None:
+        return "splits are made by patient"  # a format without split lists (DICOM)
     names = summary.split_list_names
     listed = ((names[0], summary.train_val_listed), (names[1], summary.test_listed))
     text = ", ".join(f"{name}: {n} images" if n is not None else f"{name}: missing" for name, n in listed)
