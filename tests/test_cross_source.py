@@ -67,6 +67,38 @@ def test_a_mixed_manifest_counts_each_source_and_weighs_what_each_labels(sources
     assert info.class_weights["Effusion"].w_neg == pytest.approx(np.mean(both))
 
 
+def test_a_mixed_runs_lineage_tags_name_every_version(sources):
+    import json
+
+    from cxr.tracking import tags
+    from cxr.tracking.loggers import lineage_tags
+
+    nih, chexpert = open_version(str(sources["nih"])), open_version(str(sources["chexpert"]))
+    manifest = build_manifest([nih, chexpert], ManifestConfig("none"))
+    lineage = lineage_tags(TrainConfig(manifest=str(sources["root"] / "m")), manifest)
+    assert lineage[tags.DATASET_DIGEST] == f"{nih.digest}+{chexpert.digest}"  # gc keeps both (needed.py)
+    assert [v["digest"] for v in json.loads(lineage[tags.DATASETS])] == [nih.digest, chexpert.digest]
+
+
+def test_the_chain_of_a_mixed_model_lists_each_version_with_its_adapter():
+    from cxr.tracking.lineage import DatasetLink, Lineage, ManifestLink, ModelLink, RunLink, format_chain
+
+    def source(name: str) -> dict:
+        return {"root": f"/data/{name}", "adapter": {"name": name, "version": 1}, "label_table": "t", "edition": "e"}
+
+    chain = Lineage(
+        ModelLink("model.pt"),
+        RunLink("r1", "0", "FINISHED", "0.1.0", None, None, 0.8),
+        ManifestLink("m1", "weighted", "/m", True),
+        DatasetLink("aaaa", "/ds/nih/aaaa"),
+        source("nih"),
+        others=((DatasetLink("bbbb", "/ds/cx/bbbb"), source("chexpert")),),
+    )
+    text = format_chain(chain)
+    assert "dataset   aaaa  at /ds/nih/aaaa" in text and "dataset   bbbb  at /ds/cx/bbbb" in text
+    assert "(nih adapter v1," in text and "(chexpert adapter v1," in text
+
+
 def test_a_model_trained_on_two_sources_and_one_trained_on_chexpert_score_only_shared_findings(sources):
     mixed = train(sources, "mixed", [sources["nih"], sources["chexpert"]])
     read = read_manifest(str(sources["root"] / "manifest-mixed"))
