@@ -6,9 +6,8 @@ translates remote errors into Python exceptions (``FileNotFoundError``, ``Permis
 is written beside its target and renamed over it; an object is put whole, so a reader sees the old
 object or the new one, never a part.
 
-Temporary files are named ``.<name>.cxr-tmp.<host>.<pid>.<random>``; the first write into a local
-folder in a process removes the ones a killed write left there (older than this process, and their
-writer no longer running). A full disk raises :class:`StorageFullError` naming the file.
+Local writes go through temporary files beside their targets (:mod:`cxr.local_writes`: their names, and
+the removal of those a killed write left). A full disk raises :class:`StorageFullError` naming the file.
 
 Compare-and-swap (:func:`create_exclusive`, :func:`read_versioned`, :func:`replace_if`,
 :func:`remove_if`): on S3 conditional requests (``If-None-Match: *``, ``If-Match: <ETag>``), locally
@@ -27,9 +26,7 @@ import io
 import logging
 import os
 import posixpath
-import socket
 import time
-import uuid
 from collections.abc import Callable
 from contextlib import suppress
 from typing import Any, TypeVar
@@ -38,6 +35,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
+
+from cxr import local_writes
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -291,113 +290,18 @@ def open_random(url: str) -> Any:
     return retrying("open", url, lambda: fs.open(path, "rb", block_size=2**20))
 
 
-_TEMP_MARK = ".cxr-tmp."
-_PROCESS_START = time.time()  # temp files older than this, of a writer that is gone, are a killed write's
-FOREIGN_TEMP_AGE_S = 3600.0  # another host's temp file (a shared filesystem) counts as stale after this
-_SWEPT: set[str] = set()  # folders this process has cleaned of stale temp files
-
-
-def is_temp_name(url: str) -> bool:
-    """Whether a file is one of this module's temporary files (never a finished file)."""
-    return _TEMP_MARK in posixpath.basename(url)
-
-
-def _temp_path(path: str) -> str:
-    folder, name = os.path.split(path)
-    return os.path.join(folder, f".{name}{_TEMP_MARK}{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:12]}")
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this machine (one we may not signal counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def is_stale_temp(path: str) -> bool:
-    """A local temp file a killed write left: older than this process and its writer no longer running."""
-    name = os.path.basename(path)
-    if _TEMP_MARK not in name:
-        return False
-    try:
-        mtime = os.stat(path).st_mtime
-    except FileNotFoundError:
-        return False
-    if mtime >= _PROCESS_START:
-        return False
-    writer = name.split(_TEMP_MARK, 1)[1].rsplit(".", 2)  # host, pid, random
-    if len(writer) == 3 and writer[0] == socket.gethostname() and writer[1].isdigit():
-        return not pid_alive(int(writer[1]))
-    return time.time() - mtime > FOREIGN_TEMP_AGE_S
-
-
 def remove_stale_temps(url: str, recursive: bool = False) -> list[str]:
-    """Remove the stale temp files in a local folder (and below it with ``recursive``); their paths.
-
-    See :func:`is_stale_temp`. Object stores have no temp files: nothing to do there.
-    """
+    """Remove the temp files killed writes left in a local folder (and below it with ``recursive``); their paths
+    (:func:`cxr.local_writes.is_stale_temp`). Object stores have no temp files: nothing to do there."""
     fs, folder = filesystem(url)
     if not isinstance(fs, LocalFileSystem):
         return []
-    if recursive:
-        found = [os.path.join(d, name) for d, _, names in os.walk(folder) for name in names if _TEMP_MARK in name]
-    else:
-        try:
-            found = [os.path.join(folder, name) for name in os.listdir(folder) if _TEMP_MARK in name]
-        except (FileNotFoundError, NotADirectoryError):
-            found = []
-    removed = []
-    for path in found:
-        if is_stale_temp(path):
-            with suppress(FileNotFoundError):
-                os.unlink(path)
-                removed.append(path)
-    if removed:
-        log.info("removed %d temporary file(s) of killed writes in %s", len(removed), folder)
-    return removed
-
-
-def _sweep_once(folder: str) -> None:
-    if folder not in _SWEPT:
-        _SWEPT.add(folder)
-        remove_stale_temps(folder)
-
-
-def fsync_dir(folder: str | os.PathLike[str]) -> None:
-    """Make a rename or unlink in ``folder`` durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    return local_writes.remove_stale_temps(folder, recursive)
 
 
 def _raise_if_full(err: OSError, url: str) -> None:
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         raise StorageFullError(err.errno, f"no space left on the device writing {url}") from err
-
-
-def _write_temp(path: str, data: bytes, durable: bool) -> str:
-    """``data`` in a new temp file beside ``path`` (flushed to disk when ``durable``); its path."""
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    _sweep_once(folder)
-    tmp = _temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return tmp
 
 
 def write_bytes(url: str, data: bytes, durable: bool = False) -> None:
@@ -418,10 +322,10 @@ def write_local(url: str, path: str, data: bytes, durable: bool, place: Callable
     refuses an existing name); the folder synced when ``durable``; a full disk named; no temp file left."""
     tmp = None
     try:
-        tmp = _write_temp(path, data, durable)
+        tmp = local_writes.write_temp(path, data, durable)
         place(tmp, path)
         if durable:
-            fsync_dir(os.path.dirname(path) or ".")
+            local_writes.fsync_dir(os.path.dirname(path) or ".")
     except OSError as err:
         _raise_if_full(err, url)
         raise
@@ -454,7 +358,7 @@ def copy(src: str, dst: str, immutable: bool = False) -> None:
     if immutable and not is_remote(src) and not is_remote(dst):
         _, dst_path = filesystem(dst)
         os.makedirs(os.path.dirname(dst_path) or ".", exist_ok=True)
-        tmp = _temp_path(dst_path)
+        tmp = local_writes.temp_path(dst_path)
         try:
             os.link(src_path, tmp)
             os.replace(tmp, dst_path)

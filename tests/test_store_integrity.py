@@ -208,9 +208,9 @@ def test_an_ingest_into_a_full_filesystem_fails_cleanly(small_disk, tmp_path, re
 
 KILLED_WRITE = """
 import os, signal, sys
-from cxr import storage
+from cxr import local_writes
 for path in sys.argv[1:]:
-    storage._write_temp(path, b"half a write", durable=False)
+    local_writes.write_temp(path, b"half a write", durable=False)
 os.kill(os.getpid(), signal.SIGKILL)
 """
 

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from cxr import storage
+from cxr import local_writes, storage
 from cxr.data.archives import archives_root
 from cxr.data.lock import store_lock
 from cxr.data.part_files import PART_IDLE_S, idle_parts, part_folders
@@ -188,7 +188,11 @@ def plan_gc(
                 reason = "a .tar.gz listing none of whose parts LATEST's version uses, and idle"
                 removals.append(Removal("archive listing", e["url"], e["size"], 1, reason))
     for e in entries:
-        if storage.is_temp_name(e["url"]) and not storage.is_remote(e["url"]) and storage.is_stale_temp(e["url"]):
+        if (
+            local_writes.is_temp_name(e["url"])
+            and not storage.is_remote(e["url"])
+            and local_writes.is_stale_temp(e["url"])
+        ):
             removals.append(Removal("temp file", e["url"], e["size"], 1, "left by a killed write"))
     if cache:
         removed_now = {r.url.rstrip("/").rsplit("/", 1)[-1] for r in removals if r.kind == "version"}

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-from cxr.storage import pid_alive
+from cxr.local_writes import pid_alive
 
 LOOPBACK = "127.0.0.1"  # services bind here unless told otherwise
 STOP_TIMEOUT_S = 20.0  # SIGTERM, then SIGKILL after this long

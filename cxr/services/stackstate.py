@@ -15,8 +15,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from cxr.local_writes import fsync_dir
 from cxr.services.process import ProcessId, start_time, started_before
-from cxr.storage import fsync_dir
 
 STARTING, UP = "starting", "up"
 
