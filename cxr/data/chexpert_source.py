@@ -28,20 +28,12 @@ import posixpath
 import re
 
 from cxr import storage
-from cxr.data.csv_text import (
-    RowError,
-    SourceFormatError,
-    decode_lines,
-    parse_int,
-    read_header,
-    relative_path,
-    row_fields,
-)
+from cxr.data.csv_text import RowError, SourceFormatError, decode_lines, parse_int, read_header, relative_path
 from cxr.data.finding_map import finding_map
 from cxr.data.label_policy import LabelPolicy, parse_value
-from cxr.data.label_rows import MAX_AGE, LabelTable, RowBatches
+from cxr.data.label_rows import MAX_AGE, LabelTable, RowReader
 from cxr.data.labels import SplitList
-from cxr.data.quarantine import QuarantineRecord, Reason
+from cxr.data.quarantine import Reason
 from cxr.data.source import SourceLayout, SourceTables
 
 FORMAT = "chexpert"
@@ -117,53 +109,39 @@ def read_tables(layout: SourceLayout, policy: LabelPolicy) -> LabelTable:
     """Every row of the layout's tables, read by the rules in the module docstring."""
     folders = {posixpath.basename(d.rstrip("/")) for d in storage.list_dirs(layout.root)}
     observations = finding_map(FORMAT).labels
-    rows = RowBatches()
-    quarantine: list[QuarantineRecord] = []
-    seen: dict[str, str] = {}
-    starts: list[int] = []
-    n_rows = 0
+    wanted = (*FIELDS, NO_FINDING, *(label for label, _ in observations))
+    reader = RowReader()
     for table in layout.tables:
-        starts.append(len(rows))
         lines = decode_lines(layout.read(table), table)
         header = [h.strip() for h in read_header(lines, table)]
-        wanted = (*FIELDS, NO_FINDING, *(label for label, _ in observations))
         missing = [w for w in wanted if w not in header]
         if missing:
             raise SourceFormatError(f"{table}: missing column(s) {', '.join(map(repr, missing))}")
         pos = {name: header.index(name) for name in wanted}
-        for number, text, raw in lines:
-            n_rows += 1
-            where = f"{table}#line={number}"
-            image_id = None
-            try:
-                fields = row_fields(text, raw, len(header))
-                image_id = _image_id(fields[pos["Path"]], folders)
-                patient, study = _patient(image_id)
-                no_finding = parse_value(NO_FINDING, fields[pos[NO_FINDING]]) == 1.0
-                labels: dict[str, bool | None] = {}
-                for label, finding in observations:
-                    value = parse_value(label, fields[pos[label]])
-                    if finding is not None:
-                        labels[finding] = policy.label(value, no_finding)
-                        if no_finding and value == 1.0:
-                            raise RowError(Reason.BAD_ROW, f"{NO_FINDING} 1.0 together with {label} 1.0")
-                row = {
-                    "image_id": image_id,
-                    "patient_id": patient,
-                    "follow_up": study,
-                    "age": parse_int("Age", fields[pos["Age"]], 0, MAX_AGE),
-                    "sex": _SEX.get(fields[pos["Sex"]].strip(), "U"),
-                    "view": _view(fields[pos["Frontal/Lateral"]], fields[pos["AP/PA"]]),
-                    "source_format": FORMAT,
-                }
-                if image_id in seen:
-                    raise RowError(Reason.DUPLICATE_IMAGE_ID, f"{image_id} already at {seen[image_id]}")
-            except RowError as err:
-                quarantine.append(QuarantineRecord(where, image_id, err.reason, err.detail))
-                continue
-            seen[image_id] = where
-            rows.add(number, row, labels)
-    return LabelTable(rows.table(), quarantine, FORMAT, n_rows, layout.tables, rows.line_numbers, tuple(starts))
+
+        def parse(image_id: str, fields: list[str], pos: dict[str, int] = pos) -> tuple[dict, dict]:
+            patient, study = _patient(image_id)
+            no_finding = parse_value(NO_FINDING, fields[pos[NO_FINDING]]) == 1.0
+            labels: dict[str, bool | None] = {}
+            for label, finding in observations:
+                value = parse_value(label, fields[pos[label]])
+                if finding is not None:
+                    labels[finding] = policy.label(value, no_finding)
+                    if no_finding and value == 1.0:
+                        raise RowError(Reason.BAD_ROW, f"{NO_FINDING} 1.0 together with {label} 1.0")
+            row = {
+                "image_id": image_id,
+                "patient_id": patient,
+                "follow_up": study,
+                "age": parse_int("Age", fields[pos["Age"]], 0, MAX_AGE),
+                "sex": _SEX.get(fields[pos["Sex"]].strip(), "U"),
+                "view": _view(fields[pos["Frontal/Lateral"]], fields[pos["AP/PA"]]),
+                "source_format": FORMAT,
+            }
+            return row, labels
+
+        reader.read(table, lines, len(header), lambda f, p=pos["Path"]: _image_id(f[p], folders), parse)
+    return reader.table(FORMAT)
 
 
 def read_chexpert(root: str, policy: LabelPolicy) -> SourceTables:

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cxr import storage
-from cxr.data.csv_text import RowError, SourceFormatError, decode_lines, read_header, relative_path, row_fields
+from cxr.data.csv_text import RowError, SourceFormatError, decode_lines, read_header, relative_path
 from cxr.data.decode import DecodeLimits, ImageRejected
 from cxr.data.label_policy import LabelPolicy, parse_value
-from cxr.data.label_rows import LabelTable, RowBatches
+from cxr.data.label_rows import LabelTable, RowReader
 from cxr.data.labels import parse_finding_labels
 from cxr.data.quarantine import QuarantineRecord, Reason
 from cxr.data.source import SourceLayout, SourceTables
@@ -150,30 +150,22 @@ def _read_rows(
     lines = decode_lines(layout.read(table), table)
     header = [h.strip() for h in read_header(lines, table)]
     key, columns = _label_columns(header, table)
-    rows = RowBatches()
-    quarantine: list[QuarantineRecord] = []
-    seen: dict[str, int] = {}
-    n_rows = 0
-    for number, text, raw in lines:
-        n_rows += 1
-        where = f"{table}#line={number}"
-        image_id = None
-        try:
-            fields = row_fields(text, raw, len(header))
-            value = fields[header.index(key)].strip()
-            image_id = by_uid.get(value, value) if key == "SOPInstanceUID" else relative_path(value)
-            labels = _labels(fields, columns, policy)
-            if image_id in seen:
-                raise RowError(Reason.DUPLICATE_IMAGE_ID, f"{image_id} already on line {seen[image_id]}")
-            read = reads.get(image_id)
-            if read is not None and read.rejected is not None:
-                raise RowError(read.rejected.reason, f"{image_id}: {read.rejected.detail}")
-        except RowError as err:
-            quarantine.append(QuarantineRecord(where, image_id, err.reason, err.detail))
-            continue
-        seen[image_id] = number
-        rows.add(number, _row(image_id, read.header if read else None, salt), labels)
-    return LabelTable(rows.table(), quarantine, FORMAT, n_rows, (table,), rows.line_numbers)
+    at = header.index(key)
+
+    def image_id(fields: list[str]) -> str:
+        value = fields[at].strip()
+        return by_uid.get(value, value) if key == "SOPInstanceUID" else relative_path(value)
+
+    def parse(image: str, fields: list[str]) -> tuple[dict, dict]:
+        labels = _labels(fields, columns, policy)
+        read = reads.get(image)
+        if read is not None and read.rejected is not None:
+            raise RowError(read.rejected.reason, f"{image}: {read.rejected.detail}")
+        return _row(image, read.header if read else None, salt), labels
+
+    reader = RowReader()
+    reader.read(table, lines, len(header), image_id, parse)
+    return reader.table(FORMAT)
 
 
 def _row(image_id: str, header: DicomHeader | None, salt: str) -> dict:

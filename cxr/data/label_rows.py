@@ -10,13 +10,14 @@ finding its format never labels, or an uncertain or blank label its policy leave
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
-from cxr.data.quarantine import QuarantineRecord
+from cxr.data.csv_text import RowError, row_fields
+from cxr.data.quarantine import QuarantineRecord, Reason
 from cxr.findings import FINDING_COLUMNS, FINDINGS
 
 LABEL_SCHEMA = pa.schema(
@@ -94,3 +95,54 @@ class RowBatches:
     def table(self) -> pa.Table:
         self._flush()
         return pa.Table.from_batches(self._batches, schema=LABEL_SCHEMA)
+
+
+Lines = Iterator[tuple[int, str | None, bytes]]  # cxr.data.csv_text.decode_lines after the header
+Key = Callable[[list[str]], str]  # a line's fields -> the image id it names (RowError when it names none)
+Parse = Callable[[str, list[str]], tuple[Mapping[str, Any], Mapping[str, bool | None]]]  # -> fields, labels
+
+
+class RowReader:
+    """The lines of one or more tables into :class:`RowBatches`, the same way for every format: a line's
+    fields (as many as the header's), the image id its ``key`` names, no image named twice, then the
+    format's ``parse``; a line that fails any of them is a quarantine record with its reason and where it is
+    (``<table>#line=N``): lines read = rows accepted + rows quarantined."""
+
+    def __init__(self) -> None:
+        self.rows = RowBatches()
+        self.quarantine: list[QuarantineRecord] = []
+        self._seen: dict[str, str] = {}
+        self._tables: list[str] = []
+        self._starts: list[int] = []
+        self._lines = 0
+
+    def read(self, table: str, lines: Lines, n_fields: int, key: Key, parse: Parse) -> None:
+        self._tables.append(table)
+        self._starts.append(len(self.rows))
+        for number, text, raw in lines:
+            self._lines += 1
+            where = f"{table}#line={number}"
+            image_id = None
+            try:
+                fields = row_fields(text, raw, n_fields)
+                image_id = key(fields)
+                if image_id in self._seen:
+                    raise RowError(Reason.DUPLICATE_IMAGE_ID, f"{image_id} already at {self._seen[image_id]}")
+                row, labels = parse(image_id, fields)
+            except RowError as err:
+                self.quarantine.append(QuarantineRecord(where, image_id, err.reason, err.detail))
+                continue
+            self._seen[image_id] = where
+            self.rows.add(number, row, labels)
+
+    def table(self, edition: str) -> LabelTable:
+        """Everything read, as a :class:`LabelTable`."""
+        return LabelTable(
+            self.rows.table(),
+            self.quarantine,
+            edition,
+            self._lines,
+            tuple(self._tables),
+            self.rows.line_numbers,
+            tuple(self._starts) or (0,),
+        )
