@@ -82,28 +82,38 @@ def raised_as_interrupted() -> Iterator[None]:
             signal.signal(s, h)
 
 
+_holding: list[int] | None = None  # what the outermost held_back block in force has noted
+
+
 @contextmanager
 def held_back(raise_after: bool = True) -> Iterator[list[int]]:
     """Within the block, handled signals are only noted (the list it yields); after it, the first one is
     sent again to the handler around the block when ``raise_after`` (else dropped, for clean-up that must
-    finish): it raises :class:`Interrupted` as it would have (and the command's handler records it)."""
-    noted: list[int] = []
-    if not _in_main_thread():
-        yield noted
+    finish): it does what it would have done (the command's handler raises :class:`Interrupted`, or only
+    counts a later signal; a default disposition ends the process). A block inside another is part of it:
+    the outer one decides."""
+    global _holding
+    if not _in_main_thread() or _holding is not None:
+        yield [] if _holding is None else _holding
         return
+    noted: list[int] = []
 
     def note(signum: int, frame: FrameType | None) -> None:
         noted.append(signum)
 
     previous = _install(note)
+    _holding = noted
     try:
         yield noted
     finally:
+        _holding = None
         for s, h in previous.items():
             signal.signal(s, h)
     if noted and raise_after:
-        if callable(previous.get(noted[0])):  # the handler around the block (the command's) decides and records
-            signal.raise_signal(noted[0])
+        handler = previous.get(noted[0])
+        if callable(handler) or handler == signal.SIG_DFL:
+            signal.raise_signal(noted[0])  # Python runs the handler before this returns
+            return
         raise Interrupted(noted[0])
 
 

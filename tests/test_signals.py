@@ -10,7 +10,7 @@ import weakref
 
 import pytest
 
-from cxr.signals import Interrupted, stopping_on_signals
+from cxr.signals import Interrupted, held_back, stopping_on_signals
 
 
 @pytest.fixture(autouse=True)
@@ -53,3 +53,43 @@ def test_a_second_signal_while_stopping_is_counted_not_raised():
         os.kill(os.getpid(), signal.SIGTERM)  # clean-up goes on
         _spin(0.2)
     assert stop.received == [signal.SIGINT, signal.SIGTERM]
+
+
+def test_a_signal_held_back_is_raised_after_the_outermost_block_and_a_later_one_only_counted():
+    done = []
+    with stopping_on_signals() as stop:
+        with pytest.raises(Interrupted):
+            with held_back() as outer:
+                with held_back() as inner:  # part of the outer block: it raises nothing itself
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    _spin(0.2)
+                done.append("inner")
+                _spin(0.2)
+                done.append("outer")
+            done.append("after")  # not reached: the signal is raised as the outer block ends
+        assert inner is outer and outer == [signal.SIGTERM] and done == ["inner", "outer"]
+        with held_back():  # while stopping, a second signal is counted by the command's handler, not raised
+            os.kill(os.getpid(), signal.SIGINT)
+            _spin(0.2)
+    assert stop.received == [signal.SIGTERM, signal.SIGINT]
+
+
+def test_a_signal_during_a_tracking_call_waits_for_the_call_then_the_run_closes_as_killed(tmp_path, monkeypatch):
+    """Cut in the middle of a SQLite write, MLflow leaves the store locked and the run cannot be closed."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    from cxr.tracking.mlflow_run import MlflowRun
+
+    run = MlflowRun("signals", system_metrics=False)
+
+    def interrupted_write() -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        _spin(0.2)  # the handler would run here
+        run.client.set_tag(run.run_id, "written", "whole")
+
+    with stopping_on_signals() as stop:
+        with pytest.raises(Interrupted):
+            run.attempt("a write", interrupted_write)
+        run.close("KILLED")
+    got = run.client.get_run(run.run_id)
+    assert stop.received == [signal.SIGINT] and not run.failed
+    assert got.data.tags["written"] == "whole" and got.info.status == "KILLED"

@@ -16,16 +16,18 @@ same place reuse the finished run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import posixpath
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from cxr import storage
 from cxr.learn.config import (
@@ -188,6 +190,8 @@ def launch(config: TrainConfig, nproc: int, on_line: Callable[[str], None] = pri
         proc.wait()
     except BaseException:
         stop(proc)
+        if config.tracking:
+            end_tracked_run(config.output_dir)
         note_resumable(config.output_dir)
         raise
     finally:
@@ -199,7 +203,20 @@ def launch(config: TrainConfig, nproc: int, on_line: Callable[[str], None] = pri
 
 
 def stop(proc: subprocess.Popen, wait_s: float = STOP_WAIT_S) -> None:
-    """SIGTERM to torchrun (it passes it on to its processes), SIGKILL if it has not ended after ``wait_s``."""
+    """SIGTERM to torchrun (it passes it on to its processes), SIGKILL if it has not ended after ``wait_s``;
+    then SIGKILL to any of its processes still alive, so that none writes anything after this returns.
+
+    What they print meanwhile (torchrun's own traceback of the signal, a rank's view of its peers going
+    away) is read and dropped: after an interruption it is noise, and an unread pipe could block them.
+    """
+    import psutil
+
+    try:
+        processes = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        processes = []
+    drain = threading.Thread(target=_read_to_end, args=(proc.stdout,), daemon=True)
+    drain.start()
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -207,6 +224,30 @@ def stop(proc: subprocess.Popen, wait_s: float = STOP_WAIT_S) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    _, alive = psutil.wait_procs(processes, timeout=wait_s)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=wait_s)
+    drain.join(timeout=wait_s)  # every writer is gone: the pipe ends
+
+
+def _read_to_end(stream: IO[str] | None) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        while stream is not None and stream.read(65536):
+            pass
+
+
+def end_tracked_run(output_dir: str) -> None:
+    """Once torchrun's processes are gone: the MLflow run they logged to ends as KILLED, whatever they
+    managed (see :func:`cxr.tracking.mlflow_run.end_as_killed`)."""
+    from cxr.learn.result import recorded_run_id
+
+    run_id = recorded_run_id(output_dir)
+    if run_id is not None:
+        from cxr.tracking.mlflow_run import end_as_killed
+
+        end_as_killed(run_id)
 
 
 def note_resumable(output_dir: str) -> None:

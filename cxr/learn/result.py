@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cxr import storage
-from cxr.learn.config import RESULT_FILE
+from cxr.learn.config import RESULT_FILE, TRACKING_FILE
 from cxr.records import from_json, to_json
 from cxr.tracking.loggers import TrackedModel
 
@@ -43,3 +44,11 @@ class TrainResult:
     @classmethod
     def read(cls, output_dir: str) -> TrainResult:
         return from_json(cls, storage.read_text(storage.join(output_dir, RESULT_FILE)))
+
+
+def recorded_run_id(output_dir: str) -> str | None:
+    """The MLflow run a run folder's training logged to (``tracking.json``), if it recorded one."""
+    url = storage.join(output_dir, TRACKING_FILE)
+    if not storage.exists(url):
+        return None
+    return json.loads(storage.read_text(url)).get("mlflow_run_id")

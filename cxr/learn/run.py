@@ -34,6 +34,7 @@ from cxr.learn.distributed import DistInfo, all_gather_rows, barrier
 from cxr.learn.loss import WeightedBCE
 from cxr.learn.metrics import labelled
 from cxr.learn.models import Classifier, build_model, set_backbone_trainable
+from cxr.learn.result import recorded_run_id
 from cxr.learn.shards import AnyShardStore, MixedShardStore, Rows, ShardStore, split_rows
 from cxr.tracking.loggers import JsonlLogger, MlflowTrainLogger, NullLogger, TeeLogger, TrainLogger
 
@@ -160,14 +161,6 @@ def open_logger(config: TrainConfig, manifest: Manifest, resume_run_id: str | No
     )
     print(f"MLflow run {tracked.run_id}{' (resumed)' if resume_run_id else ''}", flush=True)
     return TeeLogger(tracked, jsonl)
-
-
-def recorded_run_id(output_dir: str) -> str | None:
-    """The MLflow run a run folder's training logged to (``tracking.json``), if it recorded one."""
-    url = storage.join(output_dir, TRACKING_FILE)
-    if not storage.exists(url):
-        return None
-    return json.loads(storage.read_text(url)).get("mlflow_run_id")
 
 
 def init_head_bias(model: Classifier, labels: np.ndarray, weights: tuple[list[float], list[float]] | None) -> None:

@@ -37,6 +37,7 @@ from cxr.learn.loader import Prefetcher
 from cxr.learn.metrics import mean_defined, per_finding_auroc, youden_threshold
 from cxr.learn.result import EpochRecord, TrainResult
 from cxr.learn.run import Data, Position, Run, build_run
+from cxr.signals import held_back, stopping
 from cxr.tracking.loggers import TrainLogger
 
 LOG_EVERY = 10  # steps between train-loss metrics; the loss is read from the device only then
@@ -164,11 +165,12 @@ def main(config: TrainConfig, logger: TrainLogger | None = None) -> TrainResult:
             cleanup(info)  # leave the process group: rank 0's tracking below may take long, no rank waits for it
         return track(run, trained)
     except BaseException as err:
-        interrupted = isinstance(err, KeyboardInterrupt)
-        if run is not None and info.is_main:
-            run.logger.close("KILLED" if interrupted else "FAILED")
-        if interrupted:
-            note_resumable(config.output_dir)
+        with held_back():  # a signal arriving now waits until the run is closed
+            interrupted = isinstance(err, KeyboardInterrupt) or stopping()  # a peer may stop before our signal
+            if run is not None and info.is_main:
+                run.logger.close("KILLED" if interrupted else "FAILED")
+            if interrupted:
+                note_resumable(config.output_dir)
         raise
 
 

@@ -21,6 +21,7 @@ from cxr.data.accounting import Accounting
 from cxr.data.manifest import read_manifest_info
 from cxr.data.version import open_version
 from cxr.learn.config import MLFLOW_SCHEMES, MODEL_FILE, RESULT_FILE, TRACKING_FILE
+from cxr.learn.result import recorded_run_id
 from cxr.tracking import tags
 from cxr.tracking.mlflow_run import client
 from cxr.tracking.registry import FINAL_MEAN_METRIC, resolve_run
@@ -97,11 +98,10 @@ def run_of_file(path: str) -> str:
         recorded = ModelBundle.read(model).tracking_run_id
         if recorded:
             return recorded
-    tracking, result = storage.join(folder, TRACKING_FILE), storage.join(folder, RESULT_FILE)
-    if storage.exists(tracking):
-        recorded = json.loads(storage.read_text(tracking)).get("mlflow_run_id")
-        if recorded:
-            return recorded
+    recorded = recorded_run_id(folder)
+    if recorded:
+        return recorded
+    result = storage.join(folder, RESULT_FILE)
     if storage.exists(result):
         recorded = (json.loads(storage.read_text(result)).get("tracked") or {}).get("run_id")
         if recorded:

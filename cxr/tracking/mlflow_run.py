@@ -6,6 +6,11 @@
 - Every call goes through :meth:`MlflowRun.attempt`: a failure is reported once, loudly, and the run
   goes on; metrics are kept in a backlog and retried on each later call and at the end, so nothing is
   dropped while the server comes back. Nothing from the environment is logged (no credentials).
+- A signal (Ctrl-C, SIGTERM) that arrives during a call waits until the call is done
+  (:func:`cxr.signals.held_back`; each call is bounded by the HTTP timeout): cut in the middle of a
+  write, a SQLite store stays locked and the run could not be closed as KILLED.
+- After an interruption, whoever launched the training processes ends their run as KILLED once they are
+  gone (:func:`end_as_killed`): a rank may have closed it FAILED as its peers stopped first, or not at all.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import numpy as np
 from cxr import __version__, storage
 from cxr.offline import set_offline_defaults
 from cxr.redact import redact
+from cxr.signals import held_back
 from cxr.tracking import tags
 
 LOCAL_DIR = Path(".cxr")
@@ -47,6 +53,24 @@ def client(uri: str | None = None) -> Any:
     from mlflow import MlflowClient
 
     return MlflowClient(uri or tracking_uri())
+
+
+def end_as_killed(run_id: str, uri: str | None = None) -> str | None:
+    """End run ``run_id`` as KILLED unless it already ended FINISHED or KILLED; the status it had, or None
+    when MLflow did not answer.
+
+    What a launcher does once an interruption has stopped every process that logged to the run: rank 0
+    may have been cut short before it closed the run, killed while stuck, or have closed it FAILED because
+    its peers went away first (they stopped on the same signal).
+    """
+    try:
+        mlflow_client = client(uri)
+        status = mlflow_client.get_run(run_id).info.status
+        if status not in ("FINISHED", "KILLED"):
+            mlflow_client.set_terminated(run_id, "KILLED")
+    except Exception:  # noqa: BLE001 - on the way out of an interruption; the run's own close was the first try
+        return None
+    return str(status)
 
 
 def experiment_id(mlflow_client: Any, uri: str, name: str) -> str:
@@ -95,13 +119,14 @@ class MlflowRun:
     ) -> None:
         self.uri = tracking_uri()
         self.client = client(self.uri)
-        if resume_run_id:  # a resumed training run: the same MLflow run, running again
-            self.run_id = resume_run_id
-            self.client.update_run(resume_run_id, status="RUNNING")
-        else:
-            experiment_number = experiment_id(self.client, self.uri, experiment)
-            all_tags = {**(run_tags or {}), tags.CODE_VERSION: __version__}
-            self.run_id = self.client.create_run(experiment_number, run_name=run_name, tags=all_tags).info.run_id
+        with held_back():  # as for every call below
+            if resume_run_id:  # a resumed training run: the same MLflow run, running again
+                self.run_id = resume_run_id
+                self.client.update_run(resume_run_id, status="RUNNING")
+            else:
+                experiment_number = experiment_id(self.client, self.uri, experiment)
+                all_tags = {**(run_tags or {}), tags.CODE_VERSION: __version__}
+                self.run_id = self.client.create_run(experiment_number, run_name=run_name, tags=all_tags).info.run_id
         self.failed = False
         self.closed = False
         self.backlog: list[tuple[Mapping[str, float], int]] = []
@@ -179,7 +204,8 @@ class MlflowRun:
 
     def _guarded(self, what: str, call: Callable[[], T]) -> T | object:
         try:
-            value = call()
+            with held_back():  # a signal waits for the call: cut mid-write, a SQLite store would stay locked
+                value = call()
         except Exception as err:  # noqa: BLE001 - any tracking failure must not stop training
             if not self.failed:
                 print(
