@@ -36,20 +36,12 @@ from cxr.data.manifest import STRATEGIES, ManifestConfig, build_manifest, write_
 from cxr.data.synth_render import Acquisition
 from cxr.data.version import DatasetVersion, open_version
 from cxr.findings import FINDINGS
+from cxr.learn.calibration import expected_calibration_error
 from cxr.learn.checkpoint import ModelBundle
 from cxr.learn.config import TrainConfig
 from cxr.learn.evaluate import only_learned
 from cxr.learn.inference import load_model, predict_split, single_process
-from cxr.learn.metrics import (
-    auprc,
-    auroc,
-    auroc_intervals,
-    expected_calibration_error,
-    labelled,
-    mean_defined,
-    sens_spec,
-    specificity_threshold,
-)
+from cxr.learn.metrics import auprc, auroc, auroc_intervals, labelled, mean_defined, sens_spec, specificity_threshold
 from cxr.learn.models import MODEL_NAMES
 from cxr.learn.train import main
 from cxr.study_report import write_report

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.stats import norm
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from cxr.findings import FINDINGS
-from cxr.learn.bootstrap import cluster_index, percentile_interval, resample_weights, weighted_auroc
+from cxr.learn.bootstrap import cluster_index, percentile_interval, resample_weights, weighted_auprc, weighted_auroc
 from cxr.learn.compare import GateRule, compare, decide
 from cxr.learn.metrics import bootstrap_auroc, evaluate_predictions
 
@@ -21,6 +21,22 @@ def test_weighted_auroc_is_scikit_learns_auroc_with_sample_weights_ties_included
     theirs = [roc_auc_score(y, p, sample_weight=w) for w in weights]
     assert np.allclose(ours, theirs, atol=1e-12)
     assert np.isnan(weighted_auroc(np.zeros(4), np.arange(4.0), np.ones((1, 4))))[0]
+
+
+def test_weighted_auprc_is_scikit_learns_average_precision_with_sample_weights_ties_and_missing_labels():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 300).astype(float)
+    p = np.round(rng.random(300), 1)  # many ties
+    weights = rng.integers(0, 4, (5, 300)).astype(float)
+    ours = weighted_auprc(y, p, weights)
+    theirs = [average_precision_score(y, p, sample_weight=w) for w in weights]
+    assert np.allclose(ours, theirs, atol=1e-12)
+    y[::7] = np.nan  # missing labels weigh nothing: the same as leaving those rows out
+    kept = ~np.isnan(y)
+    ours = weighted_auprc(y, p, weights)
+    theirs = [average_precision_score(y[kept], p[kept], sample_weight=w[kept]) for w in weights]
+    assert np.allclose(ours, theirs, atol=1e-12)
+    assert np.isnan(weighted_auprc(np.zeros(4), np.arange(4.0), np.ones((1, 4))))[0]
 
 
 def test_a_resample_draws_whole_patients():
@@ -67,9 +83,11 @@ def test_evaluate_predictions_reports_the_patient_interval():
     probs = np.tile(p[:, None], (1, len(FINDINGS)))
     by_patient = evaluate_predictions(labels, probs, [0.5] * 14, n_boot=300, groups=patients).findings["Mass"]
     by_image = evaluate_predictions(labels, probs, [0.5] * 14, n_boot=300).findings["Mass"]
-    width = lambda m: m.auroc_ci95[1] - m.auroc_ci95[0]  # noqa: E731
-    assert width(by_patient) > 2 * width(by_image)
+    width = lambda ci: ci[1] - ci[0]  # noqa: E731
+    assert width(by_patient.auroc_ci95) > 2 * width(by_image.auroc_ci95)
     assert by_patient.auroc_ci95[0] <= by_patient.auroc <= by_patient.auroc_ci95[1]
+    assert width(by_patient.auprc_ci95) > 1.5 * width(by_image.auprc_ci95)  # AUPRC on the same patient resamples
+    assert by_patient.auprc_ci95[0] <= by_patient.auprc <= by_patient.auprc_ci95[1]
 
 
 def two_models(rng: np.random.Generator, n_patients: int, per_patient: int, strength: tuple[float, float]):

@@ -17,6 +17,7 @@ from cxr.charts import roc_pr_chart
 from cxr.data.integrity import hash_file
 from cxr.findings import FINDING_COLUMNS, FINDINGS
 from cxr.learn.bootstrap import cluster_index, percentile_interval, resample_weights, weighted_auroc
+from cxr.learn.calibration import expected_calibration_error
 from cxr.learn.compare import GateRule, compare, decide
 from cxr.learn.loader import Prefetcher
 from cxr.learn.loss import WeightedBCE
@@ -27,7 +28,6 @@ from cxr.learn.metrics import (
     auroc_intervals,
     bootstrap_auroc,
     evaluate_predictions,
-    expected_calibration_error,
     mean_defined,
     per_finding_auroc,
     sens_spec,

@@ -11,8 +11,9 @@ from cxr.data.finding_map import finding_map
 from cxr.data.manifest import read_manifest
 from cxr.data.synth import SynthConfig, synthesize
 from cxr.findings import FINDINGS
+from cxr.learn.calibration import expected_calibration_error
 from cxr.learn.checkpoint import ModelBundle
-from cxr.learn.metrics import auroc_intervals, expected_calibration_error, sensitivity_at_specificity
+from cxr.learn.metrics import auroc_intervals, sensitivity_at_specificity
 from cxr.learn.result import TrainResult
 from cxr.study import SIGNAL_STRENGTH, ValThresholds, split_metrics
 

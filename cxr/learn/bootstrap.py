@@ -6,7 +6,8 @@ every interval the project prints resamples *patients* (a cluster bootstrap): a 
 patients as the set has, with replacement, and takes all images of each drawn patient. A resample is
 expressed as a weight per image (how many times its patient was drawn), so one sort of the scores serves
 every resample: :func:`weighted_auroc` computes the Mann-Whitney statistic with weights, ties counted
-half, which is exactly scikit-learn's ``roc_auc_score`` with ``sample_weight``.
+half, which is exactly scikit-learn's ``roc_auc_score`` with ``sample_weight``; :func:`weighted_auprc`
+likewise gives ``average_precision_score``.
 
 Without patient keys (``groups=None``) each image is its own cluster: the ordinary bootstrap.
 """
@@ -61,6 +62,24 @@ def weighted_auroc(y: np.ndarray, p: np.ndarray, weights: np.ndarray) -> np.ndar
     denominator = pos.sum(axis=1) * neg.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denominator > 0, numerator / denominator, np.nan)
+
+
+def weighted_auprc(y: np.ndarray, p: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Average precision of scores ``p`` for labels ``y`` under each row of ``weights`` ([b, n]); NaN where no
+    positive weighs anything. The sum over score thresholds, highest first, of the recall gained times the
+    precision there (tied scores one threshold): exactly scikit-learn's ``average_precision_score`` with
+    ``sample_weight``. Rows whose label is missing (NaN) weigh nothing."""
+    order = np.argsort(-p, kind="stable")
+    p_sorted, y_sorted = p[order], y[order]
+    w = weights[:, order]
+    ends = np.flatnonzero(np.r_[p_sorted[1:] != p_sorted[:-1], True])  # last row of each tied score
+    tp = np.cumsum(np.where(y_sorted == 1, w, 0.0), axis=1)[:, ends]
+    fp = np.cumsum(np.where(y_sorted == 0, w, 0.0), axis=1)[:, ends]
+    total = tp[:, -1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        gained = np.diff(tp, axis=1, prepend=0.0) / total
+        return np.where(total[:, 0] > 0, (gained * precision).sum(axis=1), np.nan)
 
 
 def percentile_interval(values: np.ndarray, level: float = LEVEL) -> tuple[float, float] | None:

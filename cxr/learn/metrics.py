@@ -1,5 +1,6 @@
-"""Per-finding metrics with scikit-learn: AUROC (with a patient-level bootstrap interval), AUPRC, thresholds chosen on
-validation (Youden's J, or a fixed specificity), and sensitivity and specificity at a threshold.
+"""Per-finding metrics with scikit-learn: AUROC and AUPRC (each with a patient-level bootstrap interval),
+thresholds chosen on validation (Youden's J, or a fixed specificity), and sensitivity and specificity at a
+threshold.
 
 A finding whose labels hold a single class in the evaluated split has no AUROC: it is reported as
 ``None`` and left out of the mean, never counted as 0.5.
@@ -17,14 +18,21 @@ the labelled rows alone.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from cxr.findings import FINDINGS
-from cxr.learn.bootstrap import LEVEL, cluster_index, percentile_interval, resample_weights, weighted_auroc
+from cxr.learn.bootstrap import (
+    LEVEL,
+    cluster_index,
+    percentile_interval,
+    resample_weights,
+    weighted_auprc,
+    weighted_auroc,
+)
 
 
 def labelled(y: np.ndarray) -> np.ndarray:
@@ -125,6 +133,7 @@ class FindingMetrics:
     sensitivity: float | None
     specificity: float | None
     n_missing: int = 0  # rows whose source does not label the finding
+    auprc_ci95: tuple[float, float] | None = None  # on the same patient resamples as the AUROC's
 
 
 @dataclass(frozen=True)
@@ -133,18 +142,38 @@ class SplitMetrics:
     mean_auroc: float | None  # over the findings with an AUROC
 
 
-def auroc_intervals(
-    labels: np.ndarray, probs: np.ndarray, groups: np.ndarray | None, n_boot: int, seed: int, level: float = LEVEL
-) -> list[tuple[float, float] | None]:
-    """Each finding's AUROC interval, all findings on the same patient resamples (one draw serves 14)."""
+Interval = tuple[float, float]
+Statistic = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # (y, p, weights [b, n]) -> [b]
+
+
+def resampled_intervals(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    groups: np.ndarray | None,
+    n_boot: int,
+    seed: int,
+    statistics: Sequence[Statistic],
+    level: float = LEVEL,
+) -> list[list[Interval | None]]:
+    """Each statistic's interval for each finding, all on the same patient resamples (one draw serves them all:
+    the intervals of one statistic do not depend on which others are computed beside it). A finding without
+    both classes among its labelled rows has none."""
     rng = np.random.default_rng(seed)
     clusters = cluster_index(groups, len(labels))
-    values: list[list[np.ndarray]] = [[] for _ in FINDINGS]
-    for w in resample_weights(clusters, n_boot, rng):  # weighted_auroc gives missing rows no weight
-        for i in range(len(FINDINGS)):
-            if _defined(labels[:, i]):
-                values[i].append(weighted_auroc(labels[:, i], probs[:, i], w))
-    return [percentile_interval(np.concatenate(v), level) if v else None for v in values]
+    values: list[list[list[np.ndarray]]] = [[[] for _ in FINDINGS] for _ in statistics]
+    defined = [i for i in range(len(FINDINGS)) if _defined(labels[:, i])]
+    for w in resample_weights(clusters, n_boot, rng):  # the statistics give missing rows no weight
+        for i in defined:
+            for k, statistic in enumerate(statistics):
+                values[k][i].append(statistic(labels[:, i], probs[:, i], w))
+    return [[percentile_interval(np.concatenate(v), level) if v else None for v in per] for per in values]
+
+
+def auroc_intervals(
+    labels: np.ndarray, probs: np.ndarray, groups: np.ndarray | None, n_boot: int, seed: int, level: float = LEVEL
+) -> list[Interval | None]:
+    """Each finding's AUROC interval, all findings on the same patient resamples (one draw serves 14)."""
+    return resampled_intervals(labels, probs, groups, n_boot, seed, (weighted_auroc,), level)[0]
 
 
 def evaluate_predictions(
@@ -157,7 +186,9 @@ def evaluate_predictions(
 ) -> SplitMetrics:
     """AUROC with its interval (resampling patients when ``groups`` gives each row's patient), AUPRC,
     prevalence, sensitivity and specificity per finding, and the mean AUROC; each finding on its labelled rows."""
-    intervals = auroc_intervals(labels, probs, groups, n_boot, seed) if n_boot else [None] * len(FINDINGS)
+    none: list[Interval | None] = [None] * len(FINDINGS)
+    both = (weighted_auroc, weighted_auprc)
+    intervals, pr_intervals = resampled_intervals(labels, probs, groups, n_boot, seed, both) if n_boot else (none, none)
     findings: dict[str, FindingMetrics] = {}
     for i, f in enumerate(FINDINGS):
         y, p = known(labels[:, i], probs[:, i])
@@ -168,25 +199,13 @@ def evaluate_predictions(
             auroc=auroc(y, p),
             auroc_ci95=intervals[i],
             auprc=auprc(y, p),
+            auprc_ci95=pr_intervals[i],
             threshold=float(thresholds[i]),
             sensitivity=sens,
             specificity=spec,
             n_missing=len(labels) - len(y),
         )
     return SplitMetrics(findings, mean_defined([m.auroc for m in findings.values()]))
-
-
-def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
-    """Mean |predicted - observed| over equal-width probability bins, weighted by the bins' sizes."""
-    y, p = known(y, p)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            total += mask.sum() * abs(p[mask].mean() - y[mask].mean())
-    return float(total / len(y)) if len(y) else 0.0
 
 
 def sensitivity_at_specificity(y: np.ndarray, p: np.ndarray, specificity: float = 0.9) -> float | None:
