@@ -41,6 +41,8 @@ def cases(missing: str, folder: str, dataset: str) -> list[tuple[list[str], str]
         (["synth", "--out", folder, "--n-images", "many"], "--n-images"),
         (["synth", "--out", folder, "--bogus"], "--bogus"),
         (["synth", "--out", folder, "--format", "png"], "format"),
+        (["synth", "--out", folder, "--fainter-sex", "X"], "fainter_sex"),
+        (["synth", "--out", folder, "--fainter-sex", "F", "--fainter-strength", "2"], "fainter_strength"),
         # inspect
         (["inspect", missing], missing),
         (["inspect", FILE], FILE),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from cxr.data.adapters import read_source
 from cxr.data.source import summarize
@@ -148,11 +149,50 @@ def test_each_sign_changes_pixels_only_inside_its_box(finding):
         ({"edition": "2019"}, "edition"),
         ({"strength": -1}, "strength"),
         ({"workers": 0}, "workers must be >= 1, got 0"),
+        ({"fainter_sex": "X"}, "fainter_sex must be 'M', 'F' or None, got 'X'"),
+        ({"fainter_strength": 1.5}, r"fainter_strength must be in \[0, 1\], got 1.5"),
+        ({"fainter_strength": -0.1}, "fainter_strength"),
     ],
 )
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SynthConfig(out="x", **{"n_images": 10, **kwargs})
+
+
+def _pixels(root: Path) -> dict[str, np.ndarray]:
+    return {p.name: np.asarray(Image.open(p), dtype=np.int16) for p in root.glob("images_*/images/*.png")}
+
+
+def test_fainter_sex_dims_only_that_sex_signs_and_changes_nothing_else(tmp_path):
+    base = SynthConfig(out="", n_images=60, size=32, seed=2, workers=1)
+    runs = {
+        name: replace(base, out=str(tmp_path / name), **kwargs)
+        for name, kwargs in {"plain": {}, "faint": {"fainter_sex": "F"}, "blank": {"strength": 0.0}}.items()
+    }
+    for config in runs.values():
+        synthesize(config)
+    tables = {name: digest_tree(Path(c.out)) for name, c in runs.items()}
+    for name in tables:  # the label table, box list and split lists are the plain synth's, byte for byte
+        tables[name] = {k: v for k, v in tables[name].items() if "/" not in k and k != ".cxr-synth.json"}
+    assert tables["faint"] == tables["plain"] and len(tables["plain"]) == 4
+    settings = json.loads((tmp_path / "faint" / ".cxr-synth.json").read_text())["settings"]
+    assert (settings["fainter_sex"], settings["fainter_strength"]) == ("F", 0.3)
+    assert "fainter_sex" not in json.loads((tmp_path / "plain" / ".cxr-synth.json").read_text())["settings"]
+
+    rows = read_source(str(tmp_path / "plain")).labels.rows
+    sex = dict(zip(rows["image_id"].to_pylist(), rows["sex"].to_pylist(), strict=True))
+    found = dict(zip(rows["image_id"].to_pylist(), rows["finding_labels"].to_pylist(), strict=True))
+    plain, faint, blank = (_pixels(tmp_path / name) for name in ("plain", "faint", "blank"))
+    groups = {(s, bool(found[i])) for i, s in sex.items()}
+    assert groups == {("M", True), ("M", False), ("F", True), ("F", False)}  # every case is checked
+    for image_id in plain:
+        if sex[image_id] == "M" or not found[image_id]:
+            assert np.array_equal(faint[image_id], plain[image_id]), image_id
+            continue
+        # the same sign at 0.3 of its contrast: its difference from the unsigned image (strength 0) shrinks
+        # as much, up to rounding to grey levels
+        sign, dimmed = (np.abs(x[image_id] - blank[image_id]).sum() for x in (plain, faint))
+        assert sign > 0 and abs(dimmed - 0.3 * sign) <= 0.05 * sign, (image_id, dimmed, sign)
 
 
 def test_the_profile_is_aggregate_counts_of_the_real_table():

@@ -44,6 +44,12 @@ def synth(
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same bytes.")] = 0,
     edition: Annotated[str, typer.Option(help="Label table edition: 2017 (trailing commas) or v2020.")] = "v2020",
     strength: Annotated[float, typer.Option(help="Contrast of each finding's sign (0: unlearnable).")] = 1.0,
+    fainter_sex: Annotated[
+        str | None, typer.Option(help="A planted subgroup effect: this sex's (M or F) signs are fainter.")
+    ] = None,
+    fainter_strength: Annotated[
+        float, typer.Option(help="Multiplier of --strength for --fainter-sex images (0 to 1).")
+    ] = 0.3,
     per_folder: Annotated[int, typer.Option(help="Images per images_NNN/images folder.")] = 10_000,
     workers: Annotated[int, typer.Option(help="Rendering processes (output does not depend on it).")] = os.cpu_count()
     or 1,
@@ -83,6 +89,8 @@ def synth(
         seed=seed,
         edition=edition,
         strength=strength,
+        fainter_sex=fainter_sex,
+        fainter_strength=fainter_strength,
         per_folder=per_folder,
         workers=workers,
         acquisition=acquisition,

@@ -63,6 +63,10 @@ class SynthConfig:
     acquisition: Acquisition = Acquisition()  # contrast, noise, zoom, offset: a shifted source turns these
     prevalence_power: float = 1.0  # label-set frequencies raised to this power (< 1: rare findings commoner)
     format: SynthFormat = "nih"  # the layout written; the images and their findings do not depend on it
+    # A planted subgroup effect, for checking that a per-sex report finds it: that sex's signs are drawn
+    # at strength * fainter_strength. Only pixels change; labels, boxes and every random draw stay the same.
+    fainter_sex: str | None = None  # "M", "F" or None (no effect)
+    fainter_strength: float = 0.3  # multiplier of strength for fainter_sex's images, in [0, 1]
 
     def __post_init__(self) -> None:
         if self.format not in SYNTH_FORMATS:
@@ -81,6 +85,10 @@ class SynthConfig:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if not 0.2 <= self.prevalence_power <= 2.0:
             raise ValueError(f"prevalence_power must be in [0.2, 2], got {self.prevalence_power}")
+        if self.fainter_sex not in (None, "M", "F"):
+            raise ValueError(f"fainter_sex must be 'M', 'F' or None, got {self.fainter_sex!r}")
+        if not 0 <= self.fainter_strength <= 1:
+            raise ValueError(f"fainter_strength must be in [0, 1], got {self.fainter_strength}")
 
 
 @dataclass(frozen=True)
@@ -113,6 +121,8 @@ def _settings(config: SynthConfig) -> dict[str, Any]:
     plain = to_plain(config)
     if plain["format"] == "nih":  # synths from before formats existed wrote no format: the same settings
         del plain["format"]
+    if plain["fainter_sex"] is None:  # no effect (fainter_strength then changes no byte), as before it existed
+        del plain["fainter_sex"], plain["fainter_strength"]
     return {k: v for k, v in plain.items() if k not in ("out", "workers")}
 
 
@@ -258,10 +268,18 @@ def _render_chunk(config: SynthConfig, jobs: list[Job]) -> list[list[tuple[str, 
         labels = row["labels"]
         findings = [] if labels == NO_FINDING else labels.split("|")
         rng = np.random.default_rng([config.seed, 1, index])
-        pixels, boxes = render(config.size, findings, rng, config.strength, config.acquisition)
+        pixels, boxes = render(config.size, findings, rng, _sign_strength(config, row), config.acquisition)
         storage.write_bytes(image_path(config, index, image_id), encode(config, pixels, index, row))
         result.append([(b.finding, b.x * scale, b.y * scale, b.w * scale, b.h * scale) for b in boxes])
     return result
+
+
+def _sign_strength(config: SynthConfig, row: dict[str, Any]) -> float:
+    """The contrast of one image's signs: lower for the planted subgroup. ``render`` makes the same random
+    draws whatever the strength (it only scales each sign's amplitude), so places and boxes do not move."""
+    if config.fainter_sex is not None and row["sex"] == config.fainter_sex:
+        return config.strength * config.fainter_strength
+    return config.strength
 
 
 def _ignore_interrupts() -> None:
