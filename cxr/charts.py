@@ -14,6 +14,12 @@ if TYPE_CHECKING:  # types only: the data modules import this one
     from cxr.data.stats import LabelStats
 
 
+# Heatmaps and boxes readers with a colour-vision deficiency tell apart: viridis (dark blue to yellow, even in
+# lightness) and, for boxes, Okabe-Ito's sky blue (the truth) and vermillion (the model's).
+HEATMAP_COLOURS = "viridis"
+TRUTH_BOX, MODEL_BOX = "#56B4E9", "#D55E00"
+
+
 def _figure(rows: int, cols: int, width: float, height: float, layout: str | None = None):
     import matplotlib
 
@@ -126,7 +132,7 @@ OVERLAY_PNG_LEVEL = 1  # zlib level of overlay PNGs: 6x faster to write than Pil
 def heatmap_overlay(
     image: np.ndarray, heatmap: np.ndarray, boxes: list[tuple[str, tuple[float, float, float, float], str]], title: str
 ) -> bytes:
-    """A gray image at its own resolution with a jet-coloured heatmap blended over it, labelled boxes and a
+    """A gray image at its own resolution with a heatmap (:data:`HEATMAP_COLOURS`) blended over it, labelled boxes and a
     title band above it; Pillow only, no matplotlib figure. Encoding the PNG takes most of its time: zlib
     level :data:`OVERLAY_PNG_LEVEL` (a 1024 px overlay: 0.07 s and 1.2 MB, against 0.42 s and 1.0 MB at 6).
 
@@ -147,9 +153,9 @@ def heatmap_overlay(
         gray_image = gray_image.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
     heat = Image.fromarray(np.ascontiguousarray(heatmap, dtype=np.float32), mode="F")
     heat = np.asarray(heat.resize(size, Image.Resampling.BILINEAR))
-    jet = (colormaps["jet"](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)  # 256 colours
-    colour = Image.fromarray(jet[(np.clip(heat, 0, 1) * 255).round().astype(np.uint8)], mode="RGB")
-    blended = Image.blend(gray_image.convert("RGB"), colour, 0.35)  # 0.65 gray + 0.35 jet, in C
+    ramp = (colormaps[HEATMAP_COLOURS](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)  # 256 colours
+    colour = Image.fromarray(ramp[(np.clip(heat, 0, 1) * 255).round().astype(np.uint8)], mode="RGB")
+    blended = Image.blend(gray_image.convert("RGB"), colour, 0.35)  # 0.65 gray + 0.35 colour, in C
 
     text_px = max(11, round(max(size) / 40))  # 11 px at 256 px, 26 px at 1024 px
     pad = max(2, text_px // 4)

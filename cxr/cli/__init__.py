@@ -1,7 +1,7 @@
 """The ``cxr`` command line: thin shells over the library, one module per group of commands.
 
 - :mod:`cxr.cli.data`: synth, inspect, ingest, stats, manifest, gc
-- :mod:`cxr.cli.learn`: train, evaluate, predict, lineage
+- :mod:`cxr.cli.learn`: train, evaluate, report, predict, lineage
 - :mod:`cxr.cli.pipeline`: demo, deploy, study (the Prefect flows)
 - :mod:`cxr.cli.stack`: stack up, down, status, env
 """
@@ -38,6 +38,8 @@ app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
     add_help_option=False,
 )(learn.train)
-for command in (learn.evaluate, learn.predict, learn.lineage, pipeline.demo, pipeline.deploy, pipeline.study):
+for command in (learn.evaluate, learn.report, learn.predict, learn.lineage):
+    app.command()(command)
+for command in (pipeline.demo, pipeline.deploy, pipeline.study):
     app.command()(command)
 app.add_typer(stack.app, name="stack")

@@ -1,4 +1,4 @@
-"""``cxr train | evaluate | predict | lineage``: models from a manifest, and what they do and came from."""
+"""``cxr train | evaluate | report | predict | lineage``: models from a manifest, and what they do and came from."""
 
 from __future__ import annotations
 
@@ -104,6 +104,48 @@ def evaluate(
         out.print(result.to_json(), end="", highlight=False)
         return
     out.print(rich_table(evaluation_table(result)))
+
+
+def report(
+    model_uri: Annotated[
+        str, typer.Argument(help="A model.pt (local or s3://) or an MLflow URI (models:/NAME@ALIAS, runs:/ID/model).")
+    ],
+    dataset: Annotated[str, typer.Option("--dataset", help="A dataset root (its LATEST) or a version folder.")],
+    out_dir: Annotated[str, typer.Option("--out", help="The folder for model_card.html, card.json and its PNGs.")],
+    split: Annotated[str, typer.Option(help="The split to report on.")] = "test",
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples (of patients) for every interval.")] = 200,
+    gallery: Annotated[int, typer.Option(help="Heatmap overlays on the page (findings taken in turn).")] = 12,
+    log_to_run: Annotated[
+        bool, typer.Option("--log-to-run", help="Also log the page and its data to the model's MLflow run.")
+    ] = False,
+    device: DeviceOption = "auto",
+) -> None:
+    """A model card: one self-contained HTML page (and card.json) with per-finding AUROC and AUPRC, calibration,
+    subgroups (sex, age band, view) with the false "No Finding" rate, heatmaps against the boxes, lineage and
+    the gate's evidence."""
+    from cxr.data.version import open_version
+    from cxr.learn.reference import check_device, model_reference
+
+    guarded(check_device, device)
+    model_uri = guarded(model_reference, model_uri)
+    guarded(open_version, dataset)
+    from cxr.card.write import log_card, write_card
+
+    files = guarded(write_card, model_uri, dataset, out_dir, split, bootstrap, 0, gallery, device)
+    card = files.card
+    mean = "-" if card.mean_auroc is None else f"{card.mean_auroc:.3f}"
+    console.print(
+        f"{card.n_images} {split} images: mean AUROC {mean}; inference {files.inference_s:.1f} s, "
+        f"the card {files.card_s:.1f} s",
+        highlight=False,
+    )
+    if log_to_run:
+        chain = card.provenance.lineage
+        if chain is None:
+            fail(f"cannot log the card to MLflow: {card.provenance.lineage_missing}")
+        guarded(log_card, chain.run.id, files)
+        console.print(f"logged to MLflow run {chain.run.id} (artifacts model_card/)", highlight=False)
+    out.print(f"model card: {files.page}", highlight=False, markup=False)
 
 
 def predict(

@@ -17,14 +17,22 @@ import pyarrow.compute as pc
 from scipy import ndimage
 
 from cxr import storage
-from cxr.charts import heatmap_overlay, roc_pr_chart
+from cxr.charts import MODEL_BOX, TRUTH_BOX, heatmap_overlay, roc_pr_chart
 from cxr.data.version import DatasetVersion, open_version
 from cxr.findings import FINDINGS
 from cxr.learn.augment import resize
 from cxr.learn.checkpoint import ModelBundle
 from cxr.learn.distributed import DistInfo
 from cxr.learn.inference import load_model, predict_rows, shard_store, single_process, to_device
-from cxr.learn.localize import LocalizationScore, class_activation_maps, heatmap_box, localization_accuracy
+from cxr.learn.localize import (
+    LocalizationScore,
+    LocalizedBox,
+    class_activation_maps,
+    gallery_order,
+    heatmap_box,
+    iobb,
+    localization_accuracy,
+)
 from cxr.learn.metrics import FindingMetrics, evaluate_predictions, specificity_threshold, youden_threshold
 from cxr.learn.models import Classifier
 from cxr.learn.reference import model_reference
@@ -180,10 +188,10 @@ def report(
     single version holds: metrics and curves only, no localization."""
     probs, labels, rows = predictions.probs, predictions.labels, predictions.rows
     metrics = evaluate_predictions(labels, probs, thresholds, n_boot=n_boot, seed=seed, groups=rows.patient_ids)
-    loc, loc_random, examples = {}, {}, []
+    located = LocalizedSplit({}, {}, (), ())
     if mixed is None:
         store = shard_store(version, bundle)
-        loc, loc_random, examples = _localize(model, version, store, rows, bundle.image_size, seed, info)
+        located = localize(model, version, store, rows, bundle.image_size, seed, info, overlays)
     result = Evaluation(
         model=model_name,
         dataset=mixed or version.digest,
@@ -193,8 +201,8 @@ def report(
         specificity_target=specificity_target,
         mean_auroc=metrics.mean_auroc,
         findings=metrics.findings,
-        localization=loc,
-        localization_random=loc_random,
+        localization=located.scores,
+        localization_random=located.random,
         model_dataset=bundle.dataset_digest,
         scored_findings=tuple(f for f, m in metrics.findings.items() if m.n > 0),
     )
@@ -202,7 +210,7 @@ def report(
         storage.write_text(storage.join(out_dir, "evaluation.json"), result.to_json())
         curves = roc_pr_chart(labels, probs, f"{split}, n = {len(rows)}")
         storage.write_bytes(storage.join(out_dir, "curves.png"), curves)
-        for name, png in examples[:overlays]:
+        for _, name, png in located.overlays:
             storage.write_bytes(storage.join(out_dir, "heatmaps", name), png)
     return result
 
@@ -215,7 +223,17 @@ def _random_heatmap(shape: tuple[int, int], rng: np.random.Generator) -> np.ndar
 CAM_BATCH = 32  # images per forward pass when drawing class activation maps
 
 
-def _localize(
+@dataclass(frozen=True)
+class LocalizedSplit:
+    """CAM boxes of a split's true boxes: T(IoBB) scores, the random floor, each box, and overlays of some."""
+
+    scores: Mapping[str, LocalizationScore]
+    random: Mapping[str, LocalizationScore]
+    boxes: tuple[LocalizedBox, ...]
+    overlays: tuple[tuple[int, str, bytes], ...]  # (index into boxes, file name, PNG)
+
+
+def localize(
     model: Classifier,
     version: DatasetVersion,
     store: AnyShardStore,
@@ -223,21 +241,24 @@ def _localize(
     image_size: int,
     seed: int,
     info: DistInfo,
-) -> tuple[dict[str, LocalizationScore], dict[str, LocalizationScore], list[tuple[str, bytes]]]:
+    overlays: int = 16,
+) -> LocalizedSplit:
     """CAM boxes for every true box of the rows' images (one forward per batch of images), scored by T(IoBB),
-    beside the same procedure on random heatmaps; the first overlays as PNGs."""
+    beside the same procedure on random heatmaps; overlays for ``overlays`` boxes, findings taken in turn."""
     boxes = version.boxes()
     position = {image_id: i for i, image_id in enumerate(rows.image_ids)}
     boxes = boxes.filter(pc.is_in(boxes["image_id"], pa.array(list(position)))).to_pylist()
     if not boxes:
-        return {}, {}, []
+        return LocalizedSplit({}, {}, (), ())
     scale = BOX_FRAME / image_size  # heatmap px -> the 1024 px frame of the boxes
     shown_scale = store.size / image_size  # heatmap px -> the stored image's px, where overlays are drawn
     rng = np.random.default_rng(seed)
     truth: dict[str, list] = {}
     predicted: dict[str, list] = {}
     random_pred: dict[str, list] = {}
-    examples: list[tuple[str, bytes]] = []
+    found: dict[int, LocalizedBox] = {}
+    drawn: list[tuple[int, str, bytes]] = []
+    shown = set(gallery_order([b["finding"] for b in boxes], overlays))
     images = sorted({position[b["image_id"]] for b in boxes})
     for start in range(0, len(images), CAM_BATCH):
         batch = np.array(images[start : start + CAM_BATCH])
@@ -245,22 +266,28 @@ def _localize(
         pixels = resize(to_device(stored, info), image_size)
         maps = class_activation_maps(model, pixels).cpu().numpy()  # [n, 14, S, S]
         where = {int(i): k for k, i in enumerate(batch)}
-        for box in (b for b in boxes if position[b["image_id"]] in where):
+        for index, box in ((j, b) for j, b in enumerate(boxes) if position[b["image_id"]] in where):
             k, c = where[position[box["image_id"]]], FINDINGS.index(box["finding"])
             heatmap = maps[k, c]
             x, y, w, h, _ = heatmap_box(heatmap)
             rx, ry, rw, rh, _ = heatmap_box(_random_heatmap(heatmap.shape, rng))
             true_box = (box["x"], box["y"], box["w"], box["h"])
+            cam_box = (x * scale, y * scale, w * scale, h * scale)
             truth.setdefault(box["finding"], []).append(true_box)
-            predicted.setdefault(box["finding"], []).append((x * scale, y * scale, w * scale, h * scale))
+            predicted.setdefault(box["finding"], []).append(cam_box)
             random_pred.setdefault(box["finding"], []).append((rx * scale, ry * scale, rw * scale, rh * scale))
-            if len(examples) < 16:  # drawn on the stored image, the heatmap upsampled to it
-                shown = [
-                    (f"{box['finding']} (truth)", tuple(v * store.size / BOX_FRAME for v in true_box), "lime"),
-                    ("CAM box", tuple(v * shown_scale for v in (x, y, w, h)), "red"),
+            found[index] = LocalizedBox(box["image_id"], box["finding"], true_box, cam_box, iobb(cam_box, true_box))
+            if index in shown:  # drawn on the stored image, the heatmap upsampled to it
+                marks = [
+                    (f"{box['finding']} (truth)", tuple(v * store.size / BOX_FRAME for v in true_box), TRUTH_BOX),
+                    (f"CAM box, IoBB {found[index].iobb:.2f}", tuple(v * shown_scale for v in (x, y, w, h)), MODEL_BOX),
                 ]
                 title = f"{box['image_id']}: {box['finding']}"
-                examples.append(
-                    (f"{box['image_id'][:-4]}_{box['finding']}.png", heatmap_overlay(stored[k], heatmap, shown, title))
-                )
-    return localization_accuracy(predicted, truth), localization_accuracy(random_pred, truth), examples
+                name = f"{box['image_id'][:-4]}_{box['finding']}.png"
+                drawn.append((index, name, heatmap_overlay(stored[k], heatmap, marks, title)))
+    return LocalizedSplit(
+        localization_accuracy(predicted, truth),
+        localization_accuracy(random_pred, truth),
+        tuple(found[i] for i in range(len(boxes))),
+        tuple(sorted(drawn)),
+    )

@@ -69,6 +69,35 @@ def iobb(predicted: Sequence[float], truth: Sequence[float]) -> float:
 
 
 @dataclass(frozen=True)
+class LocalizedBox:
+    """One true box and the box the model's map gives for its finding, both in the 1024 px frame."""
+
+    image_id: str
+    finding: str
+    truth: tuple[float, float, float, float]
+    predicted: tuple[float, float, float, float]
+    iobb: float
+
+    def hits(self, thresholds: Sequence[float] = IOBB_THRESHOLDS) -> dict[float, bool]:
+        """For each T: whether this box counts as found (IoBB > T)."""
+        return {t: self.iobb > t for t in thresholds}
+
+
+def gallery_order(findings: Sequence[str], n: int) -> list[int]:
+    """Up to ``n`` indices of ``findings`` (one per box), taking each finding's boxes in turn, so that a gallery
+    shows as many findings as it can before it shows a second box of one."""
+    queues: dict[str, list[int]] = {}
+    for i, finding in enumerate(findings):
+        queues.setdefault(finding, []).append(i)
+    order: list[int] = []
+    while len(order) < n and any(queues.values()):
+        for finding in list(queues):
+            if queues[finding] and len(order) < n:
+                order.append(queues[finding].pop(0))
+    return order
+
+
+@dataclass(frozen=True)
 class LocalizationScore:
     """One finding: how many true boxes, and for each T the share whose predicted box has IoBB > T."""
 

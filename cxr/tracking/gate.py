@@ -31,6 +31,9 @@ from cxr.tracking.mlflow_run import client, tracking_uri
 CHALLENGER, CHAMPION = "challenger", "champion"
 
 
+GATE_FILE = "gate.json"  # the decision and its evidence, an artifact of the run judged
+
+
 @dataclass(frozen=True)
 class Registration:
     """A registered model version and the gate's decision about it."""
@@ -218,6 +221,6 @@ def _record(mlflow_client: Any, run_id: str, registration: Registration, record:
         mlflow_client.set_model_version_tag(name, version, key, value)
         mlflow_client.set_tag(run_id, key, value)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "gate.json"
+        path = Path(tmp) / GATE_FILE
         path.write_text(json.dumps(to_plain(record), indent=2))
         mlflow_client.log_artifact(run_id, str(path))
