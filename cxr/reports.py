@@ -155,6 +155,7 @@ class RetrainSummary:
     trained: TrainResult
     evaluation: Evaluation
     registration: Registration
+    card: str | None = None  # the model card's page (model_card.html)
 
     @property
     def run_id(self) -> str | None:
@@ -177,6 +178,7 @@ class RetrainSummary:
             f"- MLflow run `{self.run_id}`; val mean AUROC {_num(self.trained.val_mean_auroc)}",
             f"- gate: {r.verdict}: {'; '.join(r.reasons)}",
             f"- test mean AUROC {_num(self.evaluation.mean_auroc)}",
+            f"- model card: `{self.card}`" if self.card else "- model card: not written",
             "",
             evaluation_table(self.evaluation).markdown(),
         ]

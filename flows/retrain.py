@@ -1,5 +1,5 @@
 """The whole chain as one Prefect flow: ingest (incremental) -> stats -> manifest -> train (torchrun) ->
-evaluate + localize -> register -> gate. Every setting is a typed parameter; the flow only calls tasks.
+evaluate + localize -> register -> gate -> model card. Every setting is a typed parameter; the flow only calls tasks.
 
     python -c "from flows.retrain import retrain; retrain(source='s3://archive/nih', workdir='s3://cxr')"
     # or as a deployment: prefect.yaml (a cron schedule), `cxr deploy`
@@ -28,7 +28,7 @@ from cxr.learn.launch import in_runs_folder
 from cxr.reports import RetrainSummary
 from tasks.ingest import decode_parts_task, ingest_summary_artifact, plan_ingest_task, publish_task
 from tasks.stats import manifest_task, stats_task
-from tasks.train import evaluate_task, register_task, summary_artifact, train_task
+from tasks.train import evaluate_task, register_task, report_task, summary_artifact, train_task
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,7 @@ def retrain(
     evaluation = evaluate_task(trained.model_url, ingested.path, storage.join(trained.output_dir, "evaluation"), run_id)
     model_uri = trained.tracked.model_uri if trained.tracked else None
     registration = register_task(run_id, model_uri, registered_model, ingested.path, settings.gate)
-    summary = RetrainSummary(ingested, decoded, manifest, trained, evaluation, registration)
+    card = report_task(trained.model_url, ingested.path, storage.join(trained.output_dir, "model_card"), run_id)
+    summary = RetrainSummary(ingested, decoded, manifest, trained, evaluation, registration, card)
     summary_artifact(summary)
     return summary

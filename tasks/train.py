@@ -1,4 +1,4 @@
-"""Prefect tasks for training, evaluation and the registry: retries, caching, artifacts, nothing else."""
+"""Prefect tasks for training, evaluation, the registry and the model card: retries, caching, artifacts."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from dataclasses import replace
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from cxr import storage
+from cxr.card.write import card_link, log_card, write_card
 from cxr.learn.config import TrainConfig
 from cxr.learn.evaluate import Evaluation, evaluate_model
 from cxr.learn.gate_rule import GateRule
@@ -91,6 +92,22 @@ def register_task(run_id: str, model_uri: str, name: str, dataset: str, rule: Ga
     if registration.failed_closed:
         raise GateFailedClosedError("; ".join(registration.reasons))
     return registration
+
+
+def _report_key(_: Any, parameters: dict[str, Any]) -> str:
+    return f"report-{parameters['run_id'] or parameters['model_url']}-{parameters['dataset']}"
+
+
+@task(name="model-card", cache_key_fn=_report_key, persist_result=True, **RETRY)
+def report_task(model_url: str, dataset: str, out_dir: str, run_id: str | None) -> str:
+    """The model card of the test split into ``out_dir``, logged to the model's MLflow run and linked from this
+    flow run's artifacts; the page's URL."""
+    files = write_card(model_url, dataset, out_dir, split="test", device="auto")
+    if run_id:
+        log_card(run_id, files)
+    link = card_link(files, run_id)
+    create_link_artifact(link, link_text="model card (HTML)", key="model-card", description=files.page)
+    return files.page
 
 
 @task(name="retrain-summary", cache_policy=NO_CACHE)

@@ -103,6 +103,11 @@ def cases(missing: str, folder: str, dataset: str) -> list[tuple[list[str], str]
         (["evaluate", "--model", FILE, "--dataset", missing], missing),
         (["evaluate", "--model", FILE, "--dataset", dataset, "--threshold-rule", "bogus"], "bogus"),
         (["evaluate", "--model", FILE, "--dataset", dataset, "--device", "bogus"], "bogus"),
+        # report
+        (["report", f"{missing}.pt", "--dataset", dataset, "--out", folder], missing),
+        (["report", FILE, "--dataset", missing, "--out", folder], missing),
+        (["report", FILE, "--dataset", dataset, "--out", FILE], FILE),
+        (["report", FILE, "--dataset", dataset, "--out", folder, "--device", "bogus"], "bogus"),
         # predict
         (["predict", png, "--model", FILE], png),
         (["predict", FILE, "--model", FILE], FILE),
@@ -172,7 +177,8 @@ def test_every_command_answers_bad_arguments_with_one_line_and_exit_code_2(tmp_p
     assert not any(folder.iterdir()), "a refused command wrote into the folder it was given"
 
 
-COMMANDS = ["synth", "inspect", "ingest", "stats", "manifest", "gc", "evaluate", "predict", "lineage", "demo", "study"]
+COMMANDS = ["synth", "inspect", "ingest", "stats", "manifest", "gc", "evaluate", "report", "predict", "lineage", "demo"]
+COMMANDS += ["study"]
 
 
 def test_help_shows_flags_as_flags_and_a_flag_given_a_value_is_one_error_line(tmp_path):

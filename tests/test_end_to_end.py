@@ -217,7 +217,7 @@ def test_the_prefect_ui_the_demo_names_shows_its_flow_run_and_artifacts_in_a_bro
     ui = line_value(demo_ok(chain, "first"), "Prefect UI:")  # the address the demo tells its user to open
     run = chain.prefect("first-run")
     artifacts = run["artifacts"]
-    assert {"ingest-summary", "label-stats", "manifest", "retrain-summary"} <= set(artifacts)
+    assert {"ingest-summary", "label-stats", "manifest", "retrain-summary", "model-card"} <= set(artifacts)
     settings = _get_json(f"{ui}/ui-settings")  # which UI (v1 or v2) a first visit gets, and where it lives
     base = settings[f"{settings['default_ui']}_base_url"].rstrip("/")
     text = rendered_text(f"{ui}{base}/runs/flow-run/{run['id']}?tab=Artifacts", [run["name"], *artifacts])
@@ -236,6 +236,20 @@ def test_the_mlflow_ui_the_demo_names_shows_its_training_run_and_artifacts_in_a_
     page = f"{ui}/#/experiments/{run['experiment_id']}/runs/{run_id}/artifacts"
     text = rendered_text(page, [run["run_name"], *artifacts])
     assert run["run_name"] in text and all(name in text for name in artifacts), text[-3000:]
+
+
+def test_the_demo_logs_its_model_card_which_the_mlflow_server_serves_as_html(chain):
+    out = demo_ok(chain, "first")
+    ui, run_id = line_value(out, "MLflow UI:"), re.search(r"MLflow run (\w+)", out).group(1)
+    page = Path(line_value(out, "model card:"))  # the page in the run folder, as the demo names it
+    query = urllib.parse.urlencode({"run_uuid": run_id, "path": "model_card/model_card.html"})
+    with urllib.request.urlopen(f"{ui}/get-artifact?{query}", timeout=30) as response:  # what the UI's viewer loads
+        assert response.headers.get_content_type() == "text/html"
+        served = response.read().decode()
+    assert served == page.read_text()
+    assert all(f'<tr data-finding="{f}">' in served for f in ("Atelectasis", "Hernia")) and "By view position" in served
+    listed = _get_json(f"{ui}/api/2.0/mlflow/artifacts/list?{urllib.parse.urlencode({'run_id': run_id})}")
+    assert "model_card" in [f["path"] for f in listed["files"] if f["is_dir"]]
 
 
 def test_the_stack_is_healthy_and_keeps_its_credentials_out_of_the_output(chain):

@@ -1,8 +1,11 @@
-"""Training end to end on a synthetic archive: the signal is learnable, every strategy trains, CAM localizes."""
+"""Training end to end on a synthetic archive: the signal is learnable, every strategy trains, CAM localizes;
+and the model card of the trained model (``cxr report``), rendered in a real headless Chromium, and finding a
+subgroup effect planted in another synthetic source."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,9 @@ from cxr.learn.inference import load_model
 from cxr.learn.predict import predict_images
 from cxr.learn.result import TrainResult
 from cxr.learn.train import main
+from cxr.records import from_json
+from tests.browser import BROWSER, NO_BROWSER, open_page
+from tests.reliability import RESULTS
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +183,66 @@ def test_training_reads_shards_from_s3_through_the_cache_and_checkpoints_to_s3(s
     assert cached and all(p.stat().st_size > 0 for p in cached)
     _, bundle = load_model(f"{s3_bucket}/run/model.pt")
     assert bundle.dataset_digest == version.digest
+
+
+@pytest.fixture(scope="module")
+def card(archive, trained):
+    from cxr.card.write import write_card
+
+    return write_card(str(archive["root"] / "run-none" / "model.pt"), str(archive["ds"]), str(archive["root"] / "card"))
+
+
+@pytest.mark.skipif(BROWSER is None, reason=NO_BROWSER)
+def test_the_model_card_renders_every_finding_the_subgroups_and_loaded_heatmaps_with_no_request_leaving(card):
+    from cxr.card.content import ModelCard
+    from cxr.findings import FINDINGS
+
+    with open_page(Path(card.page)) as page:
+        rows = page.evaluate("[...document.querySelectorAll('table.findings tbody tr')].map(r => r.dataset.finding)")
+        shown = page.evaluate(
+            "[...document.querySelectorAll('table.findings tbody tr')].map(r => r.cells[2].textContent.trim())"
+        )
+        captions = page.evaluate("[...document.querySelectorAll('table.subgroups caption')].map(c => c.textContent)")
+        per_table = page.evaluate(
+            "[...document.querySelectorAll('table.subgroups')].map(t => t.querySelectorAll('tr[data-finding]').length)"
+        )
+        greyed = page.evaluate("document.querySelectorAll('table.subgroups td.insufficient').length")
+        gallery = "[...document.querySelectorAll('.gallery img')]"
+        heatmaps = page.evaluate(f"{gallery}.map(i => [i.complete, i.naturalWidth])")
+        diagrams = page.evaluate("document.querySelectorAll('svg.reliability circle').length")
+        (RESULTS.parent / "model-card").mkdir(parents=True, exist_ok=True)
+        page.screenshot(RESULTS.parent / "model-card" / "model_card.png")  # kept for people to look at
+        requests, errors = list(page.requests), list(page.console_errors)
+    assert rows == list(FINDINGS)
+    assert shown == [str(row.metrics.n_pos) for row in card.card.findings]  # the page shows card.json's numbers
+    assert captions == ["By sex", "By age band (years)", "By view position"] and per_table == [14, 14, 14]
+    assert greyed > 0  # rare findings have too few positives in some subgroups: shown greyed, not hidden
+    assert heatmaps and all(complete and width > 0 for complete, width in heatmaps), heatmaps
+    assert diagrams > 0 and errors == []
+    assert all(url.startswith(("file:", "data:")) for url in requests), [url[:80] for url in requests]
+    assert from_json(ModelCard, Path(card.data).read_text()) == card.card  # the JSON holds what the page shows
+
+
+def test_a_subgroup_effect_planted_in_a_source_shows_as_lower_auroc_and_more_false_no_finding(archive, trained):
+    """Another synthetic source whose women's findings are drawn at a fifth of the contrast: the card of the model
+    (trained on an unaffected source) must show women's AUROC lower and their false "No Finding" rate higher."""
+    from cxr.card.write import write_card
+
+    root = archive["root"]
+    planted = SynthConfig(str(root / "planted"), 600, 128, seed=1, workers=2, prevalence_power=0.4)
+    synthesize(replace(planted, fainter_sex="F", fainter_strength=0.2))
+    ingest(str(root / "planted"), str(root / "planted-ds"), IngestOptions(sizes=(64,)))
+    # every split of this source is unseen by the model: its train split, the largest, gives the most cases
+    model = str(root / "run-none" / "model.pt")
+    files = write_card(model, str(root / "planted-ds"), str(root / "planted-card"), split="train")
+    sexes = {g.group: g for g in files.card.subgroups if g.attribute == "sex"}
+    women, men = sexes["F"], sexes["M"]
+    shared = [f for f, c in women.findings.items() if c.sufficient and men.findings[f].sufficient]
+    assert len(shared) >= 8, shared
+
+    def mean_auroc(group):
+        return sum(group.findings[f].auroc for f in shared) / len(shared)
+
+    assert mean_auroc(women) < mean_auroc(men) - 0.05, (mean_auroc(women), mean_auroc(men))
+    assert women.with_finding >= 50 and men.with_finding >= 50
+    assert women.false_no_finding > men.false_no_finding + 0.1, (women.false_no_finding, men.false_no_finding)

@@ -26,17 +26,19 @@ from cxr.card.content import ModelCard, SplitPredictions, build_card
 from cxr.card.page import BALANCE_CHART, PREVALENCE_CHART, render
 from cxr.card.provenance import Provenance, gather
 from cxr.charts import balance_chart, prevalence_chart
-from cxr.data.version import DatasetVersion, open_version
+from cxr.data.version import DatasetVersion
 from cxr.findings import FINDINGS
 from cxr.learn.checkpoint import ModelBundle
-from cxr.learn.evaluate import LocalizedSplit, localize, only_learned
+from cxr.learn.evaluate import LocalizedSplit, check_resamples, localize, only_learned, version_with_split
 from cxr.learn.inference import load_model, predict_rows, shard_store, single_process
 from cxr.learn.reference import model_reference
 from cxr.learn.shards import split_rows
 from cxr.learn.subgroups import groups_of
 from cxr.records import to_json
+from cxr.redact import redact
 
 PAGE, DATA = "model_card.html", "card.json"
+ARTIFACTS = "model_card"  # the folder of a run's artifacts that holds the page and its data
 GALLERY = 12  # heatmap overlays on the page, findings taken in turn
 
 
@@ -65,17 +67,12 @@ def write_card(
     """Score ``model_uri`` on ``split`` of a dataset version and write its card into ``out``.
 
     The settings, the dataset and its split are checked before the model is loaded."""
-    if n_boot < 0:
-        raise ValueError(f"bootstrap resamples must be >= 0 (0: no interval), got {n_boot}")
+    check_resamples(n_boot)
     if gallery < 0:
         raise ValueError(f"the gallery's size must be >= 0, got {gallery}")
     model_uri = model_reference(model_uri)
     info = single_process(device)
-    version = open_version(dataset)
-    metadata = version.metadata()
-    splits = sorted(set(metadata["split"].to_pylist()))
-    if split not in splits:
-        raise ValueError(f"dataset {version.digest} has no {split!r} rows: choose one of {', '.join(splits)}")
+    version, metadata = version_with_split(dataset, split)
     started = time.perf_counter()
     model, bundle = load_model(model_uri, info.device)
     store = shard_store(version, bundle)
@@ -158,7 +155,7 @@ def write_files(out: str, page: str, card: ModelCard, images: Mapping[str, bytes
     return url, data
 
 
-def log_card(run_id: str, files: CardFiles, artifact_path: str = "model_card") -> None:
+def log_card(run_id: str, files: CardFiles, artifact_path: str = ARTIFACTS) -> None:
     """The card's page and data as artifacts of MLflow run ``run_id`` (MLflow's UI shows the page)."""
     from cxr.tracking.mlflow_run import client
 
@@ -168,3 +165,14 @@ def log_card(run_id: str, files: CardFiles, artifact_path: str = "model_card") -
             local = Path(tmp) / posixpath.basename(url)
             local.write_bytes(storage.read_bytes(url))
             mlflow_client.log_artifact(run_id, str(local), artifact_path)
+
+
+def card_link(files: CardFiles, run_id: str | None) -> str:
+    """Where people open the card: in MLflow's UI when the tracking server is one (the page is a run
+    artifact there), else the page itself (a file:// or s3:// URL). Credentials never appear in it."""
+    from cxr.tracking.mlflow_run import tracking_uri
+
+    uri, chain = tracking_uri(), files.card.provenance.lineage
+    if run_id and chain is not None and uri.startswith(("http://", "https://")):
+        return redact(f"{uri.rstrip('/')}/#/experiments/{chain.run.experiment_id}/runs/{run_id}/artifacts/{ARTIFACTS}")
+    return redact(files.page if storage.is_remote(files.page) else Path(files.page).resolve().as_uri())

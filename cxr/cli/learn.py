@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cxr.cli.console import console, fail, guarded, out
+from cxr.cli.console import console, fail, guarded, out, require_folder
 from cxr.cli.tables import prediction_table, rich_table
 from cxr.records import to_json
 
@@ -126,6 +126,7 @@ def report(
     from cxr.data.version import open_version
     from cxr.learn.reference import check_device, model_reference
 
+    require_folder(out_dir, "--out")
     guarded(check_device, device)
     model_uri = guarded(model_reference, model_uri)
     guarded(open_version, dataset)

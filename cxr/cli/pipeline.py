@@ -97,7 +97,7 @@ def demo(
     """The main job on embedded defaults: a synthetic NIH archive (made once), then the retrain flow on CPU.
 
     The Prefect flow `retrain` runs ingest (Dask) -> stats -> manifest -> train (torchrun, MLflow) ->
-    evaluate + localize -> register -> gate; a second demo reuses every finished step.
+    evaluate + localize -> register -> gate -> model card; a second demo reuses every finished step.
     """
     from cxr.data.synth import SynthConfig
     from cxr.data.version import open_version
@@ -135,7 +135,8 @@ def demo(
         f"MLflow UI:  {mlflow_ui}\n"
         f"Prefect UI: {prefect_ui}\n"
         f"run folder: {Path(summary.trained.model_url).parent}\n"
-        f"evaluation: {evaluation_dir} (evaluation.json, curves.png, heatmaps/)",
+        f"evaluation: {evaluation_dir} (evaluation.json, curves.png, heatmaps/)\n"
+        f"model card: {summary.card}",
         highlight=False,
     )
 

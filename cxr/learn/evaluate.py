@@ -115,15 +115,10 @@ def evaluate_model(
         raise ValueError(f"threshold rule must be one of {', '.join(THRESHOLD_RULES)}, got {threshold_rule!r}")
     if not 0 < specificity <= 1:
         raise ValueError(f"specificity must be in (0, 1] (e.g. 0.9), got {specificity}")
-    if n_boot < 0:
-        raise ValueError(f"bootstrap resamples must be >= 0 (0: no interval), got {n_boot}")
+    check_resamples(n_boot)
     model_uri = model_reference(model_uri)
     info = single_process(device)
-    version = open_version(dataset)
-    metadata = version.metadata()
-    splits = sorted(set(metadata["split"].to_pylist()))
-    if split not in splits:
-        raise ValueError(f"dataset {version.digest} has no {split!r} rows: choose one of {', '.join(splits)}")
+    version, metadata = version_with_split(dataset, split)
     model, bundle = load_model(model_uri, info.device)
     store = shard_store(version, bundle)
     rows = split_rows(metadata, split, expand_repeats=False)
@@ -153,6 +148,21 @@ def evaluate_model(
         overlays,
         info,
     )
+
+
+def check_resamples(n_boot: int) -> None:
+    if n_boot < 0:
+        raise ValueError(f"bootstrap resamples must be >= 0 (0: no interval), got {n_boot}")
+
+
+def version_with_split(dataset: str, split: str) -> tuple[DatasetVersion, pa.Table]:
+    """A dataset version and its metadata; a split it does not hold is refused, naming those it does."""
+    version = open_version(dataset)
+    metadata = version.metadata()
+    splits = sorted(set(metadata["split"].to_pylist()))
+    if split not in splits:
+        raise ValueError(f"dataset {version.digest} has no {split!r} rows: choose one of {', '.join(splits)}")
+    return version, metadata
 
 
 def only_learned(labels: np.ndarray, bundle: ModelBundle) -> np.ndarray:

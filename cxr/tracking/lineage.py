@@ -15,6 +15,7 @@ import os
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from cxr import storage
 from cxr.data.accounting import Accounting
@@ -73,9 +74,10 @@ class Lineage:
     run: RunLink
     manifest: ManifestLink
     dataset: DatasetLink
-    source: Mapping[str, str | None] | None  # root, format, adapter, label table, edition, box list, split lists
+    # dataset.json's source: root, format, adapter {name, version}, label table, label policy, tables, edition, ...
+    source: Mapping[str, Any] | None
     # a mixed manifest's other versions, each with its source
-    others: tuple[tuple[DatasetLink, Mapping[str, str | None] | None], ...] = ()
+    others: tuple[tuple[DatasetLink, Mapping[str, Any] | None], ...] = ()
 
 
 def run_of_file(path: str) -> str:
@@ -150,7 +152,7 @@ def lineage(model_uri: str, uri: str | None = None) -> Lineage:
     return Lineage(model, run_link, manifest, dataset, source)
 
 
-def _dataset(root: str | None, digest: str | None) -> tuple[DatasetLink, Mapping[str, str | None] | None]:
+def _dataset(root: str | None, digest: str | None) -> tuple[DatasetLink, Mapping[str, Any] | None]:
     if not (root and digest):
         return DatasetLink(digest, None), None
     path = storage.join(root, digest)
@@ -197,7 +199,7 @@ def format_chain(chain: Lineage) -> str:
     return "\n".join(line for line in lines if line)
 
 
-def _dataset_lines(d: DatasetLink, source: Mapping[str, str | None] | None) -> list[str | None]:
+def _dataset_lines(d: DatasetLink, source: Mapping[str, Any] | None) -> list[str | None]:
     """A dataset version and the source it was ingested from, with the adapter that read it."""
     lines: list[str | None] = [
         f"dataset   {d.digest}  at {d.path}"
