@@ -5,6 +5,8 @@ subgroup effect planted in another synthetic source."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -186,18 +188,32 @@ def test_training_reads_shards_from_s3_through_the_cache_and_checkpoints_to_s3(s
 
 
 @pytest.fixture(scope="module")
-def card(archive, trained):
-    from cxr.card.write import write_card
+def card(archive, trained) -> Path:
+    """``cxr report`` as a user runs it (a process of its own), logging the card to the model's MLflow run."""
+    out = archive["root"] / "card"
+    command = [sys.executable, "-m", "cxr.cli", "report", str(archive["root"] / "run-none" / "model.pt")]
+    command += ["--dataset", str(archive["ds"]), "--out", str(out), "--log-to-run", "--device", "cpu"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == f"model card: {out / 'model_card.html'}"
+    assert f"logged to MLflow run {trained.tracked.run_id}" in done.stderr
+    return out
 
-    return write_card(str(archive["root"] / "run-none" / "model.pt"), str(archive["ds"]), str(archive["root"] / "card"))
+
+def test_report_logs_the_card_to_the_model_s_mlflow_run(card, trained):
+    from cxr.tracking.mlflow_run import client
+
+    logged = client().list_artifacts(trained.tracked.run_id, "model_card")
+    assert sorted(Path(f.path).name for f in logged) == ["card.json", "model_card.html"]
 
 
 @pytest.mark.skipif(BROWSER is None, reason=NO_BROWSER)
-def test_the_model_card_renders_every_finding_the_subgroups_and_loaded_heatmaps_with_no_request_leaving(card):
+def test_the_model_card_renders_every_finding_the_subgroups_and_loaded_heatmaps_with_no_request_leaving(card, trained):
     from cxr.card.content import ModelCard
     from cxr.findings import FINDINGS
 
-    with open_page(Path(card.page)) as page:
+    data = from_json(ModelCard, (card / "card.json").read_text())
+    with open_page(card / "model_card.html") as page:
         rows = page.evaluate("[...document.querySelectorAll('table.findings tbody tr')].map(r => r.dataset.finding)")
         shown = page.evaluate(
             "[...document.querySelectorAll('table.findings tbody tr')].map(r => r.cells[2].textContent.trim())"
@@ -214,13 +230,13 @@ def test_the_model_card_renders_every_finding_the_subgroups_and_loaded_heatmaps_
         page.screenshot(RESULTS.parent / "model-card" / "model_card.png")  # kept for people to look at
         requests, errors = list(page.requests), list(page.console_errors)
     assert rows == list(FINDINGS)
-    assert shown == [str(row.metrics.n_pos) for row in card.card.findings]  # the page shows card.json's numbers
+    assert shown == [str(row.metrics.n_pos) for row in data.findings]  # the page shows card.json's numbers
     assert captions == ["By sex", "By age band (years)", "By view position"] and per_table == [14, 14, 14]
     assert greyed > 0  # rare findings have too few positives in some subgroups: shown greyed, not hidden
     assert heatmaps and all(complete and width > 0 for complete, width in heatmaps), heatmaps
     assert diagrams > 0 and errors == []
     assert all(url.startswith(("file:", "data:")) for url in requests), [url[:80] for url in requests]
-    assert from_json(ModelCard, Path(card.data).read_text()) == card.card  # the JSON holds what the page shows
+    assert data.provenance.lineage.run.id == trained.tracked.run_id  # card.json read back: the model's own run
 
 
 def test_a_subgroup_effect_planted_in_a_source_shows_as_lower_auroc_and_more_false_no_finding(archive, trained):
