@@ -17,7 +17,7 @@ import pyarrow as pa
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 """The splits, in the order every table and report lists them."""
 TEST_SHARE = 0.2  # patients to test when no official list names them (NIH's own list holds 23 %)
-VAL_SHARE = 0.1  # patients to validation, out of train/val: ~10k NIH images, enough for per-finding AUROC
+VAL_SHARE = 0.1  # patients to validation, of all (see assign_splits): ~10k NIH images, enough for per-finding AUROC
 
 
 class SplitConflictError(ValueError):
@@ -43,8 +43,12 @@ def assign_splits(
 ) -> pa.Array:
     """The split of each image (``train``/``val``/``test``), aligned with ``image_ids``.
 
-    ``test_share`` decides for patients that no official list names (all of them, without lists);
-    ``val_share`` is the share of patients that validation takes, out of train/val.
+    ``test_share`` decides for patients that no official list names (all of them, without lists).
+    Validation takes the train/val patients whose hash is below ``val_share / (1 - test_share)``: without
+    lists, ``val_share`` of all patients. With lists the same cut applies to the listed train/val patients,
+    so there a ``test_share`` other than the default also moves validation's share (0.8 makes it half of
+    train/val); the cut is kept as it is because changing it would move patients between splits of
+    versions already made.
     """
     if not (0 <= test_share < 1 and 0 <= val_share < 1 and test_share + val_share < 1):
         raise ValueError(f"test_share {test_share} and val_share {val_share} must be in [0, 1) with a sum below 1")
