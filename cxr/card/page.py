@@ -28,7 +28,8 @@ thead th {{ background: #f0f4f8; }} tbody th {{ text-align: left; }}
 td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
 .hidden {{ position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); }}
 dl.settings {{ columns: 15rem; font-size: .85rem; }} dl.settings div {{ break-inside: avoid; }}
-dl.settings dt {{ display: inline; font-weight: 600; }} dl.settings dd {{ display: inline; margin: 0 0 0 .4rem; }}
+dl.settings dt {{ display: inline; font-weight: 600; }}
+dl.settings dd {{ display: inline; margin: 0 0 0 .4rem; overflow-wrap: anywhere; }}
 td small, th small {{ display: block; color: #4a4a4a; font-weight: normal; }}
 td.insufficient {{ background: repeating-linear-gradient(45deg, #eee, #eee 6px, #e2e2e2 6px, #e2e2e2 12px);
   color: #595959; }}
@@ -341,8 +342,13 @@ def _registry(p: Provenance) -> str:
     rule = gate.rule
     parts = [
         f"<p><strong>{_e(gate.model)} version {_e(gate.version)}: {_verdict(gate.promoted)}</strong>"
-        f" (compared with champion version {_e(gate.champion_version or 'none')} on dataset "
-        f"<code>{_e(gate.dataset)}</code>)</p><ul>{reasons}</ul>",
+        + (
+            f" (compared with champion version {_e(gate.champion_version)} on the validation images of "
+            f"<code>{_e(gate.dataset)}</code>)"
+            if gate.champion_version
+            else " (there was no champion to compare with)"
+        )
+        + f"</p><ul>{reasons}</ul>",
         f'<p class="note">Rule: promote when the one-sided {rule.level:g} lower bound of the mean AUROC gain exceeds '
         f"{rule.margin:g}, and no finding significantly drops by more than {rule.max_drop:g} "
         f"({rule.n_boot} paired patient resamples).</p>",
