@@ -220,3 +220,21 @@ def test_evaluate_does_not_warn_on_the_models_own_version(model_pt, dataset, tmp
     ModelBundle(**{**bundle.to_dict(), "dataset_digest": digest}).save(str(own))
     result = evaluate_model(str(own), str(root), n_boot=0)
     assert result.model_dataset == result.dataset == digest and result.dataset_warning() is None
+
+
+HEAVY = ("sklearn", "mlflow", "torch._dynamo", "torchvision", "prefect", "dask", "matplotlib")  # none predicts
+
+
+def test_predict_with_the_small_model_imports_nothing_prediction_does_not_use(model_pt, tmp_path):
+    """What ``cxr predict`` loads in a fresh process: evaluation (scikit-learn), tracking (MLflow), torchvision's
+    builders (they import torch._dynamo), Prefect, Dask and matplotlib cost seconds and predict nothing."""
+    image = write_png(tmp_path / "film.png", 64)
+    probe = (
+        "import json, sys\n"
+        "from cxr.learn.predict import predict_images\n"
+        f"[p] = predict_images([{str(image)!r}], {str(model_pt)!r}, device='cpu')\n"
+        f"print(json.dumps([len(p.probabilities), sorted(m for m in {HEAVY!r} if m in sys.modules)]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) == [len(FINDINGS), []]

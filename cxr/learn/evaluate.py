@@ -25,6 +25,7 @@ from cxr.learn.checkpoint import ModelBundle
 from cxr.learn.distributed import DistInfo
 from cxr.learn.inference import load_model, predict_rows, shard_store, single_process, to_device
 from cxr.learn.localize import (
+    BOX_FRAME,
     LocalizationScore,
     LocalizedBox,
     class_activation_maps,
@@ -39,7 +40,6 @@ from cxr.learn.reference import model_reference
 from cxr.learn.shards import AnyShardStore, Rows, gather, split_rows
 from cxr.records import from_json, to_json
 
-BOX_FRAME = 1024.0  # NIH boxes are in the coordinates of the 1024 px release PNGs
 THRESHOLD_RULES = ("youden", "specificity")
 
 

@@ -23,6 +23,7 @@ from torch.nn import functional as F
 
 from cxr.learn.models import Classifier
 
+BOX_FRAME = 1024.0  # NIH boxes are in the coordinates of the 1024 px release PNGs
 IOBB_THRESHOLDS = (0.1, 0.25, 0.5)
 HEATMAP_THRESHOLD = 0.7  # of the map's range; Wang et al. threshold their maps at a fixed 180 of 255
 

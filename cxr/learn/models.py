@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
-from torchvision import models as tv
 
 from cxr.findings import FINDINGS
 from cxr.learn.config import MODEL_NAMES
@@ -83,19 +83,27 @@ class CenterStem(nn.Module):
         return (x - 0.5) / 0.25
 
 
+def _torchvision() -> Any:
+    """torchvision's model builders, imported when a model needs them: the import costs about a second (its
+    ``ops`` load ``torch._dynamo``), which ``cxr predict`` with the small CNN need not pay."""
+    from torchvision import models
+
+    return models
+
+
 def _densenet121() -> tuple[nn.Module, int, Callable[[nn.Module], nn.Module]]:
-    return tv.densenet121(weights=None), 1024, lambda m: m.features
+    return _torchvision().densenet121(weights=None), 1024, lambda m: m.features
 
 
 def _resnet50() -> tuple[nn.Module, int, Callable[[nn.Module], nn.Module]]:
     def body(m: nn.Module) -> nn.Module:
         return nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool, m.layer1, m.layer2, m.layer3, m.layer4)
 
-    return tv.resnet50(weights=None), 2048, body
+    return _torchvision().resnet50(weights=None), 2048, body
 
 
 def _efficientnet_b0() -> tuple[nn.Module, int, Callable[[nn.Module], nn.Module]]:
-    return tv.efficientnet_b0(weights=None), 1280, lambda m: m.features
+    return _torchvision().efficientnet_b0(weights=None), 1280, lambda m: m.features
 
 
 _TORCHVISION = {"densenet121": _densenet121, "resnet50": _resnet50, "efficientnet_b0": _efficientnet_b0}

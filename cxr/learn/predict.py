@@ -113,9 +113,8 @@ def predict_images(
     model_uri = model_reference(model_uri)
     import torch
 
-    from cxr.learn.evaluate import BOX_FRAME
     from cxr.learn.inference import load_model, single_process
-    from cxr.learn.localize import class_activation_maps, heatmap_box
+    from cxr.learn.localize import BOX_FRAME, class_activation_maps, heatmap_box
 
     info = single_process(device)
     model, bundle = load_model(model_uri, info.device)
