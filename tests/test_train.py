@@ -237,6 +237,7 @@ def test_the_model_card_renders_every_finding_the_subgroups_and_loaded_heatmaps_
     assert diagrams > 0 and errors == []
     assert all(url.startswith(("file:", "data:")) for url in requests), [url[:80] for url in requests]
     assert data.provenance.lineage.run.id == trained.tracked.run_id  # card.json read back: the model's own run
+    assert data.warnings == ()  # scored on the version it trained on
 
 
 def test_a_subgroup_effect_planted_in_a_source_shows_as_lower_auroc_and_more_false_no_finding(archive, trained):
@@ -251,6 +252,8 @@ def test_a_subgroup_effect_planted_in_a_source_shows_as_lower_auroc_and_more_fal
     # every split of this source is unseen by the model: its train split, the largest, gives the most cases
     model = str(root / "run-none" / "model.pt")
     files = write_card(model, str(root / "planted-ds"), str(root / "planted-card"), split="train")
+    [warning] = files.card.warnings  # said at the top of the page: another version than the model trained on
+    assert warning.startswith(f"dataset {files.card.dataset} is not the version the model was trained on")
     sexes = {g.group: g for g in files.card.subgroups if g.attribute == "sex"}
     women, men = sexes["F"], sexes["M"]
     shared = [f for f, c in women.findings.items() if c.sufficient and men.findings[f].sufficient]

@@ -13,7 +13,7 @@ import numpy as np
 from cxr.card.provenance import Provenance
 from cxr.findings import FINDINGS
 from cxr.learn.calibration import Calibration, reliability
-from cxr.learn.evaluate import LocalizedSplit
+from cxr.learn.evaluate import LocalizedSplit, other_version_warning
 from cxr.learn.localize import IOBB_THRESHOLDS, LocalizationScore
 from cxr.learn.metrics import FindingMetrics, evaluate_predictions
 from cxr.learn.subgroups import MIN_CASES, Subgroup, false_no_finding_rate, subgroup_metrics
@@ -66,6 +66,7 @@ class ModelCard:
     localization: Localization | None  # None: the split has no boxes
     provenance: Provenance
     n_boot: int
+    warnings: tuple[str, ...] = ()  # for people, at the top of the page (e.g. a version the model trained on)
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ def build_card(
         localization=None if located is None or not located.boxes else card_localization(located, overlay_files),
         provenance=provenance,
         n_boot=n_boot,
+        warnings=tuple(w for w in (other_version_warning(dataset, provenance.trained_on, split),) if w),
     )
 
 

@@ -41,7 +41,7 @@ dl.facts dt {{ font-weight: 600; }}
 figcaption {{ font-size: .85rem; }} .hit {{ color: {BLUE}; font-weight: 600; }}
 .miss {{ color: {VERMILLION}; font-weight: 600; }} img.chart {{ max-width: 100%; height: auto; }}
 svg.reliability text {{ font-size: 10px; fill: #333; }} nav a {{ margin-right: .8rem; }}
-.scroll {{ overflow-x: auto; }}
+.scroll {{ overflow-x: auto; }} .warning {{ border-left: 4px solid {VERMILLION}; padding: .3rem .6rem; }}
 @media print {{ nav {{ display: none; }} body {{ max-width: none; padding: 0; }} h2 {{ break-after: avoid; }}
   figure, tr, svg {{ break-inside: avoid; }} .scroll {{ overflow: visible; }} }}
 @page {{ size: A4 landscape; margin: 12mm; }}
@@ -113,7 +113,8 @@ def _summary(card: ModelCard) -> str:
     if gate is not None:
         rows.append(("Registry", f"{_e(gate.model)} version {_e(gate.version)}: {_verdict(gate.promoted)}"))
     facts = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
-    return f'<dl class="facts">{facts}</dl>'
+    warned = "".join(f'<p class="warning" role="note"><strong>Warning:</strong> {_e(w)}</p>' for w in card.warnings)
+    return f'{warned}<dl class="facts">{facts}</dl>'
 
 
 def _false_nf(with_finding: int, rate: float | None) -> str:

@@ -63,13 +63,7 @@ class Evaluation:
 
     def dataset_warning(self) -> str | None:
         """A line for people when the scored version is not the one the model trained on; None when it is."""
-        if self.model_dataset is None or self.dataset in self.model_dataset.split("+"):  # "+": a mixed manifest's
-            return None
-        return (
-            f"dataset {self.dataset} is not the version the model was trained on ({self.model_dataset}): "
-            f"its {self.split} split may hold images the model trained on; evaluate on dataset "
-            f"{self.model_dataset} for a held-out score"
-        )
+        return other_version_warning(self.dataset, self.model_dataset, self.split)
 
     def to_json(self) -> str:
         return to_json(self) + "\n"
@@ -77,6 +71,17 @@ class Evaluation:
     @classmethod
     def read(cls, url: str) -> Evaluation:
         return from_json(cls, storage.read_text(url))
+
+
+def other_version_warning(scored: str, trained_on: str | None, split: str) -> str | None:
+    """A line for people when the scored version is not the one the model trained on; None when it is (or the
+    model does not say). ``trained_on``: a digest, or a mixed manifest's digests joined by ``+``."""
+    if trained_on is None or scored in trained_on.split("+"):
+        return None
+    return (
+        f"dataset {scored} is not the version the model was trained on ({trained_on}): "
+        f"its {split} split may hold images the model trained on; score dataset {trained_on} for a held-out result"
+    )
 
 
 def choose_thresholds(labels: np.ndarray, probs: np.ndarray, rule: str, specificity: float) -> list[float]:
