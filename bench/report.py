@@ -208,9 +208,7 @@ def breakdown(model: str, dataset: str, work: Path) -> dict[str, float]:
     times["(inference) probabilities"] = time.perf_counter() - started
     located, times["(inference) CAM boxes"] = timed(localize, net, version, store, rows, bundle.image_size, 0, info, 12)
     part = metadata.filter(pc.equal(metadata["split"], "test"))
-    predictions = SplitPredictions(
-        rows.image_ids, rows.patient_ids, only_learned(labels, bundle), probs, split_groups(part)
-    )
+    predictions = SplitPredictions(rows.patient_ids, only_learned(labels, bundle), probs, split_groups(part))
     labels, probs, patients = predictions.labels, predictions.probs, predictions.patients
     thresholds = list(bundle.thresholds) or [0.5] * len(FINDINGS)
     provenance, times["provenance (lineage, stats.json, manifest, gate)"] = timed(

@@ -73,7 +73,6 @@ class ModelCard:
 class SplitPredictions:
     """A split's rows as the card needs them: probabilities, labels (NaN: missing), and who each image is of."""
 
-    image_ids: Sequence[str]
     patients: np.ndarray
     labels: np.ndarray  # [n, 14]
     probs: np.ndarray  # [n, 14]

@@ -11,11 +11,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from cxr.card.content import FindingRow, GalleryItem, Localization, ModelCard
 from cxr.card.figures import BLUE, VERMILLION, png_uri, reliability_svg
 from cxr.card.provenance import Provenance
+from cxr.data.stats import PREVALENCE_CHART
 from cxr.findings import FINDINGS
 from cxr.learn.subgroups import ATTRIBUTES, Subgroup
 
 ATTRIBUTE_TITLES = {"sex": "Sex", "age": "Age band (years)", "view": "View position"}
-PREVALENCE_CHART, BALANCE_CHART = "charts/prevalence.png", "charts/balance.png"
+BALANCE_CHART = "charts/balance.png"
 
 STYLE = f"""
 :root {{ font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1a1a1a; }}

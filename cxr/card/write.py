@@ -10,8 +10,6 @@ Inference (the split's probabilities, the heatmaps of its boxed images) comes fi
 
 from __future__ import annotations
 
-import posixpath
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,9 +21,10 @@ import pyarrow.compute as pc
 
 from cxr import __version__, storage
 from cxr.card.content import ModelCard, SplitPredictions, build_card
-from cxr.card.page import BALANCE_CHART, PREVALENCE_CHART, render
+from cxr.card.page import BALANCE_CHART, render
 from cxr.card.provenance import Provenance, gather
 from cxr.charts import balance_chart, prevalence_chart
+from cxr.data.stats import PREVALENCE_CHART
 from cxr.data.version import DatasetVersion
 from cxr.findings import FINDINGS
 from cxr.learn.checkpoint import ModelBundle
@@ -81,9 +80,7 @@ def write_card(
     located = localize(model, version, store, rows, bundle.image_size, seed, info, gallery)
     inference_s = time.perf_counter() - started
     part = metadata.filter(pc.equal(metadata["split"], split))  # the rows in split_rows' order
-    predictions = SplitPredictions(
-        rows.image_ids, rows.patient_ids, only_learned(labels, bundle), probs, split_groups(part)
-    )
+    predictions = SplitPredictions(rows.patient_ids, only_learned(labels, bundle), probs, split_groups(part))
     return make_card(model_uri, version, split, predictions, bundle, located, out, n_boot, seed, inference_s)
 
 
@@ -128,16 +125,20 @@ def make_card(
         seed,
     )
     images: dict[str, bytes] = {f"gallery/{name}": png for _, name, png in located.overlays} if located else {}
-    images.update(charts(provenance))
+    images.update(charts(provenance, version))
     page = render(card, images)
     files = write_files(out, page, card, images)
     return CardFiles(out, files[0], files[1], card, inference_s, time.perf_counter() - started)
 
 
-def charts(provenance: Provenance) -> Mapping[str, bytes]:
-    """The data section's charts: prevalence per split, and what balancing did (when the manifest is known)."""
+def charts(provenance: Provenance, version: DatasetVersion) -> Mapping[str, bytes]:
+    """The data section's charts: prevalence per split (the one ``cxr stats`` drew beside its stats.json, else
+    drawn now), and what balancing did (when the manifest is known)."""
     out = {}
-    if provenance.stats is not None:
+    drawn = version.file(PREVALENCE_CHART)  # the version's charts/prevalence.png, written with its stats.json
+    if storage.exists(drawn):
+        out[PREVALENCE_CHART] = storage.read_bytes(drawn)
+    elif provenance.stats is not None:
         out[PREVALENCE_CHART] = prevalence_chart(provenance.stats)
     if provenance.manifest is not None:
         out[BALANCE_CHART] = balance_chart(provenance.manifest)
@@ -157,14 +158,9 @@ def write_files(out: str, page: str, card: ModelCard, images: Mapping[str, bytes
 
 def log_card(run_id: str, files: CardFiles, artifact_path: str = ARTIFACTS) -> None:
     """The card's page and data as artifacts of MLflow run ``run_id`` (MLflow's UI shows the page)."""
-    from cxr.tracking.mlflow_run import client
+    from cxr.tracking.mlflow_run import log_to_run
 
-    mlflow_client = client()
-    with tempfile.TemporaryDirectory() as tmp:  # the folder may be remote (s3://)
-        for url in (files.page, files.data):
-            local = Path(tmp) / posixpath.basename(url)
-            local.write_bytes(storage.read_bytes(url))
-            mlflow_client.log_artifact(run_id, str(local), artifact_path)
+    log_to_run(run_id, files.out, (PAGE, DATA), artifact_path, {})
 
 
 def card_link(files: CardFiles, run_id: str | None) -> str:

@@ -92,6 +92,9 @@ def count_table(
     return result.reset_index()
 
 
+PREVALENCE_CHART = "charts/prevalence.png"  # in a version folder, beside stats.json
+
+
 @dataclass(frozen=True)
 class FindingStats:
     """One finding in one split: counts, frequencies, and the weights that balance them."""
@@ -188,11 +191,7 @@ def write_stats(version: DatasetVersion, stats: LabelStats) -> list[str]:
     """``stats.json`` and the prevalence charts (linear and log) into the version folder; their URLs."""
     from cxr.charts import prevalence_chart
 
-    written = [
-        version.file("stats.json"),
-        version.file("charts/prevalence.png"),
-        version.file("charts/prevalence_log.png"),
-    ]
+    written = [version.file("stats.json"), version.file(PREVALENCE_CHART), version.file("charts/prevalence_log.png")]
     storage.write_text(written[0], stats.to_json())
     storage.write_bytes(written[1], prevalence_chart(stats, log=False))
     storage.write_bytes(written[2], prevalence_chart(stats, log=True))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import posixpath
 import sys
 import tempfile
 import time
@@ -87,15 +88,17 @@ def experiment_id(mlflow_client: Any, uri: str, name: str) -> str:
 def log_to_run(
     run_id: str, folder: str, names: Sequence[str], artifact_path: str, metrics: Mapping[str, float | None]
 ) -> None:
-    """Add files of a local ``folder`` and metrics to a finished run (e.g. the test evaluation).
-
-    Files in a remote folder are left out: they stay where they are, beside the run's model.
-    """
+    """Add files of ``folder`` (local or s3://) and metrics to a finished run (e.g. the test evaluation, the
+    model card); a remote file goes through a local copy under its own name."""
     mlflow_client = client()
-    for name in names:
-        local = storage.join(folder, name)
-        if not storage.is_remote(local):
-            mlflow_client.log_artifact(run_id, local, artifact_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            url = storage.join(folder, name)
+            if storage.is_remote(url):
+                local = Path(tmp) / posixpath.basename(name)
+                local.write_bytes(storage.read_bytes(url))
+                url = str(local)
+            mlflow_client.log_artifact(run_id, url, artifact_path)
     for key, value in metrics.items():
         if value is not None:
             mlflow_client.log_metric(run_id, key, value)
