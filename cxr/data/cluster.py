@@ -74,6 +74,37 @@ def _silence() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
+class _QuietOnceStopping(logging.Filter):
+    """Drops the records of a logger once the command is stopping on a signal. Setting levels after the
+    ``KeyboardInterrupt`` comes too late for what Dask's event loop thread logs meanwhile: e.g.
+    distributed 2026.8's ``sync`` schedules a ``cancel`` callback that raises NameError (logged by tornado
+    with its traceback) when Ctrl-C lands before the call it waits for has begun."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from cxr.signals import stopping
+
+        return not stopping()
+
+
+@contextmanager
+def _quiet_once_stopping() -> Iterator[None]:
+    """Within the block, :class:`_QuietOnceStopping` filters the Dask, tornado and asyncio loggers and their
+    handlers (a logger's filter sees only its own records; a handler's sees its children's too)."""
+    quiet = _QuietOnceStopping()
+    names = (*_LOGGERS, "tornado.application", "tornado.general", "distributed.client", "distributed.core")
+    targets: list[logging.Filterer] = []
+    for name in names:
+        logger = logging.getLogger(name)
+        targets += [logger, *logger.handlers]
+    for target in targets:
+        target.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for target in targets:
+            target.removeFilter(quiet)
+
+
 def _silence_if_interrupted(err: BaseException, client: Client | None = None) -> None:
     """Before a cluster is torn down after a signal: silence the errors and warnings Dask logs, here and in
     its workers, about tasks and comms cut short (the command ends with one line saying it was interrupted)."""
@@ -119,8 +150,7 @@ def dask_client(
     ``memory_limit`` bytes. ``announce`` gets a line with the dashboard address (and the scheduler's, for
     a cluster given by address; its workers keep the memory limits they were started with).
     """
-    import dask
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if address:
         client = Client(address, timeout="30s")
@@ -145,6 +175,17 @@ def dask_client(
         "distributed.nanny.pre-spawn-environ": {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1},
         "distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
     }
+    with _quiet_once_stopping():
+        yield from _local_client(n, memory_limit, worker_config, announce)
+
+
+def _local_client(
+    n: int, memory_limit: int, worker_config: dict[str, object], announce: Callable[[str], None] | None
+) -> Iterator[Client]:
+    """The body of :func:`dask_client` for a new LocalCluster (imports done by the caller's module)."""
+    import dask
+    from distributed import Client, LocalCluster
+
     from cxr.signals import held_back
 
     cluster = None
