@@ -1,4 +1,8 @@
-"""Classifiers with 14 outputs: torchvision backbones by name, a small CNN for CPU demos, transfer learning.
+"""Classifiers with 14 outputs: backbones by name, a small CNN for CPU demos, transfer learning.
+
+DenseNet-121 is built in plain torch (:mod:`cxr.learn.densenet`, the module names of torchvision's, so
+its state-dict files load), which keeps torchvision's import out of ``cxr predict``; ResNet-50 and
+EfficientNet-B0 come from torchvision.
 
 Gray input rule: the model takes one channel, uint8 values scaled to [0, 1]. An input stem repeats it
 into three channels and normalizes them with the ImageNet mean and standard deviation, so ImageNet
@@ -20,6 +24,7 @@ from torch import nn
 
 from cxr.findings import FINDINGS
 from cxr.learn.config import MODEL_NAMES
+from cxr.learn.densenet import CHANNELS, densenet121_features
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,11 +55,15 @@ class Classifier(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.body(self.stem(x)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1)
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """The logits from :meth:`features`' output: global average pool, then the linear layer."""
+        pooled = torch.flatten(nn.functional.adaptive_avg_pool2d(features, 1), 1)
         # the head in fp32 even under bf16 autocast: the probabilities, metrics and thresholds come from it
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with torch.autocast(device_type=features.device.type, enabled=False):
             return self.classifier(pooled.float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
 
 
 def _small_body(group_norm: bool = False) -> nn.Sequential:
@@ -85,14 +94,23 @@ class CenterStem(nn.Module):
 
 def _torchvision() -> Any:
     """torchvision's model builders, imported when a model needs them: the import costs about a second (its
-    ``ops`` load ``torch._dynamo``), which ``cxr predict`` with the small CNN need not pay."""
+    ``ops`` load ``torch._dynamo``), which ``cxr predict`` with the small CNN or DenseNet-121 need not pay."""
     from torchvision import models
 
     return models
 
 
+class DenseNet121(nn.Module):
+    """torchvision's densenet121 without its classifier: the ``features`` name makes its state-dict files
+    (keys ``features.*``) load with :func:`load_backbone_weights`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = densenet121_features()
+
+
 def _densenet121() -> tuple[nn.Module, int, Callable[[nn.Module], nn.Module]]:
-    return _torchvision().densenet121(weights=None), 1024, lambda m: m.features
+    return DenseNet121(), CHANNELS, lambda m: m.features
 
 
 def _resnet50() -> tuple[nn.Module, int, Callable[[nn.Module], nn.Module]]:
@@ -106,11 +124,11 @@ def _efficientnet_b0() -> tuple[nn.Module, int, Callable[[nn.Module], nn.Module]
     return _torchvision().efficientnet_b0(weights=None), 1280, lambda m: m.features
 
 
-_TORCHVISION = {"densenet121": _densenet121, "resnet50": _resnet50, "efficientnet_b0": _efficientnet_b0}
+_BACKBONES = {"densenet121": _densenet121, "resnet50": _resnet50, "efficientnet_b0": _efficientnet_b0}
 
 
 def build_model(name: str = "densenet121", num_classes: int = len(FINDINGS), weights: str | None = None) -> Classifier:
-    """A classifier by name; ``weights``: a torchvision state-dict file for the backbone (head replaced).
+    """A classifier by name; ``weights``: a torchvision state-dict file of that model (head replaced).
 
     The file is loaded with ``torch.load(weights_only=True)``; its classifier (1000 ImageNet classes)
     is dropped, every other tensor must match the architecture.
@@ -119,9 +137,9 @@ def build_model(name: str = "densenet121", num_classes: int = len(FINDINGS), wei
         if weights:
             raise ValueError(f"the {name} model has no pretrained weights; drop --weights")
         return Classifier(name, CenterStem(), _small_body(group_norm=name == "small-gn"), 128, num_classes)
-    if name not in _TORCHVISION:
+    if name not in _BACKBONES:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
-    backbone, channels, body = _TORCHVISION[name]()
+    backbone, channels, body = _BACKBONES[name]()
     if weights:
         load_backbone_weights(backbone, weights)
     return Classifier(name, GrayStem(), body(backbone), channels, num_classes)
@@ -141,7 +159,8 @@ def modern_key(key: str) -> str:
 
 
 def load_backbone_weights(backbone: nn.Module, path: str) -> None:
-    """Load a torchvision state dict into ``backbone``, skipping its classification head."""
+    """Load a torchvision state dict into ``backbone`` (torchvision's model, or :class:`DenseNet121` with its
+    names), skipping its classification head."""
     import io
 
     from cxr import storage
