@@ -401,6 +401,16 @@ def list_files(url: str, recursive: bool = False) -> list[str]:
     return [_unstrip(fs, p) for p in retrying("list", url, run)]
 
 
+def glob_files(pattern: str) -> list[str]:
+    """Files matching a glob pattern (``*``, ``?``, ``[...]``; ``**`` for any depth), sorted, as full URLs or paths."""
+    fs, path = filesystem(pattern)
+
+    def run() -> list[str]:
+        return sorted(name for name, e in fs.glob(path, detail=True).items() if e.get("type") == "file")
+
+    return [_unstrip(fs, p) for p in retrying("list", pattern, run)]
+
+
 def list_files_detail(url: str, recursive: bool = False) -> list[dict[str, Any]]:
     """Like :func:`list_files`, with ``size``, ``version`` (local mtime, or the object's ETag) and
     ``modified`` (seconds since the epoch)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -225,10 +226,17 @@ def test_evaluate_does_not_warn_on_the_models_own_version(model_pt, dataset, tmp
 HEAVY = ("sklearn", "mlflow", "torch._dynamo", "torchvision", "prefect", "dask", "matplotlib")  # none predicts
 
 
-def test_predict_with_the_small_model_imports_nothing_prediction_does_not_use(model_pt, tmp_path):
-    """What ``cxr predict`` loads in a fresh process: evaluation (scikit-learn), tracking (MLflow), torchvision's
-    builders (they import torch._dynamo), Prefect, Dask and matplotlib cost seconds and predict nothing."""
+@pytest.mark.parametrize("model", ["small", "densenet121"])
+def test_predict_imports_nothing_prediction_does_not_use(model, model_pt, tmp_path):
+    """What ``cxr predict`` loads in a fresh process: evaluation (scikit-learn), tracking (MLflow), torchvision
+    (its ``ops`` import torch._dynamo; DenseNet-121 is cxr's own module), Prefect, Dask and matplotlib cost seconds
+    and predict nothing."""
     image = write_png(tmp_path / "film.png", 64)
+    if model != "small":
+        model_pt = tmp_path / f"{model}.pt"
+        ModelBundle(build_model(model).state_dict(), model, 32, list(FINDINGS), [0.5] * len(FINDINGS)).save(
+            str(model_pt)
+        )
     probe = (
         "import json, sys\n"
         "from cxr.learn.predict import predict_images\n"
@@ -238,3 +246,42 @@ def test_predict_with_the_small_model_imports_nothing_prediction_does_not_use(mo
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout) == [len(FINDINGS), []]
+
+
+def test_predict_on_a_folder_and_a_pattern_writes_a_json_line_per_file_in_batches(model_pt, tmp_path):
+    """A folder (every level below it) or a glob pattern: one JSON line per image file, in order, scored in batches
+    with a progress bar on stderr; a file that cannot be used gets a line with its error and stops nothing; the
+    probabilities are those of the file predicted on its own (batching changes nothing beyond 1e-5)."""
+    films = tmp_path / "films"
+    (films / "b").mkdir(parents=True)
+    paths = [
+        write_png(films / "a1.png", 64, 1),
+        write_png(films / "b" / "b1.png", 80, 2),
+        write_png(films / "c.png", 72, 3),
+    ]
+    (films / "b" / "broken.png").write_bytes(paths[0].read_bytes()[:300])
+    (films / "notes.txt").write_text("not an image, and not read: no image suffix\n")
+    env = {**os.environ, "CXR_PROGRESS": "1"}
+    args = ["predict", str(films), "--model", str(model_pt), "--batch-size", "2", "--device", "cpu"]
+    done = subprocess.run([*CXR, *args], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [line["image"] for line in lines] == [
+        str(p) for p in (paths[0], films / "b" / "b1.png", films / "b" / "broken.png", paths[2])
+    ]
+    assert set(lines[2]) == {"image", "error"} and "truncated" in lines[2]["error"].lower(), lines[2]
+    assert "4 images: 3 scored, 1 refused" in done.stderr and "predicting" in done.stderr, done.stderr
+    alone = predict_images([str(p) for p in paths], str(model_pt))
+    scored = [line for line in lines if "error" not in line]
+    for single, batched in zip(alone, scored, strict=True):
+        assert batched["size"] == list(single.size)
+        assert max(abs(batched["probabilities"][f] - single.probabilities[f]) for f in FINDINGS) < 1e-5
+        assert [f["finding"] for f in batched["findings"]] == [f.finding for f in single.findings]
+
+    pattern = subprocess.run(
+        [*CXR, "predict", str(films / "*.png"), "--model", str(model_pt)], capture_output=True, text=True, timeout=300
+    )
+    assert pattern.returncode == 0, pattern.stderr
+    assert [json.loads(line)["image"] for line in pattern.stdout.splitlines()] == [str(paths[0]), str(paths[2])]
+    nothing = run("predict", str(tmp_path / "none-*.png"), "--model", str(model_pt))
+    assert nothing.returncode == 2 and "none-*.png (no file matches)" in nothing.stderr, nothing.stderr

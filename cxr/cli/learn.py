@@ -8,6 +8,7 @@ import typer
 
 from cxr.cli.console import console, fail, guarded, out, require_folder
 from cxr.cli.tables import prediction_table, rich_table
+from cxr.learn.config import PREDICT_BATCH
 from cxr.records import to_json
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
@@ -150,24 +151,71 @@ def report(
 
 
 def predict(
-    images: Annotated[list[str], typer.Argument(help="PNG files (local or s3://).")],
+    images: Annotated[
+        list[str],
+        typer.Argument(
+            help="PNG, JPEG or DICOM files, folders (their image files, every level below) or glob patterns "
+            "such as 'scans/*.png' (local or s3://)."
+        ),
+    ],
     model_uri: ModelOption,
     heatmaps: Annotated[str | None, typer.Option(help="Write heatmap overlays (PNG) to this folder.")] = None,
     device: DeviceOption = "auto",
     as_json: JsonFlag = False,
+    batch_size: Annotated[
+        int, typer.Option(help="Images scored in one pass of the model, for folders and patterns.")
+    ] = PREDICT_BATCH,
 ) -> None:
-    """The 14 probabilities per image; for findings above threshold, a box (1024 px frame) and the heatmap share.
+    """The 14 probabilities per image; for findings above threshold, a box (1024 px frame and the image's own
+    pixels) and the heatmap share.
 
     The heatmap share is the share of the image where the finding's heatmap is at least 0.7 of its range (all of
-    its regions, not the box's share). Every image is checked before the model loads."""
-    from cxr.learn.predict import predict_images
+    its regions, not the box's share). Files named one by one are all checked before the model loads. A folder or
+    pattern prints one JSON line per image as it is scored (a file that cannot be used: a line with its error),
+    with a progress bar on stderr."""
+    from cxr.learn.predict import is_many, predict_images
 
+    if any(guarded(is_many, image) for image in images):
+        _predict_many(images, model_uri, heatmaps, device, batch_size)
+        return
     results = guarded(predict_images, images, model_uri, heatmaps, device)
     if as_json:
         out.print(to_json(results), highlight=False)
         return
     for prediction in results:
         out.print(prediction_table(prediction))
+
+
+def _predict_many(images: list[str], model_uri: str, heatmaps: str | None, device: str, batch_size: int) -> None:
+    """JSON lines on stdout, one per image file, written as each batch is scored."""
+    import sys
+
+    from cxr.cli.console import progress
+    from cxr.learn.predict import Refused, expand, open_predictor, predict_each
+
+    if batch_size < 1:
+        fail(f"--batch-size must be >= 1, got {batch_size}")
+    paths = guarded(expand, images)
+    predictor = guarded(open_predictor, model_uri, heatmaps, device)
+    refused = 0
+
+    def run() -> None:
+        nonlocal refused
+        with progress() as bar:
+            task = bar.add_task("predicting", total=len(paths))
+            for result in predict_each(predictor, paths, heatmaps, batch_size, lambda n: bar.advance(task, n)):
+                refused += isinstance(result, Refused)
+                sys.stdout.write(to_json(result, indent=None) + "\n")
+                sys.stdout.flush()
+
+    guarded(run)
+    console.print(
+        f"{len(paths)} images: {len(paths) - refused} scored, {refused} refused (their lines say why)",
+        highlight=False,
+        markup=False,
+    )
+    if refused == len(paths):
+        fail("no image could be scored")
 
 
 def lineage(

@@ -9,7 +9,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:  # types only: torch is imported by the commands that need it, not by `cxr --help`
     from cxr.data.source import SourceSummary
-    from cxr.learn.predict import Prediction
+    from cxr.learn.predictor import Prediction
     from cxr.reports import ReportTable
 
 

@@ -33,6 +33,7 @@ RESULT_FILE = "result.json"
 TRACKING_FILE = "tracking.json"  # the MLflow run id, written as soon as the run exists (a resume goes on in it)
 RUN_FILES = (CHECKPOINT_FILE, MODEL_FILE, METRICS_FILE, RESULT_FILE, TRACKING_FILE)
 MLFLOW_SCHEMES = ("models:/", "runs:/")  # a model given by MLflow URI rather than a file
+PREDICT_BATCH = 16  # images `cxr predict` (folders, patterns) and `cxr serve` score in one pass of the model
 CPU_BATCH = 32  # the demo's small CNN at 64 px; what the tests and docs/imbalance-study.md measured
 GPU_BATCH = 128  # DenseNet-121 at 224 px in bf16 takes about 20 GiB at this batch: fits 24 GiB cards and up
 

@@ -34,12 +34,18 @@ def class_activation_maps(
 ) -> torch.Tensor:
     """[N, C, H, W] maps in [0, 1] for ``classes`` (default all), at the input's resolution."""
     model.eval()
-    features = model.features(images).float()  # [N, K, h, w]
+    return cams_from_features(model, model.features(images), classes, tuple(images.shape[-2:]))
+
+
+def cams_from_features(
+    model: Classifier, features: torch.Tensor, classes: Sequence[int] | None, size: tuple[int, int]
+) -> torch.Tensor:
+    """[N, C, H, W] maps in [0, 1] from ``model.features``' output [N, K, h, w], upsampled to ``size``."""
     weights = model.classifier.weight.float()  # [C, K]
     if classes is not None:
         weights = weights[list(classes)]
-    maps = torch.einsum("ck,nkhw->nchw", weights, features)
-    maps = F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    maps = torch.einsum("ck,nkhw->nchw", weights, features.float())
+    maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
     low = maps.amin(dim=(2, 3), keepdim=True)
     high = maps.amax(dim=(2, 3), keepdim=True)
     return (maps - low) / (high - low).clamp_min(1e-12)
