@@ -274,6 +274,36 @@ def test_cxr_lineage_prints_the_digest_ingest_produced(server, prepared, trained
     assert unknown.returncode == 2 and "MLflow" in unknown.stderr
 
 
+def test_cxr_predict_by_alias_loads_no_mlflow_and_keeps_the_bundle_by_run(server, prepared, trained, tmp_path):
+    """``models:/NAME@ALIAS`` against a tracking server: resolved over MLflow's REST API (MLflow's client, 1.6 s of
+    imports, is never loaded), the bundle read through the server's artifact proxy and kept by run in the cache;
+    a damaged cached file is fetched again; an unknown alias is one error line naming it."""
+    from mlflow import MlflowClient
+
+    image = next((prepared["root"] / "src").rglob("*.png"))
+    env = {**os.environ, "CXR_CACHE": str(tmp_path / "cache")}
+    plain = [sys.executable, "-m", "cxr.cli", "predict", str(image), "--json", "--model"]
+    first = subprocess.run([plain[0], "-X", "importtime", *plain[1:], "models:/cxr-tracked@champion"], capture_output=True, text=True, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in first.stderr.splitlines() if line.startswith("import time")}
+    assert not {m for m in imported if m.split(".")[0] == "mlflow"}, sorted(m for m in imported if "mlflow" in m)[:5]
+    cached = tmp_path / "cache" / "models" / "runs" / trained.tracked.run_id / "model.pt"
+    logged = MlflowClient(server.url).download_artifacts(trained.tracked.run_id, "bundle/model.pt", str(tmp_path))
+    assert cached.read_bytes() == Path(logged).read_bytes()
+    expected = json.loads(first.stdout)[0]["probabilities"]
+    local = subprocess.run([*plain, str(prepared["root"] / "run" / "model.pt")], capture_output=True, text=True)
+    assert json.loads(local.stdout)[0]["probabilities"] == expected, local.stderr
+
+    cached.write_bytes(cached.read_bytes()[:1000])  # damaged on disk: fetched again
+    again = subprocess.run([*plain, "models:/cxr-tracked/1"], capture_output=True, text=True, env=env)
+    assert again.returncode == 0 and json.loads(again.stdout)[0]["probabilities"] == expected, again.stderr
+    assert cached.read_bytes() == Path(logged).read_bytes()
+
+    unknown = subprocess.run([*plain, "models:/cxr-tracked@nobody"], capture_output=True, text=True, env=env)
+    assert unknown.returncode == 2 and unknown.stderr.count("error:") == 1, unknown.stderr
+    assert "nobody" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
 def test_mlflow_models_serve_answers_with_14_probabilities(server, trained, tmp_path):
     port = free_port()
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}

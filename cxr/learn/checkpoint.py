@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -98,10 +99,15 @@ class ModelBundle:
     @classmethod
     def read(cls, uri: str) -> ModelBundle:
         """A bundle from a path, an ``s3://`` URL, or an MLflow URI whose run logged one (``models:/NAME@ALIAS``)."""
-        if uri.startswith(MLFLOW_SCHEMES):
-            from cxr.tracking.registry import download_bundle
+        if uri.startswith(MLFLOW_SCHEMES):  # kept in a local cache by version (cxr.tracking.model_cache)
+            from cxr.tracking.model_cache import bundle_bytes, forget
 
-            return cls.from_dict(from_bytes(download_bundle(uri)), uri)
+            try:
+                plain = from_bytes(bundle_bytes(uri))
+            except (RuntimeError, EOFError, pickle.UnpicklingError):  # a cached file damaged on disk: fetched again
+                forget(uri)
+                plain = from_bytes(bundle_bytes(uri))
+            return cls.from_dict(plain, uri)
         return cls.from_dict(load(uri), uri)
 
 

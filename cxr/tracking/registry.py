@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from cxr.tracking.mlflow_run import MlflowRun, client
+from cxr.tracking.model_cache import BUNDLE_ARTIFACT
 
 FINAL_MEAN_METRIC = "final_val_mean_auroc"  # logged by training at its end
-BUNDLE_ARTIFACT = "bundle/model.pt"
 
 
 class ProbabilityModel(nn.Module):
@@ -61,25 +61,18 @@ def log_model(run: MlflowRun, classifier: nn.Module, image_size: int, bundle: by
 def resolve_run(model_uri: str, uri: str | None = None) -> tuple[str, str | None, str | None]:
     """(run id, registered name, version) behind ``models:/NAME@ALIAS``, ``models:/NAME/V``, ``models:/m-<id>``
     (a logged model: how MLflow 3 names the model a run logged) or ``runs:/ID/...``."""
-    if model_uri.startswith("runs:/"):
-        run_id = model_uri[len("runs:/") :].split("/")[0]
-        if not run_id:
-            raise ValueError(f"{model_uri!r} names no run: runs:/RUN_ID/model")
-        return run_id, None, None
-    if not model_uri.startswith("models:/") or not model_uri[len("models:/") :].strip("/"):
-        raise ValueError(
-            f"not an MLflow model URI: {model_uri!r} (models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-ID, runs:/ID)"
-        )
+    from cxr.tracking.model_cache import parse
+
+    ref = parse(model_uri)
+    if ref.kind == "run":
+        return ref.name, None, None
     mlflow_client = client(uri)
-    rest = model_uri[len("models:/") :].rstrip("/")
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
-        version = mlflow_client.get_model_version_by_alias(name, alias)
-    elif "/" in rest:
-        name, number = rest.rsplit("/", 1)
-        version = mlflow_client.get_model_version(name, number)
+    if ref.kind == "alias":
+        name, version = ref.name, mlflow_client.get_model_version_by_alias(ref.name, ref.detail)
+    elif ref.kind == "version":
+        name, version = ref.name, mlflow_client.get_model_version(ref.name, ref.detail)
     else:  # models:/m-<id>
-        logged = mlflow_client.get_logged_model(rest)
+        logged = mlflow_client.get_logged_model(ref.name)
         if not logged.source_run_id:
             raise ValueError(f"{model_uri}: the logged model names no run it came from")
         return logged.source_run_id, None, None
@@ -88,7 +81,11 @@ def resolve_run(model_uri: str, uri: str | None = None) -> tuple[str, str | None
 
 def download_bundle(model_uri: str, uri: str | None = None) -> bytes:
     """The ``model.pt`` bundle logged beside an MLflow model (its thresholds and digests come with it)."""
-    run_id, _, _ = resolve_run(model_uri, uri)
+    return download_run_bundle(resolve_run(model_uri, uri)[0], uri)
+
+
+def download_run_bundle(run_id: str, uri: str | None = None) -> bytes:
+    """The ``model.pt`` bundle run ``run_id`` logged, through MLflow's client."""
     with tempfile.TemporaryDirectory() as tmp:
         local = client(uri).download_artifacts(run_id, BUNDLE_ARTIFACT, tmp)
         return Path(local).read_bytes()
