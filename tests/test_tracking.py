@@ -283,7 +283,12 @@ def test_cxr_predict_by_alias_loads_no_mlflow_and_keeps_the_bundle_by_run(server
     image = next((prepared["root"] / "src").rglob("*.png"))
     env = {**os.environ, "CXR_CACHE": str(tmp_path / "cache")}
     plain = [sys.executable, "-m", "cxr.cli", "predict", str(image), "--json", "--model"]
-    first = subprocess.run([plain[0], "-X", "importtime", *plain[1:], "models:/cxr-tracked@champion"], capture_output=True, text=True, env=env)
+    first = subprocess.run(
+        [plain[0], "-X", "importtime", *plain[1:], "models:/cxr-tracked@champion"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     imported = {line.rsplit("|", 1)[-1].strip() for line in first.stderr.splitlines() if line.startswith("import time")}
     assert not {m for m in imported if m.split(".")[0] == "mlflow"}, sorted(m for m in imported if "mlflow" in m)[:5]
