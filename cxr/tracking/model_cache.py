@@ -26,46 +26,15 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 from cxr import storage
 from cxr.redact import redact
+from cxr.tracking.model_uri import BUNDLE_ARTIFACT, parse
 
-BUNDLE_ARTIFACT = "bundle/model.pt"  # where training logs the bundle in its run (cxr.tracking.registry)
 ATTEMPTS = 3  # REST calls: a connection error or a 5xx is tried again after 0.5 s, then 1 s
 TIMEOUT_S = 10.0  # each REST call, as cxr.offline sets MLFLOW_HTTP_REQUEST_TIMEOUT for MLflow's client
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """What an MLflow model URI names: a registered version (by alias or number), a run, or a logged model."""
-
-    kind: str  # "alias", "version", "run" or "logged"
-    name: str  # registered name, run id or logged model id
-    detail: str = ""  # the alias or the version number
-
-
-def parse(model_uri: str) -> ModelRef:
-    """``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``models:/m-ID`` or ``runs:/RUN_ID/...``."""
-    if model_uri.startswith("runs:/"):
-        run_id = model_uri[len("runs:/") :].split("/")[0]
-        if not run_id:
-            raise ValueError(f"{model_uri!r} names no run: runs:/RUN_ID/model")
-        return ModelRef("run", run_id)
-    rest = model_uri[len("models:/") :].strip("/") if model_uri.startswith("models:/") else ""
-    if not rest:
-        raise ValueError(
-            f"not an MLflow model URI: {model_uri!r} (models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-ID, runs:/ID)"
-        )
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
-        return ModelRef("alias", name, alias)
-    if "/" in rest:
-        name, version = rest.rsplit("/", 1)
-        return ModelRef("version", name, version)
-    return ModelRef("logged", rest)
 
 
 def cache_dir(run_id: str) -> Path:

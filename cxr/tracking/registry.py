@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from cxr.tracking.mlflow_run import MlflowRun, client
-from cxr.tracking.model_cache import BUNDLE_ARTIFACT
+from cxr.tracking.model_uri import BUNDLE_ARTIFACT, parse
 
 FINAL_MEAN_METRIC = "final_val_mean_auroc"  # logged by training at its end
 
@@ -61,8 +61,6 @@ def log_model(run: MlflowRun, classifier: nn.Module, image_size: int, bundle: by
 def resolve_run(model_uri: str, uri: str | None = None) -> tuple[str, str | None, str | None]:
     """(run id, registered name, version) behind ``models:/NAME@ALIAS``, ``models:/NAME/V``, ``models:/m-<id>``
     (a logged model: how MLflow 3 names the model a run logged) or ``runs:/ID/...``."""
-    from cxr.tracking.model_cache import parse
-
     ref = parse(model_uri)
     if ref.kind == "run":
         return ref.name, None, None
