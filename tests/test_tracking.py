@@ -274,7 +274,9 @@ def test_cxr_lineage_prints_the_digest_ingest_produced(server, prepared, trained
     assert unknown.returncode == 2 and "MLflow" in unknown.stderr
 
 
-def test_cxr_predict_by_alias_loads_no_mlflow_and_keeps_the_bundle_by_run(server, prepared, trained, tmp_path):
+def test_cxr_predict_by_alias_loads_no_mlflow_and_keeps_the_bundle_by_run(
+    server, prepared, trained, tmp_path, reliability_record
+):
     """``models:/NAME@ALIAS`` against a tracking server: resolved over MLflow's REST API (MLflow's client, 1.6 s of
     imports, is never loaded), the bundle read through the server's artifact proxy and kept by run in the cache;
     a damaged cached file is fetched again; an unknown alias is one error line naming it."""
@@ -304,6 +306,11 @@ def test_cxr_predict_by_alias_loads_no_mlflow_and_keeps_the_bundle_by_run(server
     assert again.returncode == 0 and json.loads(again.stdout)[0]["probabilities"] == expected, again.stderr
     assert cached.read_bytes() == Path(logged).read_bytes()
 
+    reliability_record.record(
+        "registry",
+        "the cached copy of a registered model's bundle cut to 1000 bytes on disk",
+        "fetched again from the tracking server and the cache mended; the same probabilities as the model.pt",
+    )
     unknown = subprocess.run([*plain, "models:/cxr-tracked@nobody"], capture_output=True, text=True, env=env)
     assert unknown.returncode == 2 and unknown.stderr.count("error:") == 1, unknown.stderr
     assert "nobody" in unknown.stderr and "Traceback" not in unknown.stderr

@@ -2,6 +2,7 @@
 
 - :mod:`cxr.cli.data`: synth, inspect, ingest, stats, manifest, gc
 - :mod:`cxr.cli.learn`: train, evaluate, report, predict, lineage
+- :mod:`cxr.cli.serve`: serve (a model behind HTTP)
 - :mod:`cxr.cli.pipeline`: demo, deploy, study (the Prefect flows)
 - :mod:`cxr.cli.stack`: stack up, down, status, env
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import typer
 
-from cxr.cli import data, learn, pipeline, stack
+from cxr.cli import data, learn, pipeline, serve, stack
 from cxr.offline import set_offline_defaults
 from cxr.redact import install_log_redaction
 
@@ -38,7 +39,7 @@ app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
     add_help_option=False,
 )(learn.train)
-for command in (learn.evaluate, learn.report, learn.predict, learn.lineage):
+for command in (learn.evaluate, learn.report, learn.predict, learn.lineage, serve.serve):
     app.command()(command)
 for command in (pipeline.demo, pipeline.deploy, pipeline.study):
     app.command()(command)

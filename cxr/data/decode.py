@@ -32,6 +32,7 @@ reference path.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Literal
@@ -208,8 +209,10 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits(), *, decoder:
             return to_gray8(image)
     except ImageRejected:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageRejected(Reason.TOO_LARGE, str(err)) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:  # Pillow's own, larger limit
+        claimed = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{int(claimed[1])} px claimed" if claimed else "the size claimed is"
+        raise ImageRejected(Reason.TOO_LARGE, f"{size}, more than {limits.max_pixels} pixels") from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:  # Pillow's ways of saying "broken"
         raise ImageRejected(Reason.UNREADABLE_IMAGE, f"{type(err).__name__}: {err}") from None
     except Exception as err:  # anything else a malformed file makes the decoder raise, e.g. an IndexError

@@ -34,11 +34,20 @@ def save(obj: Mapping[str, Any], url: str) -> None:
 
 def load(url: str) -> dict[str, Any]:
     """Read a checkpoint or bundle from a path or ``s3://`` URL; only tensors and plain values are accepted."""
-    return from_bytes(storage.read_bytes(url))
+    return from_bytes(storage.read_bytes(url), url)
 
 
-def from_bytes(data: bytes) -> dict[str, Any]:
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+def from_bytes(data: bytes, source: str = "the file") -> dict[str, Any]:
+    """A checkpoint or bundle's plain contents; ``ValueError`` naming ``source`` when the bytes are none."""
+    try:
+        plain = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:  # torch's ways of saying "not ours"
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{source} cannot be loaded as a model bundle or checkpoint: {first}") from None
+    if not isinstance(plain, dict):
+        kind = type(plain).__name__
+        raise ValueError(f"{source} cannot be loaded as a model bundle or checkpoint: it holds a {kind}")
+    return plain
 
 
 def exists(url: str) -> bool:
@@ -103,10 +112,10 @@ class ModelBundle:
             from cxr.tracking.model_cache import bundle_bytes, forget
 
             try:
-                plain = from_bytes(bundle_bytes(uri))
-            except (RuntimeError, EOFError, pickle.UnpicklingError):  # a cached file damaged on disk: fetched again
+                plain = from_bytes(bundle_bytes(uri), uri)
+            except ValueError:  # a cached file damaged on disk: fetched again
                 forget(uri)
-                plain = from_bytes(bundle_bytes(uri))
+                plain = from_bytes(bundle_bytes(uri), uri)
             return cls.from_dict(plain, uri)
         return cls.from_dict(load(uri), uri)
 
