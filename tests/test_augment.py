@@ -61,7 +61,8 @@ def test_training_evaluation_and_prediction_make_the_same_input_from_an_image():
     from cxr.data.decode import decode_image, resize_square
     from cxr.learn.checkpoint import ModelBundle
     from cxr.learn.inference import to_float
-    from cxr.learn.predict import model_input
+    from cxr.learn.models import build_model
+    from cxr.learn.predictor import Predictor
     from tests.conftest import NIH
 
     png = next((NIH / "images").glob("*.png")).read_bytes()
@@ -69,4 +70,5 @@ def test_training_evaluation_and_prediction_make_the_same_input_from_an_image():
     shard = torch.from_numpy(resize_square(gray, 256).copy())[None, None]  # what ingest stores
     bundle = ModelBundle({}, "small", 224, [], shard_size=256)
     from_shard = resize(to_float(shard), 224)  # training (before augmentation) and evaluation
-    assert torch.equal(model_input(gray, bundle, torch.device("cpu")), from_shard)  # prediction from the file
+    predictor = Predictor(build_model("small"), bundle, torch.device("cpu"))
+    assert torch.equal(predictor.model_input(gray), from_shard)  # prediction from the file (predict and serve)

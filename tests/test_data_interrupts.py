@@ -157,12 +157,27 @@ import os, signal, sys, threading, time
 from cxr.data.cluster import dask_client
 from cxr.signals import stopping_on_signals
 
+
+def ctrl_c_once_the_main_thread_waits_in_sync():
+    # runs on Dask's event loop, keeping it busy: the call the main thread waits for cannot begin
+    main, deadline = threading.main_thread().ident, time.monotonic() + 60
+    while time.monotonic() < deadline:
+        frame, names = sys._current_frames().get(main), set()
+        while frame is not None:
+            names.add((frame.f_code.co_filename.endswith("distributed/utils.py"), frame.f_code.co_name))
+            frame = frame.f_back
+        if (True, "sync") in names and (True, "wait") in names:
+            break
+        time.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.5)  # still busy while the main thread raises and queues its cancel callback
+
+
 if __name__ == "__main__":
     with stopping_on_signals():
         try:
             with dask_client(workers=1) as client:
-                client.loop.add_callback(time.sleep, 1.0)  # Dask's event loop is busy when the call is made
-                threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+                client.loop.add_callback(ctrl_c_once_the_main_thread_waits_in_sync)
                 client.run(os.getpid)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
@@ -171,8 +186,9 @@ if __name__ == "__main__":
 
 def test_ctrl_c_before_a_dask_call_has_begun_prints_no_traceback_from_dask(tmp_path):
     """distributed 2026.8's ``sync`` logs a NameError with its traceback (through tornado) when the interrupt
-    lands before the call it waits for has begun; CI saw it once in the ingest test above. Made certain here by
-    keeping Dask's event loop busy: without cxr's filter the traceback appears every time."""
+    lands before the call it waits for has begun; CI saw it once in the ingest test above. Made certain here:
+    Dask's event loop is kept busy until the main thread waits in ``sync``, then Ctrl-C; without cxr's filter
+    the traceback appears every time."""
     script = tmp_path / "ctrl_c.py"
     script.write_text(_CTRL_C_BEFORE_A_DASK_CALL_BEGINS)
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from scipy import ndimage
 
@@ -24,8 +23,8 @@ from cxr.data.stats import LabelStats, SplitStats, finding_stats
 from cxr.data.synth import SynthConfig, synthesize
 from cxr.findings import FINDINGS
 from cxr.learn.checkpoint import ModelBundle
-from cxr.learn.models import build_model
 from cxr.learn.predict import predict_images
+from tests.bundles import untrained_bundle
 
 CXR = [sys.executable, "-m", "cxr.cli"]
 TRAINED_ON = "0123456789abcdef"  # the dataset version the test's model says it was trained on
@@ -46,18 +45,7 @@ def write_png(path: Path, side: int, seed: int = 0) -> Path:
 @pytest.fixture(scope="module")
 def model_pt(tmp_path_factory) -> Path:
     """An untrained ``small`` model at 32 px whose thresholds are 0, so every finding is "above threshold"."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    ModelBundle(
-        model=build_model("small").state_dict(),
-        model_name="small",
-        image_size=32,
-        label_names=list(FINDINGS),
-        thresholds=[0.0] * len(FINDINGS),
-        dataset_digest=TRAINED_ON,
-        shard_size=64,
-    ).save(str(path))
-    return path
+    return untrained_bundle(tmp_path_factory.mktemp("model") / "model.pt", dataset_digest=TRAINED_ON)
 
 
 def test_predict_names_every_bad_input_in_one_line_before_loading_the_model(tmp_path):
@@ -233,10 +221,7 @@ def test_predict_imports_nothing_prediction_does_not_use(model, model_pt, tmp_pa
     and predict nothing."""
     image = write_png(tmp_path / "film.png", 64)
     if model != "small":
-        model_pt = tmp_path / f"{model}.pt"
-        ModelBundle(build_model(model).state_dict(), model, 32, list(FINDINGS), [0.5] * len(FINDINGS)).save(
-            str(model_pt)
-        )
+        model_pt = untrained_bundle(tmp_path / f"{model}.pt", model, threshold=0.5)
     probe = (
         "import json, sys\n"
         "from cxr.learn.predict import predict_images\n"

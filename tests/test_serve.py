@@ -28,7 +28,6 @@ import httpx
 import numpy as np
 import psutil
 import pytest
-import torch
 from PIL import Image
 from scipy import ndimage
 
@@ -36,8 +35,7 @@ from cxr.data.ingest import ingest
 from cxr.data.plan import IngestOptions
 from cxr.data.synth import SynthConfig, synthesize
 from cxr.findings import FINDINGS
-from cxr.learn.checkpoint import ModelBundle
-from cxr.learn.models import build_model
+from tests.bundles import untrained_bundle
 from tests.test_dicom_decode import dicom
 
 CXR = [sys.executable, "-m", "cxr.cli"]
@@ -107,17 +105,7 @@ def start_server(*args: str) -> Server:
 @pytest.fixture(scope="module")
 def model_pt(tmp_path_factory) -> Path:
     """An untrained ``small`` model at 32 px, made from 64 px shards, every threshold 0: all 14 findings localized."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    ModelBundle(
-        model=build_model("small").state_dict(),
-        model_name="small",
-        image_size=32,
-        label_names=list(FINDINGS),
-        thresholds=[0.0] * len(FINDINGS),
-        shard_size=64,
-    ).save(str(path))
-    return path
+    return untrained_bundle(tmp_path_factory.mktemp("model") / "model.pt")
 
 
 @pytest.fixture(scope="module")
