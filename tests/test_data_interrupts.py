@@ -179,6 +179,7 @@ if __name__ == "__main__":
             with dask_client(workers=1) as client:
                 client.loop.add_callback(ctrl_c_once_the_main_thread_waits_in_sync)
                 client.run(os.getpid)
+            print("never interrupted", file=sys.stderr)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
 """
@@ -191,5 +192,7 @@ def test_ctrl_c_before_a_dask_call_has_begun_prints_no_traceback_from_dask(tmp_p
     the traceback appears every time."""
     script = tmp_path / "ctrl_c.py"
     script.write_text(_CTRL_C_BEFORE_A_DASK_CALL_BEGINS)
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(  # as at a terminal: pytest-xdist's workers ignore SIGINT, and a child would inherit that
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, preexec_fn=as_at_a_terminal
+    )
     assert done.returncode == 0 and done.stderr.strip() == "interrupted", done.stderr
