@@ -14,6 +14,10 @@ from cxr.offline import set_offline_defaults
 from tests import reliability
 
 set_offline_defaults()  # before any library reads them
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two test processes share the machine's cores: torch in each (and in the commands they start) takes one
+    # thread, where two each oversubscribed 2 cores with 4 spinning OpenMP threads. Set before torch loads.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // 2)))
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="cxr-test-prefect-")
 # Training tracks to MLflow by default: the tests' runs go to a throwaway local store, never .cxr/.
 _MLFLOW_DIR = tempfile.mkdtemp(prefix="cxr-test-mlflow-")
