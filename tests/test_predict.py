@@ -270,3 +270,39 @@ def test_predict_on_a_folder_and_a_pattern_writes_a_json_line_per_file_in_batche
     assert [json.loads(line)["image"] for line in pattern.stdout.splitlines()] == [str(paths[0]), str(paths[2])]
     nothing = run("predict", str(tmp_path / "none-*.png"), "--model", str(model_pt))
     assert nothing.returncode == 2 and "none-*.png (no file matches)" in nothing.stderr, nothing.stderr
+
+
+def test_predict_by_alias_from_the_local_sqlite_store_loads_no_mlflow(model_pt, tmp_path):
+    """``cxr demo``'s store (SQLite) is read directly, read-only: the alias resolved, the bundle read from the
+    run's artifact folder and kept by run in the cache; MLflow's client (seconds of imports) is not loaded."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("predict-by-alias")  # its artifacts in a folder of the test's own
+    with mlflow.start_run() as logged:
+        mlflow.log_artifact(str(model_pt), "bundle")
+    client = MlflowClient(uri)
+    client.create_registered_model("cxr-local")
+    version = client.create_model_version("cxr-local", f"{logged.info.artifact_uri}/bundle", run_id=logged.info.run_id)
+    client.set_registered_model_alias("cxr-local", "champion", version.version)
+    image = write_png(tmp_path / "film.png", 64)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "CXR_CACHE": str(tmp_path / "cache")}
+    command = [*CXR, "predict", str(image), "--json", "--model"]
+    by_alias = subprocess.run(
+        [sys.executable, "-X", "importtime", *command[1:], "models:/cxr-local@champion"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert by_alias.returncode == 0, by_alias.stderr[-3000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in by_alias.stderr.splitlines() if "import time" in line}
+    assert not {m for m in imported if m.split(".")[0] == "mlflow"}
+    cached = tmp_path / "cache" / "models" / "runs" / logged.info.run_id / "model.pt"
+    assert cached.read_bytes() == model_pt.read_bytes()
+    from_file = run("predict", str(image), "--json", "--model", str(model_pt))
+    assert json.loads(by_alias.stdout)[0]["probabilities"] == json.loads(from_file.stdout)[0]["probabilities"]
+    unknown = subprocess.run([*command, "models:/cxr-local@nobody"], capture_output=True, text=True, env=env)
+    assert unknown.returncode == 2 and "nobody" in unknown.stderr and "Traceback" not in unknown.stderr

@@ -4,8 +4,9 @@ in a local cache by registered version.
 Importing MLflow's client costs about 1.6 s here, more than the rest of ``cxr predict``. Against a tracking
 server (``http(s)://``) the URI is resolved with MLflow's REST API (one GET for an alias or a version, one for
 the run's artifact location) and the bundle is read from the server's artifact proxy (``mlflow-artifacts:``) or
-straight from its store (``s3://``, a local folder). Other tracking URIs (the local SQLite store) and logged
-model ids (``models:/m-ID``) go through MLflow's client (:func:`cxr.tracking.registry.download_bundle`).
+straight from its store (``s3://``, a local folder). The local SQLite store (``cxr demo``'s) is read directly,
+read-only (:mod:`cxr.tracking.sqlite_store`). Logged model ids (``models:/m-ID``), other stores and anything
+those readers do not find go through MLflow's client (:func:`cxr.tracking.registry.download_run_bundle`).
 
 A registered version never changes (a new model is a new version) and points at the run that logged it; a
 run's bundle never changes either. So the URI is resolved to its run on every call (an alias moves; one small
@@ -30,6 +31,7 @@ from pathlib import Path
 
 from cxr import storage
 from cxr.redact import redact
+from cxr.tracking import sqlite_store
 from cxr.tracking.model_uri import BUNDLE_ARTIFACT, parse
 
 ATTEMPTS = 3  # REST calls: a connection error or a 5xx is tried again after 0.5 s, then 1 s
@@ -46,11 +48,15 @@ def cache_dir(run_id: str) -> Path:
 
 
 def resolve(model_uri: str, tracking: str) -> str:
-    """The run behind ``model_uri``: by MLflow's REST API on a tracking server, else by MLflow's client."""
+    """The run behind ``model_uri``: by MLflow's REST API on a tracking server, from the local SQLite store's
+    tables, else by MLflow's client."""
     ref = parse(model_uri)
     if ref.kind == "run":
         return ref.name
     if ref.kind == "logged" or not tracking.startswith(("http://", "https://")):
+        found_here = sqlite_store.run_of(tracking, ref)  # the local SQLite store, read directly
+        if found_here:
+            return found_here
         from cxr.tracking.registry import resolve_run
 
         return resolve_run(model_uri, tracking)[0]
@@ -75,6 +81,8 @@ def bundle_bytes(model_uri: str, tracking: str | None = None) -> bytes:
         rest = _Rest(tracking)
         artifact_uri = rest.get("runs/get", {"run_id": run_id}, model_uri)["run"]["info"]["artifact_uri"]
         data = rest.artifact(artifact_uri, BUNDLE_ARTIFACT, model_uri)
+    elif location := sqlite_store.artifact_location(tracking, run_id):
+        data = storage.read_bytes(storage.join(location, BUNDLE_ARTIFACT))
     else:
         from cxr.tracking.registry import download_run_bundle
 
