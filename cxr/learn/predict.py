@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -113,12 +114,15 @@ def _write_overlay(scored: Scored, finding: str, target: str) -> None:
 
 class _Overlays:
     """Overlays drawn and written by threads while the next images are scored: encoding a full-resolution PNG
-    (about 0.07 s at 1024 px) releases the GIL. An overlay that could not be written fails the command."""
+    (about 0.07 s at 1024 px) releases the GIL. At most two per thread wait to be drawn (each holds its image):
+    scoring waits for the oldest beyond that, so a folder of many images does not pile up in memory. An
+    overlay that could not be written fails the command."""
 
     def __init__(self, folder: str | None) -> None:
         self.folder = folder
-        self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1) if folder else None
-        self.drawn: list[Future[None]] = []
+        self.workers = os.cpu_count() or 1
+        self.pool = ThreadPoolExecutor(max_workers=self.workers) if folder else None
+        self.drawn: deque[Future[None]] = deque()
 
     def add(self, scored: Scored) -> None:
         if self.pool is None or self.folder is None:
@@ -127,6 +131,8 @@ class _Overlays:
         for finding in scored.heatmaps:
             target = storage.join(self.folder, f"{stem}_{finding}.png")
             self.drawn.append(self.pool.submit(_write_overlay, scored, finding, target))
+            while len(self.drawn) > 2 * self.workers:
+                self.drawn.popleft().result()
 
     def finish(self, cancel: bool = False) -> None:
         if self.pool is None:
