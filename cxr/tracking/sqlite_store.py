@@ -18,53 +18,40 @@ from cxr.tracking.model_uri import ModelRef
 SCHEME = "sqlite:///"
 
 
-def _connect(tracking: str) -> sqlite3.Connection | None:
+def _row(tracking: str, sql: str, parameters: tuple[object, ...]) -> tuple[object, ...] | None:
+    """The first row ``sql`` gives in the store, read-only; None for no row, or anything unexpected."""
+    if not tracking.startswith(SCHEME):
+        return None
     path = tracking[len(SCHEME) :].split("?", 1)[0]
     try:
-        return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as connection:
+            return connection.execute(sql, parameters).fetchone()
     except sqlite3.Error:
         return None
 
 
 def run_of(tracking: str, ref: ModelRef) -> str | None:
     """The run id behind ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` in the store, or None."""
-    if not tracking.startswith(SCHEME) or ref.kind not in ("alias", "version"):
+    if ref.kind == "alias":
+        sql = "SELECT version FROM registered_model_aliases WHERE name = ? AND alias = ?"
+        alias = _row(tracking, sql, (ref.name, ref.detail))
+        version = str(alias[0]) if alias else ""
+    else:
+        version = ref.detail if ref.kind == "version" else ""
+    if not version.isdigit():
         return None
-    connection = _connect(tracking)
-    if connection is None:
-        return None
-    with closing(connection):
-        try:
-            version: object = ref.detail
-            if ref.kind == "alias":
-                row = connection.execute(
-                    "SELECT version FROM registered_model_aliases WHERE name = ? AND alias = ?", (ref.name, ref.detail)
-                ).fetchone()
-                if row is None:
-                    return None
-                version = row[0]
-            row = connection.execute(
-                "SELECT run_id FROM model_versions WHERE name = ? AND version = ? AND status = 'READY'",
-                (ref.name, int(str(version))),
-            ).fetchone()
-        except (sqlite3.Error, ValueError):
-            return None
+    row = _row(
+        tracking,
+        "SELECT run_id FROM model_versions WHERE name = ? AND version = ? AND status = 'READY'",
+        (ref.name, int(version)),
+    )
     return str(row[0]) if row and row[0] else None
 
 
 def artifact_location(tracking: str, run_id: str) -> str | None:
     """Where run ``run_id`` keeps its artifacts (a local path or an ``s3://`` URL), or None (not found, or
     proxied through a server: ``mlflow-artifacts:``)."""
-    if not tracking.startswith(SCHEME):
-        return None
-    connection = _connect(tracking)
-    if connection is None:
-        return None
-    with closing(connection):
-        try:
-            row = connection.execute("SELECT artifact_uri FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()
-        except sqlite3.Error:
-            return None
+    row = _row(tracking, "SELECT artifact_uri FROM runs WHERE run_uuid = ?", (run_id,))
     if not row or not row[0] or str(row[0]).startswith("mlflow-artifacts:"):
         return None
     location = str(row[0])
