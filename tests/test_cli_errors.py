@@ -114,6 +114,7 @@ def cases(missing: str, folder: str, dataset: str) -> list[tuple[list[str], str]
         (["predict", IMAGE, "--model", folder], folder),
         (["predict", IMAGE, "--model", FILE, "--device", "bogus"], "bogus"),
         (["predict", IMAGE, "--model", "models:/nope@champion"], "nope"),
+        (["predict", IMAGE, "--model", FILE], "cannot be loaded as a model bundle"),  # a file, not a bundle
         # lineage
         (["lineage", f"{missing}.pt"], missing),
         # demo, study, deploy (each costs Prefect's import: a few cases; their settings are the flows' own configs,

@@ -42,8 +42,11 @@ def from_bytes(data: bytes, source: str = "the file") -> dict[str, Any]:
     try:
         plain = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as err:  # torch's ways of saying "not ours"
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{source} cannot be loaded as a model bundle or checkpoint: {first}") from None
+        # torch's own text is not repeated: for a refused pickle it advises weights_only=False, never safe here
+        raise ValueError(
+            f"{source} cannot be loaded as a model bundle or checkpoint: not a file cxr wrote, or damaged "
+            f"({type(err).__name__})"
+        ) from None
     if not isinstance(plain, dict):
         kind = type(plain).__name__
         raise ValueError(f"{source} cannot be loaded as a model bundle or checkpoint: it holds a {kind}")
