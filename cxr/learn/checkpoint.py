@@ -114,8 +114,9 @@ class ModelBundle:
         if uri.startswith(MLFLOW_SCHEMES):  # kept in a local cache by version (cxr.tracking.model_cache)
             from cxr.tracking.model_cache import bundle_bytes, forget
 
+            data = bundle_bytes(uri)  # an unknown name or alias raises here, once
             try:
-                plain = from_bytes(bundle_bytes(uri), uri)
+                plain = from_bytes(data, uri)
             except ValueError:  # a cached file damaged on disk: fetched again
                 forget(uri)
                 plain = from_bytes(bundle_bytes(uri), uri)

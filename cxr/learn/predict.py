@@ -154,7 +154,7 @@ def predict_images(
     from cxr.learn.predictor import Predictor
 
     predictor = Predictor.load(model_reference(model_uri), device)
-    return [p for p in predict_each(predictor, paths, heatmaps_dir, batch_size=1) if not isinstance(p, Refused)]
+    return [p for p in predict_each(predictor, paths, heatmaps_dir) if not isinstance(p, Refused)]
 
 
 def open_predictor(model_uri: str, heatmaps_dir: str | None = None, device: str = "cpu") -> Predictor:

@@ -19,7 +19,6 @@ import errno
 import signal
 import socket
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
 
 import uvicorn
 import uvicorn.config
@@ -32,22 +31,15 @@ from cxr.serving.errors import ENDPOINTS
 from cxr.serving.limits import ServeLimits
 from cxr.serving.scoring import Scorer
 
-if TYPE_CHECKING:
-    from cxr.learn.predictor import Predictor
-
 GRACE_S = 5  # a request being scored when a signal arrives has this long to finish; then its connection is closed
 
 
-def load_predictor(model_uri: str, device: str) -> Predictor:
-    """The model ``--model`` names on ``--device``; ValueError naming a file that is no model bundle."""
+def open_scorer(model_uri: str, device: str) -> Scorer:
+    """The model loaded (in the scoring thread, :class:`Scorer`), ready to serve; ValueError naming a file that
+    is no model bundle."""
     from cxr.learn.predict import open_predictor
 
-    return open_predictor(model_uri, None, device)
-
-
-def open_scorer(model_uri: str, device: str) -> Scorer:
-    """The model loaded (in the scoring thread, :class:`Scorer`), ready to serve."""
-    return Scorer(lambda: load_predictor(model_uri, device))
+    return Scorer(lambda: open_predictor(model_uri, None, device))
 
 
 def address(host: str, port: int) -> tuple[socket.AddressFamily, tuple]:
